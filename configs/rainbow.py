@@ -1,0 +1,110 @@
+"""Data-efficient Rainbow on Atari 100k (the DER/SPR recipe; DESIGN.md section 2, supplementary Table 1).
+
+Run:   python launch/atari.py --config configs/rainbow.py --config.env.game=RoadRunner
+Smoke: python launch/atari.py --config configs/rainbow.py:smoke   (a couple of minutes on a 2-core CPU)
+
+Every field below can be overridden with --config.<path>=<value>; an unknown field is an error.
+Choices that are ours rather than the paper's are marked (ours).
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "rainbow"
+    c.seed = 0  # seed of the first agent; agent i uses an independent key folded from (seed, i)
+    c.num_seeds = 1  # S independent agents trained in one process (vmapped); S = 1 is the same code
+    c.total_env_steps = 100_000  # agent steps per seed (x4 frames = 400k frames: the Atari 100k protocol)
+    c.run_dir = ""  # empty: runs/<name>-<game>-s<seed>x<num_seeds>-<timestamp>
+    c.resume = False  # continue run_dir from its latest checkpoint (replay included)
+
+    c.env = ml_collections.ConfigDict()
+    c.env.game = "RoadRunner"  # any envpool Atari game, e.g. Breakout, KungFuMaster
+    c.env.envs_per_seed = 1  # parallel training environments per seed (Atari 100k: 1)
+    c.env.frame_skip = 4  # action repeat
+    c.env.frame_stack = 4
+    c.env.image_size = 84  # square gray frames
+    c.env.noop_max = 30  # random no-ops at reset
+    c.env.max_episode_frames = 108_000  # episode cap in emulator frames (27k agent steps)
+    c.env.terminal_on_life_loss = True  # training only; evaluation always plays full episodes
+    c.env.reward_clip = True  # training only: sign(r)
+    c.env.sticky_action_prob = 0.0  # Atari 100k: no sticky actions
+    c.env.fire_reset = False  # (ours) SPR's environment does not press FIRE at reset
+    c.env.num_threads = 0  # envpool worker threads; 0 = one per core
+
+    c.replay = ml_collections.ConfigDict()
+    c.replay.capacity = 100_000  # transitions per seed (frames stored once)
+    c.replay.min_size = 2000  # env steps of uniform-random acting before updates start
+    c.replay.priority_exponent = 0.5  # alpha
+    c.replay.importance_beta_start = 0.4  # beta, annealed linearly to beta_end over the run
+    c.replay.importance_beta_end = 1.0
+    c.replay.priority_eps = 1e-6  # added to |loss| when priorities are updated (ours)
+    c.replay.n_step = 10
+    c.replay.prediction_steps = 0  # K future stacks per sample for PSRL's K-step losses (0: none)
+
+    c.agent = ml_collections.ConfigDict()
+    c.agent.gamma = 0.99
+    c.agent.num_atoms = 51
+    c.agent.v_min = -10.0
+    c.agent.v_max = 10.0
+    c.agent.noisy = True
+    c.agent.noisy_sigma0 = 0.5
+    c.agent.dueling = True
+    c.agent.double_q = True
+    c.agent.hidden_size = 256
+    c.agent.encoder = "stacked"  # "stacked": frames as channels (DER/SPR); "framewise": PSRL's Table 3
+    c.agent.encoder_channels = (32, 64, 64)
+    c.agent.dropout_rate = 0.0  # encoder dropout during updates (ours: 0 for the Rainbow baseline)
+    c.agent.learning_rate = 1e-4
+    c.agent.adam_eps = 1.5e-4
+    c.agent.max_grad_norm = 10.0
+    c.agent.batch_size = 32
+    c.agent.target_update_period = 1  # SPR: the target network is the online network of the last update
+    c.agent.augmentation = ml_collections.ConfigDict()
+    c.agent.augmentation.enabled = True
+    c.agent.augmentation.shift_pad = 4  # random shift of +-4 px (replicate padding, then crop)
+    c.agent.augmentation.intensity_scale = 0.05  # x * (1 + scale * clip(N(0,1), -2, 2))
+
+    c.updates_per_step = 2  # gradient updates per env step per environment (replay ratio)
+    # Env steps between update dispatches; each dispatch runs
+    # update_every * updates_per_step * envs_per_seed updates in one lax.scan.
+    c.update_every = 1
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 10_000  # periodic evaluation interval in env steps (0: only final)
+    c.eval.episodes = 10  # episodes per seed at periodic evaluations
+    c.eval.final_episodes = 100  # episodes per seed at the end of the run
+    c.eval.max_parallel_envs = 100  # per seed; episodes are split evenly over min(episodes, this) envs
+    c.eval.epsilon = 0.0  # epsilon-greedy during evaluation (noisy nets use their mean weights)
+    c.eval.max_episode_frames = 108_000
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every_steps = 1000  # env steps between loss/throughput records
+    c.log.tensorboard = True
+    c.log.progress_bar = True
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 20_000  # env steps between checkpoints (0: only at the end)
+    c.checkpoint.keep = 2
+
+    if variant == "smoke":
+        # Same code, a run that finishes in a couple of minutes on a 2-core CPU.
+        c.name = "rainbow-smoke"
+        c.total_env_steps = 1200
+        c.replay.capacity = 5000
+        c.replay.min_size = 400
+        c.agent.batch_size = 8
+        c.agent.hidden_size = 64
+        c.agent.encoder_channels = (16, 32, 32)
+        c.updates_per_step = 1
+        c.update_every = 2
+        c.eval.every_steps = 600
+        c.eval.episodes = 2
+        c.eval.final_episodes = 4
+        c.eval.max_episode_frames = 4000
+        c.log.every_steps = 200
+        c.checkpoint.every_steps = 400
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of configs/rainbow.py (known: 'smoke')")
+    return c

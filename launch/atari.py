@@ -1,0 +1,36 @@
+"""Train an Atari agent (Rainbow, later Rainbow + PSRL) on the Atari 100k protocol.
+
+python launch/atari.py --config configs/rainbow.py --config.env.game=Breakout --config.num_seeds=4
+python launch/atari.py --config configs/rainbow.py:smoke            # a couple of minutes on CPU
+python launch/atari.py --config configs/rainbow.py --config.run_dir=runs/X --config.resume=True
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from psrl_jax.config import ConfigError  # noqa: E402
+from psrl_jax.train.checkpoint import CheckpointError  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    from psrl_jax.train.atari_trainer import train
+
+    try:
+        run_dir = train(_CONFIG.value)
+    except (ConfigError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    print(f"run directory: {run_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,144 @@
+"""Throughput of one config's pieces, measured side by side in one process.
+
+    python launch/benchmark.py --config configs/rainbow.py [--config.num_seeds=4] [--repeats=20] [--out=b.json]
+
+Prints and writes JSON with: compile times, updates/s (U updates per dispatch, all seeds), collect
+(act + replay insert) steps/s, raw envpool steps/s with random actions, replay bytes per transition
+and FLOPs per update from XLA's cost analysis. The replay is filled with random frames (no training),
+so numbers measure the machinery, not learning.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed dispatches per measurement")
+_OUT = flags.DEFINE_string("out", "", "Write the results as JSON here")
+flags.mark_flags_as_required(["config"])
+
+
+def _timed(fn, repeats):
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = fn()
+    import jax
+
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / repeats
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from psrl_jax.envs.atari import convert_timestep
+    from psrl_jax.replay.sequence_replay import bytes_per_transition
+    from psrl_jax.train.atari_trainer import AtariTrainer
+
+    config = _CONFIG.value
+    config.run_dir = config.run_dir or "/tmp/psrl_jax_benchmark"
+    config.resume = False
+    trainer = AtariTrainer(config)
+    S, E = config.num_seeds, config.env.envs_per_seed
+    size = config.env.image_size
+    repeats = _REPEATS.value
+    results = {"config": config.name, "game": trainer.task_id, "num_seeds": S, "envs_per_seed": E}
+    results["device"] = str(jax.devices()[0])
+    results["backend"] = jax.default_backend()
+
+    start = time.perf_counter()
+    state = jax.block_until_ready(trainer.init_fn(trainer.seed_keys()))
+    results["init_seconds"] = time.perf_counter() - start
+    results["replay_bytes_per_transition"] = float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay)))
+
+    rng = np.random.default_rng(0)
+    rows = max(config.replay.min_size // E, 64)
+
+    def random_step(first=False):
+        frame = jnp.asarray(rng.integers(0, 255, (S, E, size, size), dtype=np.uint8))
+        reward = jnp.asarray(rng.random((S, E), dtype=np.float32))
+        discount = jnp.ones((S, E), jnp.float32)
+        return frame, reward, discount, jnp.full((S, E), first)
+
+    # Fill replay (random actions path), timing the collect dispatch once compiled.
+    start = time.perf_counter()
+    state, actions = trainer.collect_random(state, *random_step(first=True))
+    jax.block_until_ready(actions)
+    results["compile_collect_seconds"] = time.perf_counter() - start
+    for _ in range(rows):
+        state, actions = trainer.collect_random(state, *random_step())
+    jax.block_until_ready(actions)
+
+    start = time.perf_counter()
+    state, actions = trainer.collect_policy(state, *random_step())
+    jax.block_until_ready(actions)
+    results["compile_collect_policy_seconds"] = time.perf_counter() - start
+    step_inputs = random_step()
+    holder = {"state": state}
+
+    def collect_once():
+        holder["state"], acts = trainer.collect_policy(holder["state"], *step_inputs)
+        return acts
+
+    seconds = _timed(collect_once, repeats)
+    results["collect_steps_per_s_all_seeds"] = S * E / seconds
+
+    beta = jnp.float32(0.4)
+    lowered = trainer.update_fn.lower(holder["state"], beta)
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    results["compile_update_seconds"] = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    U = trainer.updates_per_dispatch
+    results["updates_per_dispatch"] = U
+    results["flops_per_update_per_seed"] = flops / (U * S)
+
+    def update_once():
+        holder["state"], metrics = trainer.update_fn(holder["state"], beta)
+        return metrics
+
+    update_once()
+    seconds = _timed(update_once, repeats)
+    results["update_dispatch_seconds"] = seconds
+    results["updates_per_s_all_seeds"] = U * S / seconds
+    results["achieved_flops_per_s"] = flops / seconds
+
+    # Raw envpool with random actions, same pool size.
+    env = trainer.envs
+    timestep = env.reset()
+    lives = None
+    ids = np.arange(S * E, dtype=np.int32)
+    start = time.perf_counter()
+    n = max(repeats * 10, 200)
+    for _ in range(n):
+        timestep = env.step(rng.integers(0, trainer.num_actions, S * E).astype(np.int32), ids)
+        _, lives = convert_timestep(timestep, lives, True)
+    results["raw_env_steps_per_s_all_seeds"] = n * S * E / (time.perf_counter() - start)
+    # Projected end-to-end: per env step one collect, plus U updates every update_every steps.
+    per_step = S * E / results["collect_steps_per_s_all_seeds"] + S * E / results["raw_env_steps_per_s_all_seeds"]
+    per_step += results["update_dispatch_seconds"] / config.update_every
+    results["projected_env_steps_per_s_per_seed"] = E / per_step
+    results["projected_hours_for_total_env_steps"] = (
+        config.total_env_steps / results["projected_env_steps_per_s_per_seed"] / 3600
+    )
+    text = json.dumps(results, indent=2)
+    print(text)
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,144 @@
+"""Config checks that run before anything is compiled, and helpers to record a run's config.
+
+Unknown field names are rejected by ml_collections itself (configs are locked before overrides);
+here we check values: sizes, consistency and the output directory.
+"""
+
+import json
+import os
+import tempfile
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which field and why."""
+
+
+def _require(condition: bool, message: str):
+    if not condition:
+        raise ConfigError(message)
+
+
+def sequence_length(config) -> int:
+    """Rows per replayed sequence: the anchor's stack history, then max(n, K) steps ahead."""
+    r = config.replay
+    return config.env.frame_stack - 1 + max(r.n_step, r.prediction_steps) + 1
+
+
+def validate_atari_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError with a clear message for values that cannot work. Cheap: no env, no compile."""
+    env, replay, agent, ev = config.env, config.replay, config.agent, config.eval
+    positive = {
+        "num_seeds": config.num_seeds,
+        "total_env_steps": config.total_env_steps,
+        "env.envs_per_seed": env.envs_per_seed,
+        "env.frame_skip": env.frame_skip,
+        "env.frame_stack": env.frame_stack,
+        "env.max_episode_frames": env.max_episode_frames,
+        "env.noop_max": env.noop_max,  # envpool 1.2.5 crashes at reset with noop_max=0; 1 = no random no-ops
+        "replay.capacity": replay.capacity,
+        "replay.min_size": replay.min_size,
+        "replay.n_step": replay.n_step,
+        "agent.batch_size": agent.batch_size,
+        "agent.num_atoms": agent.num_atoms,
+        "agent.hidden_size": agent.hidden_size,
+        "agent.target_update_period": agent.target_update_period,
+        "updates_per_step": config.updates_per_step,
+        "update_every": config.update_every,
+        "eval.episodes": ev.episodes,
+        "eval.final_episodes": ev.final_episodes,
+        "eval.max_parallel_envs": ev.max_parallel_envs,
+        "eval.max_episode_frames": ev.max_episode_frames,
+        "log.every_steps": config.log.every_steps,
+    }
+    for name, value in positive.items():
+        _require(isinstance(value, int) and value >= 1, f"config.{name} must be a positive integer, got {value!r}")
+    for name, value in {
+        "replay.prediction_steps": replay.prediction_steps,
+        "env.num_threads": env.num_threads,
+        "eval.every_steps": ev.every_steps,
+        "checkpoint.every_steps": config.checkpoint.every_steps,
+    }.items():
+        _require(isinstance(value, int) and value >= 0, f"config.{name} must be an integer >= 0, got {value!r}")
+    _require(env.image_size >= 36, f"config.env.image_size must be >= 36 (three VALID convs), got {env.image_size}")
+    _require(config.checkpoint.keep >= 1, f"config.checkpoint.keep must be >= 1, got {config.checkpoint.keep}")
+    _require(0.0 <= env.sticky_action_prob <= 1.0, "config.env.sticky_action_prob must be in [0, 1]")
+    _require(0.0 <= replay.priority_exponent <= 1.0, "config.replay.priority_exponent (alpha) must be in [0, 1]")
+    for name in ("importance_beta_start", "importance_beta_end"):
+        _require(0.0 <= replay[name] <= 1.0, f"config.replay.{name} must be in [0, 1]")
+    _require(0.0 < agent.gamma <= 1.0, f"config.agent.gamma must be in (0, 1], got {agent.gamma}")
+    _require(agent.v_min < agent.v_max, f"config.agent.v_min ({agent.v_min}) must be < v_max ({agent.v_max})")
+    _require(agent.num_atoms >= 2, "config.agent.num_atoms must be >= 2")
+    _require(agent.learning_rate > 0, "config.agent.learning_rate must be > 0")
+    _require(0.0 <= agent.dropout_rate < 1.0, "config.agent.dropout_rate must be in [0, 1)")
+    _require(0.0 <= ev.epsilon <= 1.0, "config.eval.epsilon must be in [0, 1]")
+    _require(
+        agent.encoder in ("stacked", "framewise"),
+        f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
+    )
+    _require(
+        agent.augmentation.shift_pad >= 0 and agent.augmentation.intensity_scale >= 0,
+        "config.agent.augmentation.shift_pad and intensity_scale must be >= 0",
+    )
+    seq = sequence_length(config)
+    per_env_capacity = replay.capacity // env.envs_per_seed
+    _require(
+        per_env_capacity >= 2 * seq,
+        f"config.replay.capacity={replay.capacity} over {env.envs_per_seed} envs leaves {per_env_capacity} rows per "
+        f"env, fewer than twice the replayed sequence length {seq} (frame_stack-1 + max(n_step, prediction_steps) + 1)",
+    )
+    _require(
+        replay.min_size <= replay.capacity,
+        f"config.replay.min_size={replay.min_size} is larger than replay.capacity={replay.capacity}",
+    )
+    _require(
+        replay.min_size >= agent.batch_size,
+        f"config.agent.batch_size={agent.batch_size} is larger than config.replay.min_size={replay.min_size}: "
+        "the first update would sample a batch from fewer transitions than it holds",
+    )
+    _require(
+        replay.min_size // env.envs_per_seed >= seq,
+        f"config.replay.min_size={replay.min_size} gives {replay.min_size // env.envs_per_seed} steps per env, "
+        f"fewer than one replayed sequence ({seq} rows)",
+    )
+    _require(
+        config.total_env_steps > replay.min_size,
+        f"config.total_env_steps={config.total_env_steps} must exceed replay.min_size={replay.min_size} "
+        "(no update would ever run)",
+    )
+    _require(
+        config.total_env_steps % env.envs_per_seed == 0,
+        f"config.total_env_steps={config.total_env_steps} must be a multiple of env.envs_per_seed={env.envs_per_seed}",
+    )
+    for name in ("episodes", "final_episodes"):
+        episodes = ev[name]
+        envs = min(episodes, ev.max_parallel_envs)
+        _require(
+            episodes % envs == 0,
+            f"config.eval.{name}={episodes} must be a multiple of min({name}, eval.max_parallel_envs)={envs} "
+            "so that every evaluation env plays the same number of episodes (no bias to short episodes)",
+        )
+    _require(ev.max_episode_frames >= env.frame_skip, "config.eval.max_episode_frames must be >= env.frame_skip")
+
+
+def check_writable_directory(path: str) -> None:
+    """Create `path` if needed and prove we can write there, before any long compile."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"run directory {path!r} is not writable: {error}") from error
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def save_json_atomic(path: str, data) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,48 @@
+"""Atari convolutional encoder (Nature DQN stack), stacked or frame by frame (DESIGN.md 1)."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def concat_frames(maps: jax.Array) -> jax.Array:
+    """Per-frame maps [B, F, h, w, C] -> channel concatenation [B, h, w, F*C] (frame-major)."""
+    batch, frames, h, w, channels = maps.shape
+    return jnp.moveaxis(maps, 1, 3).reshape(batch, h, w, frames * channels)
+
+
+class AtariEncoder(nn.Module):
+    """Conv-ReLU-Dropout x3 with VALID padding: 84 -> 20 -> 9 -> 7.
+
+    Input float32 [B, F, H, W] in [0, 1].
+    framewise=False ("stacked", DER/SPR): frames are input channels -> [B, 7, 7, C].
+    framewise=True (PSRL Table 3): the same convs (shared weights) on each frame as a
+      single-channel image -> per-frame maps [B, F, 7, 7, C].
+    Dropout (rng stream "dropout") runs only when train=True and dropout_rate > 0.
+    """
+
+    channels: Sequence[int] = (32, 64, 64)
+    kernels: Sequence[int] = (8, 4, 3)
+    strides: Sequence[int] = (4, 2, 1)
+    dropout_rate: float = 0.0
+    framewise: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"expected [B, F, H, W], got shape {x.shape}")
+        batch, frames, height, width = x.shape
+        if self.framewise:
+            h = x.reshape(batch * frames, height, width, 1)
+        else:
+            h = jnp.moveaxis(x, 1, -1)  # NHWC with frames as channels
+        for channels, kernel, stride in zip(self.channels, self.kernels, self.strides, strict=True):
+            h = nn.Conv(channels, (kernel, kernel), (stride, stride), padding="VALID")(h)
+            h = nn.relu(h)
+            if self.dropout_rate > 0:
+                h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        if self.framewise:
+            h = h.reshape((batch, frames) + h.shape[1:])
+        return h

@@ -1,0 +1,75 @@
+"""Rainbow Q network: Atari encoder + dueling C51 head, built from the agent config."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from psrl_jax.networks.encoders import AtariEncoder, concat_frames
+from psrl_jax.networks.heads import DuelingC51Head
+
+ENCODERS = ("stacked", "framewise")
+
+
+class RainbowQNetwork(nn.Module):
+    """obs float32 [B, F, H, W] in [0, 1] -> C51 logits [B, A, N].
+
+    Parameters live under "torso" (encoder) and "head", so an auxiliary loss can use
+    (or EMA-copy) the encoder alone. `encode` and `q_head` split the forward pass for
+    losses that reuse the feature maps.
+    """
+
+    num_actions: int
+    num_atoms: int = 51
+    hidden_size: int = 256
+    noisy: bool = True
+    sigma0: float = 0.5
+    dueling: bool = True
+    encoder: str = "stacked"
+    encoder_channels: Sequence[int] = (32, 64, 64)
+    dropout_rate: float = 0.0
+
+    def setup(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        self.torso = AtariEncoder(
+            channels=tuple(self.encoder_channels),
+            dropout_rate=self.dropout_rate,
+            framewise=self.encoder == "framewise",
+        )
+        self.head = DuelingC51Head(
+            num_actions=self.num_actions,
+            num_atoms=self.num_atoms,
+            hidden_size=self.hidden_size,
+            noisy=self.noisy,
+            sigma0=self.sigma0,
+            dueling=self.dueling,
+        )
+
+    def encode(self, obs: jax.Array, train: bool) -> jax.Array:
+        """[B, 7, 7, C] (stacked) or per-frame [B, F, 7, 7, C] (framewise)."""
+        return self.torso(obs, train)
+
+    def q_head(self, features: jax.Array, noisy_sample: bool) -> jax.Array:
+        if self.encoder == "framewise":
+            features = concat_frames(features)
+        return self.head(features.reshape(features.shape[0], -1), noisy_sample)
+
+    def __call__(self, obs: jax.Array, train: bool, noisy_sample: bool) -> jax.Array:
+        return self.q_head(self.encode(obs, train), noisy_sample)
+
+
+def make_q_network(agent_config: ml_collections.ConfigDict, num_actions: int) -> RainbowQNetwork:
+    """Builds the network from the `c.agent` fields of configs/rainbow.py."""
+    return RainbowQNetwork(
+        num_actions=num_actions,
+        num_atoms=agent_config.num_atoms,
+        hidden_size=agent_config.hidden_size,
+        noisy=agent_config.noisy,
+        sigma0=agent_config.noisy_sigma0,
+        dueling=agent_config.dueling,
+        encoder=agent_config.encoder,
+        encoder_channels=tuple(agent_config.encoder_channels),
+        dropout_rate=agent_config.dropout_rate,
+    )

@@ -1,0 +1,336 @@
+"""Seed-parallel Atari training loop (host loop over envpool; all agent work in jitted, vmapped calls).
+
+Every per-seed array carries a leading seed axis S. Per env step the host makes two dispatches:
+`collect` (push the new frames into the agents' frame stacks, act, add the rows to replay) and,
+every `update_every` steps once replay holds `min_size` steps, `update` (a `lax.scan` of
+update_every * updates_per_step * envs_per_seed gradient updates per seed). Agent i of a run with
+seed s uses key PRNGKey(s + i) and training envs seeded from (s + i), as a single-seed run with
+seed s + i does.
+"""
+
+import functools
+import os
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from psrl_jax.agents.rainbow import RainbowAgent, RainbowState
+from psrl_jax.config import (
+    ConfigError,
+    check_writable_directory,
+    config_to_dict,
+    save_json_atomic,
+    validate_atari_config,
+)
+from psrl_jax.envs.atari import (
+    EpisodeStats,
+    convert_timestep,
+    make_atari_envs,
+    num_actions,
+    resolve_game,
+    run_evaluation_episodes,
+)
+from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay
+from psrl_jax.schedules import LinearSchedule
+from psrl_jax.train.checkpoint import Checkpointer, compatibility_header
+from psrl_jax.train.run_dir import MetricsLogger, truncate_metrics_after, write_run_info
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
+
+
+@flax.struct.dataclass
+class TrainState:
+    agent: RainbowState
+    replay: object
+    frame_stack: jax.Array  # uint8 [E, F, H, W] the actor's current observation per training env
+    key: jax.Array  # acting key
+
+
+def default_run_dir(config, game: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.name}-{game}-s{config.seed}x{config.num_seeds}-{stamp}")
+
+
+def push_frames(frame_stack, frames, first):
+    """Append the newest frame; an episode's first frame clears the older ones (zeros, as replay does)."""
+    shifted = jnp.concatenate([frame_stack[:, 1:], frames[:, None]], axis=1)
+    keep_history = jnp.arange(frame_stack.shape[1]) == frame_stack.shape[1] - 1
+    mask = jnp.logical_or(~first[:, None], keep_history[None, :])
+    return jnp.where(mask[:, :, None, None], shifted, jnp.zeros_like(shifted))
+
+
+class AtariTrainer:
+    """Builds everything from a validated config; `run()` trains, evaluates and checkpoints."""
+
+    def __init__(self, config):
+        validate_atari_config(config)  # cheap checks first: no env, no compile
+        try:
+            self.task_id = resolve_game(config.env.game)
+        except ValueError as error:
+            raise ConfigError(f"config.env.game: {error}") from error
+        self.game = self.task_id.split("-")[0]
+        if config.resume and not config.run_dir:
+            raise ConfigError("config.resume=True needs config.run_dir pointing at the run to continue")
+        self.run_dir = config.run_dir or default_run_dir(config, self.game)
+        check_writable_directory(self.run_dir)
+        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint.keep)
+        if not config.resume and self.checkpointer.latest_step() is not None:
+            raise ConfigError(
+                f"{self.run_dir} already holds checkpoints; pass --config.resume=True to continue it, "
+                "or choose another --config.run_dir (nothing was overwritten)"
+            )
+        self.config = config
+        self.num_seeds = config.num_seeds
+        self.envs_per_seed = config.env.envs_per_seed
+        self.envs = make_atari_envs(
+            config.env, self.num_seeds * self.envs_per_seed, seed=config.seed * self.envs_per_seed, train=True
+        )
+        self.num_actions = num_actions(self.envs)
+        size = config.env.image_size
+        self.frame_shape = (size, size)
+        self.agent = RainbowAgent(config, self.num_actions, (config.env.frame_stack, size, size))
+        self.replay = make_sequence_replay(config, self.frame_shape)
+        self.beta = LinearSchedule(
+            config.replay.importance_beta_start, config.replay.importance_beta_end, config.total_env_steps
+        )
+        self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
+        self._compile()
+
+    # ----- jitted, vmapped pieces ---------------------------------------------------------------
+    def _init_single(self, key):
+        k_agent, k_act = jax.random.split(key)
+        e, f = self.envs_per_seed, self.config.env.frame_stack
+        return TrainState(
+            agent=self.agent.init(k_agent),
+            replay=self.replay.init(),
+            frame_stack=jnp.zeros((e, f, *self.frame_shape), jnp.uint8),
+            key=k_act,
+        )
+
+    def _collect_single(self, state: TrainState, frame, reward, discount, first, random_actions: bool):
+        stack = push_frames(state.frame_stack, frame, first)
+        key, k_act = jax.random.split(state.key)
+        if random_actions:  # warm-up before min_size: uniform random actions
+            actions = jax.random.randint(k_act, (frame.shape[0],), 0, self.num_actions).astype(jnp.int32)
+        else:
+            actions = self.agent.act(state.agent.params, stack, k_act, epsilon=0.0, noisy_sample=True)
+        step = Step(frame=frame, action=actions, reward=reward, discount=discount, first=first)
+        replay_state = self.replay.add(state.replay, step)
+        return state.replace(replay=replay_state, frame_stack=stack, key=key), actions
+
+    def _update_single(self, state: TrainState, beta):
+        agent_state, replay_state, metrics = self.agent.update_many(
+            state.agent, self.replay, state.replay, beta, self.updates_per_dispatch
+        )
+        return state.replace(agent=agent_state, replay=replay_state), metrics
+
+    def _eval_act_single(self, params, obs, key):
+        return self.agent.act(params, obs, key, self.config.eval.epsilon, noisy_sample=False)
+
+    def _compile(self):
+        self.init_fn = jax.jit(jax.vmap(self._init_single))
+        collect_axes = (0, 0, 0, 0, 0)
+        self.collect_random = jax.jit(
+            jax.vmap(functools.partial(self._collect_single, random_actions=True), in_axes=collect_axes),
+            donate_argnums=0,
+        )
+        self.collect_policy = jax.jit(
+            jax.vmap(functools.partial(self._collect_single, random_actions=False), in_axes=collect_axes),
+            donate_argnums=0,
+        )
+        self.update_fn = jax.jit(jax.vmap(self._update_single, in_axes=(0, None)), donate_argnums=0)
+        self.eval_act = jax.jit(jax.vmap(self._eval_act_single))
+
+    def seed_keys(self):
+        return jnp.stack([jax.random.PRNGKey(self.config.seed + i) for i in range(self.num_seeds)])
+
+    # ----- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, params, episodes: int, eval_index: int) -> np.ndarray:
+        """Returns [S, episodes] full-episode returns (no reward clipping, no life-loss terminals)."""
+        cfg = self.config
+        envs_per_seed = min(episodes, cfg.eval.max_parallel_envs)
+        num_envs = self.num_seeds * envs_per_seed
+        envs = make_atari_envs(
+            cfg.env,
+            num_envs,
+            seed=EVAL_SEED_OFFSET + cfg.seed * envs_per_seed,
+            train=False,
+            max_episode_frames=cfg.eval.max_episode_frames,
+        )
+        base_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET), eval_index)
+        counter = [0]
+
+        def policy(stacked_obs, first):
+            del first
+            counter[0] += 1
+            keys = jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds)
+            obs = jnp.asarray(stacked_obs).reshape(self.num_seeds, envs_per_seed, *stacked_obs.shape[1:])
+            return np.asarray(self.eval_act(params, obs, keys)).reshape(-1)
+
+        returns = run_evaluation_episodes(envs, policy, episodes // envs_per_seed, num_envs, cfg.env.frame_stack)
+        envs.close()
+        return np.asarray(returns).reshape(self.num_seeds, episodes)
+
+    # ----- main loop ----------------------------------------------------------------------------
+    def run(self) -> str:
+        cfg, S, E = self.config, self.num_seeds, self.envs_per_seed
+        config_dict = config_to_dict(cfg)
+        state = self.init_fn(self.seed_keys())
+        start_step, header = 0, {}
+        if cfg.resume:
+            state, header = self.checkpointer.restore(state, config_dict)
+            start_step = int(header["env_step"])
+            truncate_metrics_after(self.run_dir, S, start_step)
+        write_run_info(self.run_dir, cfg)
+        logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
+        replay_bytes = float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay)))
+        if not cfg.resume:
+            for i in range(S):
+                logger.write(i, "run_info", 0, {"replay_bytes_per_transition": replay_bytes, "task_id": self.task_id})
+
+        episodes = EpisodeStats(S * E)
+        episode_counts = np.asarray(header.get("episode_counts", [0] * S), np.int64)
+        updates_done = int(header.get("updates_per_seed", 0))
+        last_eval = header.get("last_eval")
+        eval_index = int(header.get("eval_index", 0))
+
+        timestep = self.envs.reset()
+        arrays, lives = convert_timestep(timestep, None, cfg.env.terminal_on_life_loss)
+        total = cfg.total_env_steps
+        progress = tqdm(
+            total=total,
+            initial=start_step,
+            unit="step",
+            desc=f"{cfg.name} {self.game} x{S}",
+            disable=not cfg.log.progress_bar,
+            mininterval=1.0 if os.isatty(2) else 30.0,
+            dynamic_ncols=True,
+        )
+        window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
+        env_step = start_step
+        env_ids = np.arange(S * E, dtype=np.int32)
+
+        def to_seed_axis(x):
+            return jnp.asarray(x.reshape(S, E, *x.shape[1:]))
+
+        while env_step < total:
+            warmup = env_step < cfg.replay.min_size
+            collect = self.collect_random if warmup else self.collect_policy
+            state, actions = collect(
+                state,
+                to_seed_axis(arrays.frame),
+                to_seed_axis(arrays.reward),
+                to_seed_axis(arrays.discount),
+                to_seed_axis(arrays.first),
+            )
+            iteration = env_step // E
+            if not warmup and (iteration + 1) % cfg.update_every == 0:
+                state, metrics = self.update_fn(state, jnp.float32(self.beta(env_step)))
+                window_metrics.append(metrics)
+                window_updates += self.updates_per_dispatch
+                updates_done += self.updates_per_dispatch
+            timestep = self.envs.step(np.asarray(actions).reshape(-1), env_ids)
+            arrays, lives = convert_timestep(timestep, lives, cfg.env.terminal_on_life_loss)
+            env_step += E
+            window_steps += E
+            progress.update(E)
+            for episode in episodes.update(arrays):
+                seed_index = episode.env_index // E
+                episode_counts[seed_index] += 1
+                logger.write(
+                    seed_index,
+                    "train_episode",
+                    env_step,
+                    {
+                        "return": episode.episode_return,
+                        "length": episode.length,
+                        "truncated": bool(episode.truncated),
+                        "episode": int(episode_counts[seed_index]),
+                    },
+                )
+
+            if env_step % cfg.log.every_steps == 0 or env_step >= total:
+                elapsed = max(time.time() - window_start, 1e-9)
+                rates = {
+                    "env_steps_per_s_all_seeds": window_steps * S / elapsed,
+                    "updates_per_s_all_seeds": window_updates * S / elapsed,
+                    "updates_per_seed": updates_done,
+                    "beta": float(self.beta(env_step)),
+                }
+                means = (
+                    jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
+                    if window_metrics
+                    else {}
+                )
+                for i in range(S):
+                    logger.write(i, "update", env_step, {**rates, **{k: float(v[i]) for k, v in means.items()}})
+                logger.flush()
+                progress.set_postfix(
+                    sps=f"{rates['env_steps_per_s_all_seeds']:.0f}",
+                    ups=f"{rates['updates_per_s_all_seeds']:.0f}",
+                    eval="-" if last_eval is None else f"{last_eval:.1f}",
+                    refresh=False,
+                )
+                window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
+
+            if cfg.eval.every_steps and env_step % cfg.eval.every_steps == 0 and env_step < total:
+                eval_index += 1
+                returns = self._log_eval(logger, state, env_step, cfg.eval.episodes, eval_index, "eval")
+                last_eval = float(np.mean(returns))
+                window_start = time.time()  # keep evaluation time out of training throughput
+            if cfg.checkpoint.every_steps and env_step % cfg.checkpoint.every_steps == 0 and env_step < total:
+                self._save(state, env_step, config_dict, episode_counts, updates_done, last_eval, eval_index)
+                window_start = time.time()
+        progress.close()
+
+        done_path = os.path.join(self.run_dir, "final_eval.json")
+        if start_step < total or not os.path.exists(done_path):
+            if start_step < total:  # a checkpoint before the (long) final evaluation
+                self._save(state, total, config_dict, episode_counts, updates_done, last_eval, eval_index)
+            eval_index += 1
+            returns = self._log_eval(logger, state, total, cfg.eval.final_episodes, eval_index, "final_eval")
+            save_json_atomic(done_path, {"env_step": total, "return_mean_per_seed": returns.mean(1).tolist()})
+        logger.close()
+        self.checkpointer.close()
+        self.envs.close()
+        return self.run_dir
+
+    def _log_eval(self, logger, state, env_step, episodes, eval_index, kind):
+        start = time.time()
+        returns = self.evaluate(state.agent.params, episodes, eval_index)
+        for i in range(self.num_seeds):
+            logger.write(
+                i,
+                kind,
+                env_step,
+                {
+                    "return_mean": float(np.mean(returns[i])),
+                    "return_std": float(np.std(returns[i])),
+                    "episodes": int(returns.shape[1]),
+                    "returns": returns[i].tolist(),
+                    "seconds": time.time() - start,
+                },
+            )
+        logger.flush()
+        tqdm.write(f"[{kind}] env_step={env_step} return per seed: {np.round(returns.mean(1), 1).tolist()}")
+        return returns
+
+    def _save(self, state, env_step, config_dict, episode_counts, updates_done, last_eval, eval_index):
+        header = {
+            "env_step": int(env_step),
+            "compatibility": compatibility_header(config_dict),
+            "episode_counts": [int(c) for c in episode_counts],
+            "updates_per_seed": int(updates_done),
+            "last_eval": last_eval,
+            "eval_index": eval_index,
+        }
+        self.checkpointer.save(env_step, state, header)
+
+
+def train(config) -> str:
+    """Train as the config says; returns the run directory."""
+    return AtariTrainer(config).run()

@@ -1,0 +1,105 @@
+"""Orbax checkpoints of the whole training state (agents, optimisers, replay, keys) plus a JSON header.
+
+Orbax writes each step into a temporary directory and renames it when complete, so an interrupted
+save never leaves a half-written "latest" checkpoint. On resume the header is checked against the
+current config first (a clear error for an incompatible run), then the arrays are restored into the
+shapes the current config implies (a clear error for a corrupted or mismatched checkpoint). A failed
+restore never deletes or overwrites anything.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from psrl_jax.config import ConfigError
+
+# Config fields that change array shapes or the meaning of the saved state: a checkpoint written with
+# other values cannot be continued.
+COMPATIBILITY_FIELDS = (
+    "num_seeds",
+    "env.game",
+    "env.envs_per_seed",
+    "env.frame_stack",
+    "env.image_size",
+    "replay.capacity",
+    "replay.n_step",
+    "replay.prediction_steps",
+    "agent",
+)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _lookup(config_dict: dict, dotted: str):
+    value = config_dict
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def compatibility_header(config_dict: dict) -> dict:
+    return {field: _lookup(config_dict, field) for field in COMPATIBILITY_FIELDS}
+
+
+class Checkpointer:
+    def __init__(self, run_dir: str, keep: int):
+        self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self):
+        return self._manager.latest_step()
+
+    def save(self, env_step: int, state, header: dict) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), header=ocp.args.JsonSave(header))
+        self._manager.save(env_step, args=args, force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, state_template, config_dict: dict):
+        """Restore the latest checkpoint into the structure/shapes of `state_template`.
+
+        Returns (state, header). Raises CheckpointError with a clear message otherwise."""
+        step = self._manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"resume requested but {self.directory} holds no complete checkpoint")
+        where = os.path.join(self.directory, str(step))
+        try:
+            header = self._manager.restore(step, args=ocp.args.Composite(header=ocp.args.JsonRestore())).header
+        except Exception as error:  # orbax raises many types for unreadable files
+            raise CheckpointError(
+                f"checkpoint {where} is corrupted or unreadable ({type(error).__name__}: {error}). "
+                "It was left untouched; move it away to resume from an older one, or start a new run_dir."
+            ) from error
+        expected = compatibility_header(config_dict)
+        saved = header.get("compatibility", {})
+        mismatched = [k for k in expected if _normalise(saved.get(k)) != _normalise(expected[k])]
+        if mismatched:
+            details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {expected[k]!r}" for k in mismatched)
+            raise ConfigError(
+                f"checkpoint {where} was written with an incompatible config ({details}). "
+                "Resume with the run's original config.json values, or start a new run_dir."
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        except Exception as error:
+            raise CheckpointError(
+                f"checkpoint {where} could not be restored into the current state "
+                f"({type(error).__name__}: {error}). It was left untouched."
+            ) from error
+        return restored.state, header
+
+    def close(self):
+        self._manager.close()
+
+
+def _normalise(value):
+    """JSON round trips turn tuples into lists; compare structurally."""
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    return value

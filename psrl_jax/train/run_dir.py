@@ -1,0 +1,128 @@
+"""The run directory: resolved config, package versions, per-seed JSONL metrics, TensorBoard events.
+
+Layout (one directory per run):
+    config.json            the resolved config (every field, after overrides)
+    versions.json          python, platform, jax backend/devices and package versions
+    metrics/seed_<i>.jsonl one JSON record per line: {"kind": "train_episode"|"update"|"eval"|..., "env_step": ...}
+    tensorboard/seed_<i>/  TensorBoard event files with the same scalars
+    checkpoints/           orbax checkpoints (see checkpoint.py)
+"""
+
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+
+import jax
+
+from psrl_jax.config import config_to_dict, save_json_atomic
+
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "chex",
+    "rlax",
+    "flashbax",
+    "envpool",
+    "orbax-checkpoint",
+    "ml-collections",
+    "numpy",
+    "tensorboardX",
+)
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version,
+        "platform": platform.platform(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "packages": versions,
+    }
+
+
+def write_run_info(run_dir: str, config) -> None:
+    save_json_atomic(os.path.join(run_dir, "config.json"), config_to_dict(config))
+    save_json_atomic(os.path.join(run_dir, "versions.json"), package_versions())
+
+
+def metrics_path(run_dir: str, seed_index: int) -> str:
+    return os.path.join(run_dir, "metrics", f"seed_{seed_index}.jsonl")
+
+
+def read_metrics(run_dir: str, seed_index: int) -> list:
+    with open(metrics_path(run_dir, seed_index)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics_after(run_dir: str, num_seeds: int, env_step: int) -> None:
+    """On resume from a checkpoint at `env_step`, drop records written after it (they will be
+    produced again); the dropped lines are kept in seed_<i>.jsonl.after_<step> so nothing is lost."""
+    for i in range(num_seeds):
+        path = metrics_path(run_dir, i)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        keep, dropped = [], []
+        for line in lines:
+            (keep if json.loads(line).get("env_step", 0) <= env_step else dropped).append(line)
+        if dropped:
+            with open(f"{path}.after_{env_step}", "a") as f:
+                f.writelines(dropped)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+
+
+class MetricsLogger:
+    """Appends one JSON line per record to each seed's file, and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: str, num_seeds: int, tensorboard: bool):
+        os.makedirs(os.path.join(run_dir, "metrics"), exist_ok=True)
+        self._files = [open(metrics_path(run_dir, i), "a") for i in range(num_seeds)]
+        self._writers = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._writers = [SummaryWriter(os.path.join(run_dir, "tensorboard", f"seed_{i}")) for i in range(num_seeds)]
+
+    def write(self, seed_index: int, kind: str, env_step: int, values: dict) -> None:
+        record = {"kind": kind, "env_step": int(env_step)}
+        record.update({k: _to_python(v) for k, v in values.items()})
+        self._files[seed_index].write(json.dumps(record) + "\n")
+        if self._writers is not None:
+            for name, value in record.items():
+                if isinstance(value, (int, float)) and name != "env_step":
+                    self._writers[seed_index].add_scalar(f"{kind}/{name}", value, env_step)
+
+    def flush(self) -> None:
+        for f in self._files:
+            f.flush()
+        if self._writers is not None:
+            for w in self._writers:
+                w.flush()
+
+    def close(self) -> None:
+        self.flush()
+        for f in self._files:
+            f.close()
+        if self._writers is not None:
+            for w in self._writers:
+                w.close()
+
+
+def _to_python(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value

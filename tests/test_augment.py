@@ -1,0 +1,103 @@
+"""Random shift / intensity augmentation."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psrl_jax.ops.augment import (
+    augment_observations,
+    random_intensity,
+    random_shift,
+    to_float,
+)
+
+PAD = 4
+SIZE = 16  # 16x16 coordinate codes h*16+w fit exactly in uint8
+
+
+def _coordinate_images(batch, frames, channels=None):
+    code = np.arange(SIZE * SIZE, dtype=np.uint8).reshape(SIZE, SIZE)
+    images = np.broadcast_to(code, (batch, frames, SIZE, SIZE))
+    if channels is not None:
+        images = np.broadcast_to(images[..., None], images.shape + (channels,))
+    return jnp.asarray(images)
+
+
+def _recover_shifts(out):
+    """Per-sample, per-frame (dy, dx) from the centre pixel of coordinate-coded images."""
+    centre = np.asarray(out[:, :, SIZE // 2, SIZE // 2]).astype(int)  # [B, F]
+    return np.stack([centre // SIZE - SIZE // 2, centre % SIZE - SIZE // 2], axis=-1)
+
+
+def _expected_crop(shift):
+    """Edge padding then crop with shift (dy, dx): out[i, j] = in[clip(i+dy), clip(j+dx)]."""
+    rows = np.clip(np.arange(SIZE) + shift[0], 0, SIZE - 1)
+    cols = np.clip(np.arange(SIZE) + shift[1], 0, SIZE - 1)
+    return (rows[:, None] * SIZE + cols[None, :]).astype(np.uint8)
+
+
+def test_shift_bounded_consistent_and_edge_padded():
+    images = _coordinate_images(batch=256, frames=4)
+    out = jax.jit(random_shift, static_argnums=2)(jax.random.key(0), images, PAD)
+    chex.assert_shape(out, images.shape)
+    chex.assert_type(out, jnp.uint8)
+    shifts = _recover_shifts(out)  # [B, F, 2]
+    assert np.all(np.abs(shifts) <= PAD)
+    assert np.all(shifts == shifts[:, :1])  # every frame of a sample shifted equally
+    # Uniform over [-pad, pad]: with 256 samples every value of each axis shows up.
+    for axis in range(2):
+        assert set(shifts[:, 0, axis].tolist()) == set(range(-PAD, PAD + 1))
+    for b in range(8):  # the whole crop, including the replicated border
+        np.testing.assert_array_equal(out[b, 2], _expected_crop(shifts[b, 0]))
+
+
+def test_shift_accepts_channels_and_float():
+    images = _coordinate_images(batch=8, frames=3, channels=2).astype(jnp.float32)
+    out = random_shift(jax.random.key(1), images, PAD)
+    chex.assert_shape(out, images.shape)
+    chex.assert_type(out, jnp.float32)
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    shifts = _recover_shifts(out[..., 0])
+    assert np.all(np.abs(shifts) <= PAD) and np.all(shifts == shifts[:, :1])
+
+
+def test_shift_per_sample_and_reproducible():
+    images = _coordinate_images(batch=32, frames=2)
+    a = random_shift(jax.random.key(2), images, PAD)
+    b = random_shift(jax.random.key(2), images, PAD)
+    c = random_shift(jax.random.key(3), images, PAD)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    shifts = _recover_shifts(a)[:, 0]
+    assert len({tuple(s) for s in shifts}) > 10  # 81 possible offsets over 32 samples
+    np.testing.assert_array_equal(random_shift(jax.random.key(2), images, 0), images)
+
+
+def test_intensity_range_and_per_sample():
+    scale = 0.05
+    images = jnp.ones((256, 4, 8, 8), jnp.float32)
+    out = jax.jit(random_intensity, static_argnums=2)(jax.random.key(0), images, scale)
+    chex.assert_shape(out, images.shape)
+    chex.assert_type(out, jnp.float32)
+    factors = np.asarray(out[:, 0, 0, 0])
+    np.testing.assert_allclose(out, factors[:, None, None, None] * np.ones((4, 8, 8)), rtol=1e-6)
+    assert np.all(factors >= 1 - 2 * scale - 1e-6) and np.all(factors <= 1 + 2 * scale + 1e-6)
+    assert len(np.unique(factors)) > 200
+    again = random_intensity(jax.random.key(0), images, scale)
+    np.testing.assert_allclose(out, again, rtol=1e-6)
+
+
+def test_augment_observations():
+    obs = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 4, 84, 84)), jnp.uint8)
+    out = jax.jit(augment_observations, static_argnums=(2, 3))(jax.random.key(1), obs, 4, 0.05)
+    chex.assert_shape(out, obs.shape)
+    chex.assert_type(out, jnp.float32)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 2 * 0.05 + 1e-6
+    plain = augment_observations(jax.random.key(1), obs, 0, 0.0)
+    np.testing.assert_allclose(plain, to_float(obs))
+    np.testing.assert_allclose(to_float(jnp.array([0, 255], jnp.uint8)), [0.0, 1.0])
+    # vmappable over a leading seed axis
+    keys = jax.random.split(jax.random.key(2), 2)
+    seeded = jax.vmap(lambda k, o: augment_observations(k, o, 4, 0.05))(keys, obs.reshape(2, 4, 4, 84, 84))
+    chex.assert_shape(seeded, (2, 4, 4, 84, 84))

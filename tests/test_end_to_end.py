@@ -1,0 +1,101 @@
+"""The smoke config with 2 vmapped seeds: trains, evaluates, checkpoints, is killed, resumes, finishes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def _command(run_dir, *extra):
+    return [
+        sys.executable,
+        "launch/atari.py",
+        "--config",
+        "configs/rainbow.py:smoke",
+        "--config.num_seeds=2",
+        f"--config.run_dir={run_dir}",
+        "--config.log.progress_bar=False",
+        *extra,
+    ]
+
+
+def _records(run_dir, seed, kind):
+    with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def _checkpoint_steps(run_dir):
+    path = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def test_smoke_two_seeds_kill_resume_finish(tmp_path):
+    run_dir = str(tmp_path / "run")
+    process = subprocess.Popen(_command(run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not _checkpoint_steps(run_dir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert process.poll() is None, process.stdout.read().decode()[-3000:]
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)  # an interrupted run: no clean shutdown
+    process.wait()
+    first_checkpoint = _checkpoint_steps(run_dir)[-1]
+    assert 0 < first_checkpoint < 1200
+
+    resumed = subprocess.run(
+        _command(run_dir, "--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    for seed in (0, 1):
+        updates = _records(run_dir, seed, "update")
+        steps = [r["env_step"] for r in updates]
+        assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated records after resume
+        assert steps[-1] == 1200
+        assert all(r["updates_per_seed"] >= 0 for r in updates)
+        late = [r for r in updates if r["env_step"] > 400]
+        assert late and all("loss/rl" in r and r["loss/rl"] == r["loss/rl"] for r in late)  # finite, present
+        assert _records(run_dir, seed, "train_episode"), "training episodes are logged per seed"
+        evals = _records(run_dir, seed, "eval")
+        assert evals and all(r["episodes"] == 2 for r in evals)
+        final = _records(run_dir, seed, "final_eval")
+        assert len(final) == 1 and final[0]["episodes"] == 4 and len(final[0]["returns"]) == 4
+        assert os.path.isdir(os.path.join(run_dir, "tensorboard", f"seed_{seed}"))
+    for name in ("config.json", "versions.json", "final_eval.json"):
+        assert os.path.exists(os.path.join(run_dir, name))
+    with open(os.path.join(run_dir, "config.json")) as f:
+        assert json.load(f)["num_seeds"] == 2
+    assert _checkpoint_steps(run_dir)[-1] == 1200
+
+    # Starting again without resume must not overwrite the run.
+    clash = subprocess.run(_command(run_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert clash.returncode != 0 and "resume" in clash.stderr
+
+    # A corrupted checkpoint gives a clear error and is left as it was.
+    state_dir = os.path.join(run_dir, "checkpoints", "1200", "state")
+    victims = []
+    for root, _, files in os.walk(state_dir):
+        victims += [os.path.join(root, f) for f in files if "manifest" in f or f.startswith("_METADATA")]
+    assert victims
+    for victim in victims:
+        with open(victim, "wb") as f:
+            f.write(b"garbage")
+    before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    corrupted = subprocess.run(
+        _command(run_dir, "--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert corrupted.returncode != 0
+    assert "corrupted" in corrupted.stderr or "could not be restored" in corrupted.stderr
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
+    for victim in victims:
+        with open(victim, "rb") as f:
+            assert f.read() == b"garbage"
