@@ -59,6 +59,7 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
         "env.num_threads": env.num_threads,
         "eval.every_steps": ev.every_steps,
         "checkpoint.every_steps": config.checkpoint.every_steps,
+        "update_scan_unroll": config.update_scan_unroll,
     }.items():
         _require(isinstance(value, int) and value >= 0, f"config.{name} must be an integer >= 0, got {value!r}")
     _require(env.image_size >= 36, f"config.env.image_size must be >= 36 (three VALID convs), got {env.image_size}")

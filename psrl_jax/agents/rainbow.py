@@ -136,8 +136,13 @@ class RainbowAgent:
         new_state = RainbowState(params, target_params, opt_state, key, step)
         return new_state, per_sample, metrics
 
-    def update_many(self, state: RainbowState, replay, replay_state, beta, num_updates: int):
-        """`num_updates` sample-update-reprioritise steps in one `lax.scan` (one dispatch)."""
+    def update_many(self, state: RainbowState, replay, replay_state, beta, num_updates: int, unroll: int = 1):
+        """`num_updates` sample-update-reprioritise steps in one `lax.scan` (one dispatch).
+
+        `unroll` is lax.scan's: XLA:CPU runs convolutions inside a while loop about 6x slower than
+        unrolled (measured: 4 full-width updates 1308 ms in a loop vs 196 ms unrolled), so the
+        trainer unrolls fully on CPU; on GPU the loop costs nothing and keeps compiles short.
+        """
 
         def one_update(carry, _):
             agent_state, buffer_state = carry
@@ -150,5 +155,7 @@ class RainbowAgent:
             buffer_state = replay.update_priorities(buffer_state, batch.indices, jnp.abs(per_sample), valid=batch.valid)
             return (agent_state, buffer_state), metrics
 
-        (state, replay_state), metrics = jax.lax.scan(one_update, (state, replay_state), None, length=num_updates)
+        (state, replay_state), metrics = jax.lax.scan(
+            one_update, (state, replay_state), None, length=num_updates, unroll=unroll
+        )
         return state, replay_state, jax.tree.map(jnp.mean, metrics)

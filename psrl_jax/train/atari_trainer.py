@@ -63,6 +63,13 @@ def push_frames(frame_stack, frames, first):
     return jnp.where(mask[:, :, None, None], shifted, jnp.zeros_like(shifted))
 
 
+def resolve_scan_unroll(requested: int, updates_per_dispatch: int) -> int:
+    """0 = auto: unroll the update scan fully on CPU (XLA:CPU loops are slow), not at all elsewhere."""
+    if requested > 0:
+        return requested
+    return updates_per_dispatch if jax.default_backend() == "cpu" else 1
+
+
 class AtariTrainer:
     """Builds everything from a validated config; `run()` trains, evaluates and checkpoints."""
 
@@ -98,6 +105,7 @@ class AtariTrainer:
             config.replay.importance_beta_start, config.replay.importance_beta_end, config.total_env_steps
         )
         self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
+        self.scan_unroll = resolve_scan_unroll(config.update_scan_unroll, self.updates_per_dispatch)
         self._compile()
 
     # ----- jitted, vmapped pieces ---------------------------------------------------------------
@@ -124,7 +132,7 @@ class AtariTrainer:
 
     def _update_single(self, state: TrainState, beta):
         agent_state, replay_state, metrics = self.agent.update_many(
-            state.agent, self.replay, state.replay, beta, self.updates_per_dispatch
+            state.agent, self.replay, state.replay, beta, self.updates_per_dispatch, self.scan_unroll
         )
         return state.replace(agent=agent_state, replay=replay_state), metrics
 
