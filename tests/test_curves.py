@@ -1,0 +1,46 @@
+"""Learning-curve plotting reads the real run-directory format and writes a non-trivial PNG."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from psrl_jax.analysis.curves import load_records, plot_learning_curves, reference_scores
+
+
+def _write_run(run_dir, seeds=2):
+    os.makedirs(os.path.join(run_dir, "metrics"))
+    for seed in range(seeds):
+        with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl"), "w") as f:
+            for step in range(0, 5000, 1000):
+                f.write(
+                    json.dumps({"kind": "train_episode", "env_step": step + 7, "return": float(step + seed)}) + "\n"
+                )
+                f.write(json.dumps({"kind": "eval", "env_step": step, "return_mean": float(step) / 10}) + "\n")
+
+
+def test_plot_writes_png_with_content(tmp_path):
+    run_dir = str(tmp_path / "run")
+    _write_run(run_dir)
+    records = load_records(run_dir, "eval")
+    assert sorted(records) == [0, 1] and len(records[0]) == 5
+    out = str(tmp_path / "curve.png")
+    plot_learning_curves([run_dir], out, title="t", references={"der": 300.0})
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert np.std(image) > 0.01  # not a blank canvas
+
+
+def test_not_a_run_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        load_records(str(tmp_path), "eval")
+
+
+def test_reference_scores_lookup(tmp_path):
+    path = tmp_path / "scores.csv"
+    path.write_text("game,random,der\nRoadRunner,11.5,9600.0\n")
+    assert reference_scores(str(path), "roadrunner") == {"random": 11.5, "der": 9600.0}
+    assert reference_scores(str(path), "Pong") == {}
