@@ -68,7 +68,7 @@ def test_scanned_updates_under_vmap_match_per_seed_and_change_params():
     buffers = jax.tree.map(lambda x: jnp.stack([x, x]), buffer)
 
     def run(state, buf):
-        return agent.update_many(state, replay, buf, jnp.float32(0.4), 3)
+        return agent.update_many(state, replay, buf, jnp.float32(0.4), 3, unroll=3)
 
     new_states, new_buffers, metrics = jax.jit(jax.vmap(run))(states, buffers)
     chex.assert_shape(metrics["loss/rl"], (2,))
