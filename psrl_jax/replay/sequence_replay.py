@@ -53,16 +53,9 @@ class Transitions:
 
 
 @flax.struct.dataclass
-class SequenceBatch:
-    obs: jax.Array  # uint8 [B, S, *frame_shape]
-    action: jax.Array  # [B, *action_shape]
-    n_step_return: jax.Array  # float32 [B]
-    bootstrap_discount: jax.Array  # float32 [B]
-    next_obs: jax.Array  # uint8 [B, S, *frame_shape]
-    valid: jax.Array  # float32 [B]
-    future_obs: jax.Array  # uint8 [B, K, S, *frame_shape]
-    future_actions: jax.Array  # [B, K, *action_shape]
-    future_mask: jax.Array  # float32 [B, K]
+class SequenceBatch(Transitions):
+    """Decoded transitions plus the sampling bookkeeping of prioritised replay."""
+
     indices: jax.Array  # int32 [B], flashbax item indices for update_priorities
     probabilities: jax.Array  # float32 [B]
     importance_weights: jax.Array  # float32 [B], (N * P)^-beta / max over the batch
