@@ -187,12 +187,14 @@ class AtariTrainer:
     def run(self) -> str:
         cfg, S, E = self.config, self.num_seeds, self.envs_per_seed
         config_dict = config_to_dict(cfg)
-        state = self.init_fn(self.seed_keys())
         start_step, header = 0, {}
-        if cfg.resume:
-            state, header = self.checkpointer.restore(state, config_dict)
+        if cfg.resume:  # restore into shapes only: no second full-size replay in memory
+            template = jax.eval_shape(self.init_fn, self.seed_keys())
+            state, header = self.checkpointer.restore(template, config_dict)
             start_step = int(header["env_step"])
             truncate_metrics_after(self.run_dir, S, start_step)
+        else:
+            state = self.init_fn(self.seed_keys())
         write_run_info(self.run_dir, cfg)
         logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
         replay_bytes = float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay)))

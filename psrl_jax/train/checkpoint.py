@@ -59,7 +59,8 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, state_template, config_dict: dict):
-        """Restore the latest checkpoint into the structure/shapes of `state_template`.
+        """Restore the latest checkpoint into the structure/shapes of `state_template` (arrays or
+        `jax.eval_shape` structs).
 
         Returns (state, header). Raises CheckpointError with a clear message otherwise."""
         step = self._manager.latest_step()
