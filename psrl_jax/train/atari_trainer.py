@@ -218,6 +218,7 @@ class AtariTrainer:
             desc=f"{cfg.name} {self.game} x{S}",
             disable=not cfg.log.progress_bar,
             mininterval=1.0 if os.isatty(2) else 30.0,
+            miniters=1,  # else tqdm adapts to the fast random warm-up and then barely prints
             dynamic_ncols=True,
         )
         window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
