@@ -76,6 +76,19 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
         assert json.load(f)["num_seeds"] == 2
     assert _checkpoint_steps(run_dir)[-1] == 1200
 
+    # A finished run's latest checkpoint can be evaluated on its own.
+    evaluation = subprocess.run(
+        [sys.executable, "launch/evaluate.py", f"--run_dir={run_dir}", "--episodes=2", "--max_parallel_envs=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    with open(os.path.join(run_dir, "evaluation_1200_2ep.json")) as f:
+        result = json.load(f)
+    assert len(result["returns"]) == 2 and all(len(r) == 2 for r in result["returns"])
+
     # Starting again without resume must not overwrite the run.
     clash = subprocess.run(_command(run_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert clash.returncode != 0 and "resume" in clash.stderr

@@ -183,14 +183,19 @@ class AtariTrainer:
         envs.close()
         return np.asarray(returns).reshape(self.num_seeds, episodes)
 
+    def restore_latest(self):
+        """(state, header) of the run's latest checkpoint, restored into shapes only (no second
+        full-size replay in memory)."""
+        template = jax.eval_shape(self.init_fn, self.seed_keys())
+        return self.checkpointer.restore(template, config_to_dict(self.config))
+
     # ----- main loop ----------------------------------------------------------------------------
     def run(self) -> str:
         cfg, S, E = self.config, self.num_seeds, self.envs_per_seed
         config_dict = config_to_dict(cfg)
         start_step, header = 0, {}
-        if cfg.resume:  # restore into shapes only: no second full-size replay in memory
-            template = jax.eval_shape(self.init_fn, self.seed_keys())
-            state, header = self.checkpointer.restore(template, config_dict)
+        if cfg.resume:
+            state, header = self.restore_latest()
             start_step = int(header["env_step"])
             truncate_metrics_after(self.run_dir, S, start_step)
         else:

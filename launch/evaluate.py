@@ -1,0 +1,66 @@
+"""Evaluate the latest checkpoint of a run directory without training.
+
+    python launch/evaluate.py --run_dir runs/<run> --episodes 100 [--max_parallel_envs 50]
+
+Plays full, unclipped episodes on fresh evaluation envs (as the final evaluation does) and writes
+<run_dir>/evaluation_<env_step>_<episodes>ep.json with every episode's return per seed. The run's
+own config.json is used, so the network and environment match the checkpoint.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory holding config.json and checkpoints/")
+_EPISODES = flags.DEFINE_integer("episodes", 100, "Episodes per seed")
+_PARALLEL = flags.DEFINE_integer("max_parallel_envs", 100, "Evaluation envs per seed")
+flags.mark_flags_as_required(["run_dir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    import ml_collections
+    import numpy as np
+
+    from psrl_jax.config import ConfigError, save_json_atomic
+    from psrl_jax.train.atari_trainer import AtariTrainer
+    from psrl_jax.train.checkpoint import CheckpointError
+
+    config_path = os.path.join(_RUN_DIR.value, "config.json")
+    if not os.path.exists(config_path):
+        sys.exit(f"error: {_RUN_DIR.value} is not a run directory (no config.json)")
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.run_dir = _RUN_DIR.value
+    config.resume = True
+    config.eval.final_episodes = _EPISODES.value
+    config.eval.max_parallel_envs = _PARALLEL.value
+    try:
+        trainer = AtariTrainer(config)
+        state, header = trainer.restore_latest()
+    except (ConfigError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    start = time.time()
+    returns = trainer.evaluate(state.agent.params, _EPISODES.value, eval_index=10_000)
+    env_step = int(header["env_step"])
+    result = {
+        "env_step": env_step,
+        "episodes_per_seed": _EPISODES.value,
+        "return_mean_per_seed": returns.mean(1).tolist(),
+        "return_std_per_seed": returns.std(1).tolist(),
+        "returns": returns.tolist(),
+        "seconds": time.time() - start,
+    }
+    path = os.path.join(_RUN_DIR.value, f"evaluation_{env_step}_{_EPISODES.value}ep.json")
+    save_json_atomic(path, result)
+    print(f"env_step {env_step}: mean return per seed {np.round(returns.mean(1), 1).tolist()} -> {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
