@@ -2,23 +2,20 @@
 
 import csv
 import glob
-import json
 import os
 
 import numpy as np
 
+from psrl_jax.train.run_dir import metrics_path, read_metrics
+
 
 def load_records(run_dir: str, kind: str) -> dict:
     """{seed_index: [records of this kind]} read from run_dir/metrics/seed_<i>.jsonl."""
-    paths = sorted(glob.glob(os.path.join(run_dir, "metrics", "seed_*.jsonl")))
+    paths = glob.glob(metrics_path(run_dir, "*"))
     if not paths:
         raise FileNotFoundError(f"{run_dir} is not a run directory (no metrics/seed_*.jsonl)")
-    out = {}
-    for path in paths:
-        seed = int(os.path.basename(path)[len("seed_") : -len(".jsonl")])
-        with open(path) as f:
-            out[seed] = [r for r in map(json.loads, filter(str.strip, f)) if r["kind"] == kind]
-    return out
+    seeds = sorted(int(os.path.basename(p)[len("seed_") : -len(".jsonl")]) for p in paths)
+    return {seed: [r for r in read_metrics(run_dir, seed) if r["kind"] == kind] for seed in seeds}
 
 
 def reference_scores(csv_path: str, game: str) -> dict:

@@ -14,8 +14,6 @@ import os
 import platform
 import sys
 
-import jax
-
 from psrl_jax.config import config_to_dict, save_json_atomic
 
 PACKAGES = (
@@ -35,6 +33,8 @@ PACKAGES = (
 
 
 def package_versions() -> dict:
+    import jax  # here, so that reading metrics (plots, reports) does not load JAX
+
     versions = {}
     for name in PACKAGES:
         try:
@@ -55,7 +55,8 @@ def write_run_info(run_dir: str, config) -> None:
     save_json_atomic(os.path.join(run_dir, "versions.json"), package_versions())
 
 
-def metrics_path(run_dir: str, seed_index: int) -> str:
+def metrics_path(run_dir: str, seed_index: int | str) -> str:
+    """seed_index may be "*" to glob every seed's file."""
     return os.path.join(run_dir, "metrics", f"seed_{seed_index}.jsonl")
 
 
