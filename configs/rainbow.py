@@ -10,6 +10,34 @@ Choices that are ours rather than the paper's are marked (ours).
 import ml_collections
 
 
+def psrl_config() -> ml_collections.ConfigDict:
+    """The PSRL section, every term off. K (prediction steps) is replay.prediction_steps."""
+    p = ml_collections.ConfigDict()
+    # One switch per loss term (supplementary Fig. 5 and Sec. 1.4):
+    p.cat_local = False  # L1 between the warped (CAT) query stack and the target stack
+    p.cat_global = False  # cosine loss between projections of the CAT stack and the target stack
+    p.aat_local = False  # L1 between the AAT-predicted stacks and the target stacks, K steps
+    p.aat_global = False  # cosine loss of the AAT-predicted stacks (SPR's loss), K steps
+    p.internal = False  # L1 between the first query frame warped by the internal correspondence and the last
+    p.local_weight = 1.0  # lambda_local (ours)
+    p.global_weight = 2.0  # lambda_global (ours: SPR's weight on Atari)
+    p.cat_steps = 1  # prediction steps that also get CAT (ours; <= replay.prediction_steps)
+    p.target_ema_decay = 0.0  # target <- d * target + (1 - d) * online; 0 = SPR on Atari (copy, stop-grad)
+    p.shared_shift = True  # o_k and o_{k+1..k+K} share one random shift (ours: flows see true motion)
+    # Correspondence estimation module (Table 3 rows 4-22):
+    p.correspondence_width = 1.0  # multiplier on every hidden width (1.0 = Table 3)
+    p.refinement_levels = 3  # coarse-to-fine levels after the coarse flow head (Table 3: 3)
+    p.correlation = "all_pairs"  # "all_pairs" (7x7 maps: 49 channels) or "local"
+    p.max_displacement = 3  # local correlation window radius, in feature-map pixels
+    p.leaky_relu_slope = 0.1  # (ours)
+    p.bn_momentum = 0.9  # flax convention (= PyTorch momentum 0.1)
+    p.multiscale_decay = 0.5  # local CAT loss weight of the s-th coarser flow scale: decay**s (0: finest only)
+    # Action-aware transform and global heads:
+    p.transform_hidden = 256  # Table 3: Conv(256, 3)
+    p.projection_dim = 256  # global projection / predictor width (ours, SPR's)
+    return p
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "rainbow"
@@ -65,6 +93,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.agent.augmentation.enabled = True
     c.agent.augmentation.shift_pad = 4  # random shift of +-4 px (replicate padding, then crop)
     c.agent.augmentation.intensity_scale = 0.05  # x * (1 + scale * clip(N(0,1), -2, 2))
+
+    # PSRL's paired-similarity losses (DESIGN.md 1; configs/rainbow_psrl.py switches them on). All
+    # terms off = plain Rainbow: the PSRL modules are not even built.
+    c.psrl = psrl_config()
 
     c.updates_per_step = 2  # gradient updates per env step per environment (replay ratio)
     # Env steps between update dispatches; each dispatch runs

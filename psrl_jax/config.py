@@ -121,6 +121,50 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
             "so that every evaluation env plays the same number of episodes (no bias to short episodes)",
         )
     _require(ev.max_episode_frames >= env.frame_skip, "config.eval.max_episode_frames must be >= env.frame_skip")
+    validate_psrl_config(config)
+
+
+PSRL_TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
+
+
+def validate_psrl_config(config: ml_collections.ConfigDict) -> None:
+    """Checks of the psrl section (configs/rainbow.py psrl_config); nothing to check when every term is off."""
+    p = config.psrl
+    for term in PSRL_TERMS:
+        _require(isinstance(p[term], bool), f"config.psrl.{term} must be True or False, got {p[term]!r}")
+    _require(p.local_weight >= 0 and p.global_weight >= 0, "config.psrl.local_weight and global_weight must be >= 0")
+    if not any(p[t] for t in PSRL_TERMS):
+        return
+    k = config.replay.prediction_steps
+    _require(
+        config.agent.encoder == "framewise",
+        f"PSRL compares per-frame maps: config.agent.encoder must be 'framewise', got {config.agent.encoder!r}",
+    )
+    needs_future = any(p[t] for t in ("cat_local", "cat_global", "aat_local", "aat_global"))
+    _require(
+        not needs_future or k >= 1,
+        "the CAT/AAT terms need replayed future steps: set config.replay.prediction_steps >= 1 (K, e.g. 5)",
+    )
+    _require(
+        1 <= p.cat_steps <= max(k, 1),
+        f"config.psrl.cat_steps={p.cat_steps} must be in [1, replay.prediction_steps={k}]",
+    )
+    _require(
+        0.0 <= p.target_ema_decay < 1.0, f"config.psrl.target_ema_decay must be in [0, 1), got {p.target_ema_decay}"
+    )
+    _require(p.correspondence_width > 0, f"config.psrl.correspondence_width must be > 0, got {p.correspondence_width}")
+    _require(
+        p.refinement_levels in (0, 1, 2, 3), f"config.psrl.refinement_levels must be 0..3, got {p.refinement_levels}"
+    )
+    _require(
+        p.correlation in ("all_pairs", "local"),
+        f"config.psrl.correlation must be 'all_pairs' or 'local', got {p.correlation!r}",
+    )
+    _require(p.max_displacement >= 1, f"config.psrl.max_displacement must be >= 1, got {p.max_displacement}")
+    _require(0.0 <= p.multiscale_decay <= 1.0, "config.psrl.multiscale_decay must be in [0, 1]")
+    _require(0.0 < p.bn_momentum < 1.0, "config.psrl.bn_momentum must be in (0, 1)")
+    for name in ("transform_hidden", "projection_dim"):
+        _require(isinstance(p[name], int) and p[name] >= 1, f"config.psrl.{name} must be a positive integer")
 
 
 def check_writable_directory(path: str) -> None:

@@ -78,7 +78,9 @@ def test_scanned_updates_under_vmap_match_per_seed_and_change_params():
     single = jax.tree.map(lambda x: x[1], states)
     alone, _, _ = jax.jit(run)(single, buffer)
     for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(new_states.params), strict=True):
-        np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-6)
+        # Adam normalises tiny gradients, so float rounding of vmap vs a single call can move a
+        # parameter by ~1e-6; a real mismatch (other data or key) moves them by ~lr = 1e-4.
+        np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-5)
     changed = [
         not np.allclose(a, b)
         for a, b in zip(jax.tree.leaves(states.params), jax.tree.leaves(new_states.params), strict=True)

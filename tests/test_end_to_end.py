@@ -1,6 +1,8 @@
 """The smoke config with 2 vmapped seeds: trains, evaluates, checkpoints, is killed, resumes, finishes."""
 
+import functools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,12 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
-def _command(run_dir, *extra):
+def _command(run_dir, *extra, config="configs/rainbow.py:smoke"):
     return [
         sys.executable,
         "launch/atari.py",
         "--config",
-        "configs/rainbow.py:smoke",
+        config,
         "--config.num_seeds=2",
         f"--config.run_dir={run_dir}",
         "--config.log.progress_bar=False",
@@ -38,9 +40,8 @@ def _checkpoint_steps(run_dir):
     return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-def test_smoke_two_seeds_kill_resume_finish(tmp_path):
-    run_dir = str(tmp_path / "run")
-    process = subprocess.Popen(_command(run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _train_until_first_checkpoint_then_kill(command, run_dir):
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     while not _checkpoint_steps(run_dir) and process.poll() is None and time.time() < deadline:
         time.sleep(0.5)
@@ -48,7 +49,12 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     time.sleep(1.0)
     process.send_signal(signal.SIGKILL)  # an interrupted run: no clean shutdown
     process.wait()
-    first_checkpoint = _checkpoint_steps(run_dir)[-1]
+    return _checkpoint_steps(run_dir)[-1]
+
+
+def test_smoke_two_seeds_kill_resume_finish(tmp_path):
+    run_dir = str(tmp_path / "run")
+    first_checkpoint = _train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
     assert 0 < first_checkpoint < 1200
 
     resumed = subprocess.run(
@@ -112,3 +118,24 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     for victim in victims:
         with open(victim, "rb") as f:
             assert f.read() == b"garbage"
+
+
+def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
+    """rainbow_psrl:smoke, 2 vmapped seeds: every PSRL term logged per seed, finite; BatchNorm
+    statistics, EMA target and PSRL modules survive a kill and resume."""
+    run_dir = str(tmp_path / "psrl")
+    command = functools.partial(_command, run_dir, config="configs/rainbow_psrl.py:smoke")
+    first_checkpoint = _train_until_first_checkpoint_then_kill(command(), run_dir)
+    assert 0 < first_checkpoint < 800
+    resumed = subprocess.run(command("--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    terms = ("loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
+    for seed in (0, 1):
+        updates = [r for r in _records(run_dir, seed, "update") if r["updates_per_seed"] > 0]
+        assert updates and updates[-1]["env_step"] == 800
+        for record in updates:
+            for name in (*terms, "loss/psrl", "loss/rl", "psrl/flow_magnitude", "psrl/internal_flow_magnitude"):
+                assert name in record and math.isfinite(record[name]), (name, record)
+        assert updates[-1]["psrl/flow_magnitude"] > 0  # the correspondence module has learned something
+        assert len(_records(run_dir, seed, "final_eval")) == 1
+    assert _checkpoint_steps(run_dir)[-1] == 800

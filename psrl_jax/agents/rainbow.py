@@ -1,7 +1,9 @@
-"""Data-efficient Rainbow (C51, dueling, noisy nets, double Q, prioritised n-step replay).
+"""Data-efficient Rainbow (C51, dueling, noisy nets, double Q, prioritised n-step replay), optionally
+with PSRL's paired-similarity losses on its encoder (config.psrl; losses/psrl.py).
 
 Pure functions over an explicit `RainbowState`; nothing here knows about seeds: the trainer vmaps
-`init`, `act` and `update_many` over a leading seed axis.
+`init`, `act` and `update_many` over a leading seed axis. With every PSRL term off the PSRL state
+fields are empty and the update is exactly Rainbow's.
 """
 
 import dataclasses
@@ -12,17 +14,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from psrl_jax.losses.psrl import ema_source, init_psrl_params, make_psrl_modules, psrl_enabled, psrl_loss
 from psrl_jax.losses.rainbow import c51_support, categorical_double_q_loss
-from psrl_jax.networks.q_network import make_q_network
+from psrl_jax.networks.q_network import RainbowQNetwork, make_encoder, make_q_network
 from psrl_jax.ops.augment import augment_observations, to_float
 from psrl_jax.replay.sequence_replay import SequenceBatch
 
 
 @flax.struct.dataclass
 class RainbowState:
-    params: Any
-    target_params: Any
-    opt_state: Any
+    params: Any  # Q-network variables (encoder "torso" + "head"); what acting uses
+    target_params: Any  # Q-network variables for the bootstrap target
+    aux_params: Any  # PSRL modules: correspondence, transform, projection, predictor ({} without PSRL)
+    ema_params: Any  # PSRL target side: EMA of the encoder and the projection ({} without PSRL)
+    batch_stats: Any  # BatchNorm statistics of the correspondence module ({} without PSRL)
+    opt_state: Any  # Adam over {"q": params, "aux": aux_params}
     key: jax.Array
     update_step: jax.Array  # int32 scalar, number of gradient updates so far
 
@@ -51,20 +57,39 @@ class RainbowAgent:
         return make_optimizer(self.config.agent)
 
     @property
+    def psrl(self):
+        """The PSRL modules, or None when every PSRL term is off (plain Rainbow)."""
+        if not psrl_enabled(self.config):
+            return None
+        return make_psrl_modules(self.config, make_encoder(self.config.agent), self.num_actions)
+
+    @property
     def atoms(self):
         a = self.config.agent
         return c51_support(a.num_atoms, a.v_min, a.v_max)
 
     def init(self, key: jax.Array) -> RainbowState:
-        key, k_params, k_noise, k_drop = jax.random.split(key, 4)
+        key, k_params, k_noise, k_drop, k_aux = jax.random.split(key, 5)
         dummy = jnp.zeros((1, *self.observation_shape), jnp.float32)
         params = self.network.init(
             {"params": k_params, "noise": k_noise, "dropout": k_drop}, dummy, train=False, noisy_sample=True
         )
+        aux_params, ema_params, batch_stats = {}, {}, {}
+        if self.psrl is not None:
+            maps, skip = self.network.apply(
+                params, dummy, train=False, return_skip=True, method=RainbowQNetwork.encode
+            )  # [1, F, h, w, C]
+            aux_params, batch_stats = init_psrl_params(
+                k_aux, self.psrl, self.config, self.num_actions, maps.shape[2:], skip.shape[2:]
+            )
+            ema_params = ema_source(params, aux_params)
         return RainbowState(
             params=params,
             target_params=params,
-            opt_state=self.optimizer.init(params),
+            aux_params=aux_params,
+            ema_params=ema_params,
+            batch_stats=batch_stats,
+            opt_state=self.optimizer.init({"q": params, "aux": aux_params}),
             key=key,
             update_step=jnp.zeros((), jnp.int32),
         )
@@ -84,24 +109,47 @@ class RainbowAgent:
         explore = jax.random.uniform(k_explore, (n,)) < epsilon
         return jnp.where(explore, random_actions, greedy).astype(jnp.int32)
 
-    def loss(self, params, target_params, batch: SequenceBatch, key):
-        """Importance-weighted C51 double-Q loss; returns (scalar loss, (per-sample loss, metrics))."""
+    def loss(self, trainable, state: RainbowState, batch: SequenceBatch, key):
+        """Importance-weighted C51 double-Q loss plus, when on, the PSRL loss.
+
+        trainable = {"q": Q-network variables, "aux": PSRL params}; the rest comes from `state`.
+        Returns (scalar loss, (per-sample RL loss for priorities, new batch_stats, metrics)).
+        """
+        params = trainable["q"]
         aug = self.config.agent.augmentation
-        k_aug_tm1, k_aug_t, k_online, k_select, k_target, k_drop = jax.random.split(key, 6)
+        k_rl, k_psrl = jax.random.split(key)
+        k_aug_tm1, k_aug_t, k_online, k_select, k_target, k_drop = jax.random.split(k_rl, 6)
+        psrl = self.psrl
 
         def prepare(k, obs):
             if aug.enabled:
                 return augment_observations(k, obs, aug.shift_pad, aug.intensity_scale)
             return to_float(obs)
 
-        obs_tm1 = prepare(k_aug_tm1, batch.obs)
+        frames = batch.obs.shape[1]
+        if psrl is not None:
+            # o_k and o_{k+1..k+K} get the same random shift (and intensity), so the correspondence
+            # sees the true motion rather than two independent crops (ours; config psrl.shared_shift).
+            # The offsets are drawn per sample, so o_k's augmentation equals Rainbow's.
+            future = batch.future_obs.reshape(batch.obs.shape[:1] + (-1,) + batch.obs.shape[2:])
+            if self.config.psrl.shared_shift:
+                both = prepare(k_aug_tm1, jnp.concatenate([batch.obs, future], axis=1))
+                obs_tm1, future_obs = both[:, :frames], both[:, frames:]
+            else:
+                obs_tm1, future_obs = prepare(k_aug_tm1, batch.obs), prepare(jax.random.fold_in(k_psrl, 1), future)
+            future_obs = future_obs.reshape(batch.future_obs.shape)
+        else:
+            obs_tm1 = prepare(k_aug_tm1, batch.obs)
         obs_t = prepare(k_aug_t, batch.next_obs)
         net = self.network
+        maps_tm1, skip_tm1 = net.apply(
+            params, obs_tm1, train=True, return_skip=True, method=RainbowQNetwork.encode, rngs={"dropout": k_drop}
+        )
         logits_tm1 = net.apply(
-            params, obs_tm1, train=True, noisy_sample=True, rngs={"noise": k_online, "dropout": k_drop}
+            params, maps_tm1, noisy_sample=True, method=RainbowQNetwork.q_head, rngs={"noise": k_online}
         )
         selector_t = net.apply(params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_select})
-        target_t = net.apply(target_params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_target})
+        target_t = net.apply(state.target_params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_target})
         per_sample = categorical_double_q_loss(
             logits_tm1,
             batch.action,
@@ -121,19 +169,61 @@ class RainbowAgent:
             "replay/valid_fraction": jnp.mean(batch.valid),
             "replay/importance_weight": jnp.mean(batch.importance_weights),
         }
-        return total, (per_sample, metrics)
+        batch_stats = state.batch_stats
+        if psrl is not None:
+
+            def encode_online(obs):  # later CAT query stacks (psrl.cat_steps > 1)
+                k = jax.random.fold_in(k_psrl, 2)
+                return net.apply(
+                    params, obs, train=True, return_skip=True, method=RainbowQNetwork.encode, rngs={"dropout": k}
+                )
+
+            psrl_per_sample, batch_stats, psrl_metrics = psrl_loss(
+                trainable["aux"],
+                state.batch_stats,
+                state.ema_params,
+                maps_tm1,
+                skip_tm1,
+                future_obs,
+                batch.future_actions,
+                batch.future_mask * batch.valid[:, None],
+                batch.valid,
+                self.config,
+                psrl,
+                encode_online,
+            )
+            # The auxiliary loss is a plain mean over the batch (not importance-weighted; ours).
+            total = total + jnp.mean(psrl_per_sample)
+            metrics.update(psrl_metrics)
+        return total, (per_sample, batch_stats, metrics)
 
     def update(self, state: RainbowState, batch: SequenceBatch):
         """One gradient step. Returns (new state, per-sample loss for priorities, metrics)."""
         key, k_loss = jax.random.split(state.key)
+        trainable = {"q": state.params, "aux": state.aux_params}
         grad_fn = jax.grad(self.loss, has_aux=True)
-        grads, (per_sample, metrics) = grad_fn(state.params, state.target_params, batch, k_loss)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        grads, (per_sample, batch_stats, metrics) = grad_fn(trainable, state, batch, k_loss)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        params, aux_params = trainable["q"], trainable["aux"]
         step = state.update_step + 1
         target_params = optax.periodic_update(params, state.target_params, step, self.config.agent.target_update_period)
+        ema_params = state.ema_params
+        if self.psrl is not None:
+            # target <- decay * target + (1 - decay) * online; decay 0 (SPR on Atari) copies the online side.
+            decay = self.config.psrl.target_ema_decay
+            ema_params = optax.incremental_update(ema_source(params, aux_params), ema_params, 1.0 - decay)
         metrics = dict(metrics, **{"optim/grad_norm": optax.global_norm(grads)})
-        new_state = RainbowState(params, target_params, opt_state, key, step)
+        new_state = RainbowState(
+            params=params,
+            target_params=target_params,
+            aux_params=aux_params,
+            ema_params=ema_params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            key=key,
+            update_step=step,
+        )
         return new_state, per_sample, metrics
 
     def update_many(self, state: RainbowState, replay, replay_state, beta, num_updates: int, unroll: int = 1):

@@ -21,6 +21,8 @@ class AtariEncoder(nn.Module):
     framewise=True (PSRL Table 3): the same convs (shared weights) on each frame as a
       single-channel image -> per-frame maps [B, F, 7, 7, C].
     Dropout (rng stream "dropout") runs only when train=True and dropout_rate > 0.
+    return_skip=True also returns the second layer's maps (Table 3's en2, [B, F, 9, 9, C2]
+    framewise), which the correspondence module's finest refinement level uses.
     """
 
     channels: Sequence[int] = (32, 64, 64)
@@ -30,7 +32,7 @@ class AtariEncoder(nn.Module):
     framewise: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, return_skip: bool = False):
         if x.ndim != 4:
             raise ValueError(f"expected [B, F, H, W], got shape {x.shape}")
         batch, frames, height, width = x.shape
@@ -38,11 +40,15 @@ class AtariEncoder(nn.Module):
             h = x.reshape(batch * frames, height, width, 1)
         else:
             h = jnp.moveaxis(x, 1, -1)  # NHWC with frames as channels
+        layer_outputs = []
         for channels, kernel, stride in zip(self.channels, self.kernels, self.strides, strict=True):
             h = nn.Conv(channels, (kernel, kernel), (stride, stride), padding="VALID")(h)
             h = nn.relu(h)
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+            layer_outputs.append(h)
         if self.framewise:
-            h = h.reshape((batch, frames) + h.shape[1:])
-        return h
+            layer_outputs = [o.reshape((batch, frames) + o.shape[1:]) for o in layer_outputs]
+        if return_skip:
+            return layer_outputs[-1], layer_outputs[-2]
+        return layer_outputs[-1]

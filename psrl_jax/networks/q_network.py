@@ -47,9 +47,10 @@ class RainbowQNetwork(nn.Module):
             dueling=self.dueling,
         )
 
-    def encode(self, obs: jax.Array, train: bool) -> jax.Array:
-        """[B, 7, 7, C] (stacked) or per-frame [B, F, 7, 7, C] (framewise)."""
-        return self.torso(obs, train)
+    def encode(self, obs: jax.Array, train: bool, return_skip: bool = False):
+        """[B, 7, 7, C] (stacked) or per-frame [B, F, 7, 7, C] (framewise); with return_skip also
+        the previous layer's maps (see AtariEncoder)."""
+        return self.torso(obs, train, return_skip)
 
     def q_head(self, features: jax.Array, noisy_sample: bool) -> jax.Array:
         if self.encoder == "framewise":
@@ -58,6 +59,15 @@ class RainbowQNetwork(nn.Module):
 
     def __call__(self, obs: jax.Array, train: bool, noisy_sample: bool) -> jax.Array:
         return self.q_head(self.encode(obs, train), noisy_sample)
+
+
+def make_encoder(agent_config: ml_collections.ConfigDict) -> AtariEncoder:
+    """The Q network's torso alone: applied to `params["params"]["torso"]` (e.g. PSRL's EMA target encoder)."""
+    return AtariEncoder(
+        channels=tuple(agent_config.encoder_channels),
+        dropout_rate=agent_config.dropout_rate,
+        framewise=agent_config.encoder == "framewise",
+    )
 
 
 def make_q_network(agent_config: ml_collections.ConfigDict, num_actions: int) -> RainbowQNetwork:

@@ -26,6 +26,7 @@ COMPATIBILITY_FIELDS = (
     "replay.n_step",
     "replay.prediction_steps",
     "agent",
+    "psrl",
 )
 
 

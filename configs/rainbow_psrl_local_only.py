@@ -1,0 +1,19 @@
+"""Ablation of Rainbow + PSRL. Local losses only: L1 of CAT, AAT and the internal correspondence; no
+global (vector) losses.
+
+Run: python launch/atari.py --config configs/rainbow_psrl_local_only.py[:smoke]
+Everything else is configs/rainbow_psrl.py.
+"""
+
+from configs import rainbow_psrl
+
+
+def get_config(variant: str = ""):
+    c = rainbow_psrl.get_config(variant)
+    c.name = c.name.replace("rainbow_psrl", "rainbow_psrl_local_only")
+    c.psrl.cat_local = True
+    c.psrl.cat_global = False
+    c.psrl.aat_local = True
+    c.psrl.aat_global = False
+    c.psrl.internal = True
+    return c

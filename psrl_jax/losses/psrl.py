@@ -1,0 +1,288 @@
+"""PSRL's paired-similarity losses (DESIGN.md 1; supplementary Sec. 1.4, Sec. 4, Fig. 5, Table 3).
+
+From a replayed sequence o_k, a_k, o_{k+1}, ..., o_{k+K} three kinds of per-frame latent stacks
+are compared:
+  target       Z^t_{k+j}     EMA encoder on o_{k+j} (stop-gradient), min-max normalised per frame
+  CAT          Z^{q,tr}      online query maps warped by the correspondence module's dense flow
+  AAT          Z^{q,pr}      the action-aware transform rolled out from Z^q_k for K steps
+each by a local L1 on the 3-D volume and a global cosine loss on projected vectors, plus the
+internal correspondence (first -> last frame of the query stack, local L1 only).
+
+Every term has a switch and the terms share two weights (lambda_local, lambda_global); a term
+that is off (switch False or its weight 0) is not computed at all, so switching every term off
+gives exactly the Rainbow update. All terms are masked where a sequence crosses an episode end
+(replay's future_mask) and for invalid samples. Everything is batched: the correspondence module
+runs once on all (query, target) pairs of the batch, and the warp is one vmapped op.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
+from psrl_jax.networks.encoders import AtariEncoder
+from psrl_jax.networks.transform import (
+    ActionAwareTransform,
+    GlobalPredictor,
+    GlobalProjection,
+    cosine_distance,
+    predict_stack,
+)
+from psrl_jax.ops.normalize import minmax_normalize
+from psrl_jax.ops.warp import warp
+
+TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
+LOCAL_TERMS = ("cat_local", "aat_local", "internal")
+
+
+def active_terms(psrl_config: ml_collections.ConfigDict) -> tuple:
+    """Terms that are switched on and have a non-zero weight (static: decides what is compiled)."""
+    weights = {t: psrl_config.local_weight if t in LOCAL_TERMS else psrl_config.global_weight for t in TERMS}
+    return tuple(t for t in TERMS if psrl_config[t] and weights[t] != 0)
+
+
+def psrl_enabled(config) -> bool:
+    return len(active_terms(config.psrl)) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PSRLModules:
+    """The flax modules PSRL adds, built once from the config (static; params live in the agent state)."""
+
+    encoder: AtariEncoder  # the target (EMA) encoder: same graph as the Q network's torso
+    correspondence: CorrespondenceNet
+    transform: ActionAwareTransform
+    projection: GlobalProjection
+    predictor: GlobalPredictor
+
+
+def make_psrl_modules(config, encoder: AtariEncoder, num_actions: int) -> PSRLModules:
+    p = config.psrl
+    return PSRLModules(
+        encoder=encoder,
+        correspondence=CorrespondenceNet(
+            width=p.correspondence_width,
+            refinement_levels=p.refinement_levels,
+            correlation=p.correlation,
+            max_displacement=p.max_displacement,
+            negative_slope=p.leaky_relu_slope,
+            bn_momentum=p.bn_momentum,
+        ),
+        transform=ActionAwareTransform(
+            num_actions=num_actions, hidden=p.transform_hidden, out_channels=config.agent.encoder_channels[-1]
+        ),
+        projection=GlobalProjection(dim=p.projection_dim),
+        predictor=GlobalPredictor(dim=p.projection_dim),
+    )
+
+
+def needed_modules(terms) -> tuple:
+    """The PSRL modules the active terms use (only those get parameters)."""
+    needed = []
+    if any(t in terms for t in ("cat_local", "cat_global", "internal")):
+        needed.append("correspondence")
+    if any(t in terms for t in ("aat_local", "aat_global")):
+        needed.append("transform")
+    if any(t in terms for t in ("cat_global", "aat_global")):
+        needed += ["projection", "predictor"]
+    return tuple(needed)
+
+
+def init_psrl_params(key, modules: PSRLModules, config, num_actions: int, maps_shape, skip_shape):
+    """Params of the modules the active terms need (of "correspondence", "transform", "projection",
+    "predictor") and the correspondence module's BatchNorm statistics ({} without it), for per-frame
+    maps of shape (h, w, C) and skip maps (h2, w2, C2)."""
+    needed = needed_modules(active_terms(config.psrl))
+    k_corr, k_tr, k_proj, k_pred = jax.random.split(key, 4)
+    maps = jnp.zeros((1, *maps_shape), jnp.float32)
+    stack = jnp.zeros((1, config.env.frame_stack, *maps_shape), jnp.float32)
+    params, batch_stats = {}, {}
+    if "correspondence" in needed:
+        skip = jnp.zeros((1, *skip_shape), jnp.float32)
+        corr_vars = modules.correspondence.init(k_corr, maps, maps, skip, train=False)
+        params["correspondence"], batch_stats = corr_vars["params"], corr_vars["batch_stats"]
+    if "transform" in needed:
+        action = jnp.zeros((1,), jnp.int32) if num_actions > 0 else jnp.zeros((1, 1), jnp.float32)
+        params["transform"] = modules.transform.init(k_tr, stack, action)["params"]
+    if "projection" in needed:
+        params["projection"] = modules.projection.init(k_proj, stack)["params"]
+        params["predictor"] = modules.predictor.init(k_pred, jnp.zeros((1, modules.predictor.dim)))["params"]
+    return params, batch_stats
+
+
+def ema_source(q_params, aux_params) -> dict:
+    """The online parameters the EMA target tracks: the encoder and (with global terms) the projection."""
+    source = {"torso": q_params["params"]["torso"]}
+    if "projection" in aux_params:
+        source["projection"] = aux_params["projection"]
+    return source
+
+
+def _masked_mean(values, mask):
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _l1(a, b):
+    """Mean absolute difference per sample over every axis but the first."""
+    return jnp.mean(jnp.abs(a - b), axis=tuple(range(1, a.ndim)))
+
+
+def psrl_loss(
+    aux_params,
+    batch_stats,
+    ema_params,
+    online_maps,
+    online_skip,
+    future_obs,
+    actions,
+    future_mask,
+    valid,
+    config,
+    modules: PSRLModules,
+    encode_online=None,
+):
+    """The PSRL auxiliary loss of one batch.
+
+    online_maps  [B, F, h, w, C]   online encoder maps of the augmented o_k (train mode, shared with the RL loss)
+    online_skip  [B, F, h2, w2, C2] the encoder's previous layer (for the finest refinement level)
+    future_obs   [B, K, F, H, W]   augmented float o_{k+1} .. o_{k+K}
+    actions      [B, K]            a_k .. a_{k+K-1} (replay's future_actions)
+    future_mask  [B, K]            1 where o_{k+j+1} is in a_k's episode (times the sample's validity)
+    valid        [B]               1 for valid samples (masks the internal term, which needs no future)
+    encode_online(obs [N, F, H, W]) -> (maps, skip): the online encoder, only needed when cat_steps > 1.
+    Returns (per-sample loss [B], new batch_stats, metrics).
+    """
+    p = config.psrl
+    terms = active_terms(p)
+    batch, frames = online_maps.shape[:2]
+    k_steps = future_obs.shape[1]
+    cat_steps = min(p.cat_steps, k_steps)
+    h, w = online_maps.shape[2:4]
+    metrics = {}
+    local_total = jnp.zeros((batch,))
+    global_total = jnp.zeros((batch,))
+
+    query = minmax_normalize(online_maps, num_feature_dims=3)  # [B, F, h, w, C]
+    # Target side: EMA encoder (eval mode: no dropout), stop-gradient.
+    target_maps = modules.encoder.apply(
+        {"params": ema_params["torso"]}, future_obs.reshape((batch * k_steps,) + future_obs.shape[2:]), train=False
+    )
+    target_maps = jax.lax.stop_gradient(target_maps.reshape((batch, k_steps) + target_maps.shape[1:]))
+    target = minmax_normalize(target_maps, num_feature_dims=3)  # [B, K, F, h, w, C]
+
+    def project_online(stacks):  # [N, F, h, w, C] -> [N, D] through projection and predictor
+        z = modules.projection.apply({"params": aux_params["projection"]}, stacks)
+        return modules.predictor.apply({"params": aux_params["predictor"]}, z)
+
+    needs_global = any(t in terms for t in ("cat_global", "aat_global"))
+    if needs_global:
+        flat_target = target.reshape((batch * k_steps,) + target.shape[2:])
+        target_vectors = modules.projection.apply({"params": ema_params["projection"]}, flat_target)
+        target_vectors = jax.lax.stop_gradient(target_vectors.reshape(batch, k_steps, -1))
+
+    new_batch_stats = batch_stats
+    uses_correspondence = any(t in terms for t in ("cat_local", "cat_global", "internal"))
+    if uses_correspondence:
+        # Query stacks for the CAT steps: o_k from the shared forward pass, later ones re-encoded online.
+        q_raw, q_skip, q_norm = [online_maps], [online_skip], [query]
+        if cat_steps > 1 and any(t in terms for t in ("cat_local", "cat_global")):
+            later = future_obs[:, : cat_steps - 1].reshape((batch * (cat_steps - 1),) + future_obs.shape[2:])
+            maps, skip = encode_online(later)
+            maps = maps.reshape((batch, cat_steps - 1) + maps.shape[1:])
+            skip = skip.reshape((batch, cat_steps - 1) + skip.shape[1:])
+            for j in range(cat_steps - 1):
+                q_raw.append(maps[:, j])
+                q_skip.append(skip[:, j])
+                q_norm.append(minmax_normalize(maps[:, j], num_feature_dims=3))
+        use_external = any(t in terms for t in ("cat_local", "cat_global"))
+        n_ext = cat_steps if use_external else 0
+        # All pairs in one batch: external (query frame f of step j -> target frame f of o_{k+j+1}),
+        # then internal (first -> last query frame of o_k; the target side is stop-gradient).
+        pair_q, pair_t, pair_s, pair_mask = [], [], [], []
+        for j in range(n_ext):
+            pair_q.append(q_raw[j].reshape((batch * frames,) + q_raw[j].shape[2:]))
+            pair_t.append(target_maps[:, j].reshape((batch * frames,) + target_maps.shape[3:]))
+            pair_s.append(q_skip[j].reshape((batch * frames,) + q_skip[j].shape[2:]))
+            pair_mask.append(jnp.repeat(future_mask[:, j], frames))
+        if "internal" in terms:
+            pair_q.append(online_maps[:, 0])
+            pair_t.append(jax.lax.stop_gradient(online_maps[:, -1]))
+            pair_s.append(online_skip[:, 0])
+            pair_mask.append(valid)
+        # BatchNorm statistics over the pairs that count only (all pairs if, rarely, none does).
+        pair_mask = jnp.concatenate(pair_mask) > 0
+        pair_mask = jnp.logical_or(pair_mask, ~jnp.any(pair_mask))
+        flows, updates = modules.correspondence.apply(
+            {"params": aux_params["correspondence"], "batch_stats": batch_stats},
+            jnp.concatenate(pair_q),
+            jnp.concatenate(pair_t),
+            jnp.concatenate(pair_s),
+            train=True,
+            mask=pair_mask,
+            mutable=["batch_stats"],
+        )
+        new_batch_stats = updates["batch_stats"]
+        flows = flows_at(flows, h, w)  # every scale, finest first, in pixels of the feature map
+        scale_weights = [p.multiscale_decay**s for s in range(len(flows))]  # finest first; 0**0 = 1
+        n_ext_pairs = n_ext * batch * frames
+
+        if use_external:
+            ext_flows = [f[:n_ext_pairs].reshape(n_ext, batch, frames, h, w, 2) for f in flows]
+            metrics["psrl/flow_magnitude"] = jnp.mean(jnp.linalg.norm(ext_flows[0], axis=-1))
+            for j in range(n_ext):
+                mask_j = future_mask[:, j]
+                tgt = target[:, j]
+                if "cat_local" in terms:
+                    l1 = sum(
+                        sw * _l1(warp(q_norm[j], f[j]), tgt)
+                        for sw, f in zip(scale_weights, ext_flows, strict=False)
+                        if sw != 0
+                    )
+                    local_total += mask_j * l1
+                    metrics.setdefault("loss/cat_local", []).append((l1, mask_j))
+                if "cat_global" in terms:
+                    warped = warp(q_norm[j], ext_flows[0][j])
+                    ls = cosine_distance(project_online(warped), target_vectors[:, j])
+                    global_total += mask_j * ls
+                    metrics.setdefault("loss/cat_global", []).append((ls, mask_j))
+        if "internal" in terms:
+            int_flows = [f[n_ext_pairs:] for f in flows]
+            last = jax.lax.stop_gradient(query[:, -1])
+            l1 = sum(
+                sw * _l1(warp(query[:, 0], f), last) for sw, f in zip(scale_weights, int_flows, strict=False) if sw
+            )
+            local_total += valid * l1
+            metrics["loss/internal"] = [(l1, valid)]
+            metrics["psrl/internal_flow_magnitude"] = jnp.mean(jnp.linalg.norm(int_flows[0], axis=-1))
+
+    if any(t in terms for t in ("aat_local", "aat_global")):
+        transform = lambda stack, action: modules.transform.apply({"params": aux_params["transform"]}, stack, action)
+        stack = query
+        predicted = []
+        for j in range(k_steps):  # recurrent rollout, as SPR's transition model (K = 5 by default)
+            stack = predict_stack(transform, stack, actions[:, j])
+            predicted.append(stack)
+        predicted = jnp.stack(predicted, axis=1)  # [B, K, F, h, w, C]
+        if "aat_local" in terms:
+            l1 = jax.vmap(_l1, in_axes=1, out_axes=1)(predicted, target)  # [B, K]
+            local_total += jnp.sum(future_mask * l1, axis=1)
+            metrics["loss/aat_local"] = [(l1, future_mask)]
+        if "aat_global" in terms:
+            vectors = project_online(predicted.reshape((batch * k_steps,) + predicted.shape[2:]))
+            ls = cosine_distance(vectors, target_vectors.reshape(batch * k_steps, -1)).reshape(batch, k_steps)
+            global_total += jnp.sum(future_mask * ls, axis=1)
+            metrics["loss/aat_global"] = [(ls, future_mask)]
+
+    per_sample = p.local_weight * local_total + p.global_weight * global_total
+    out = {}
+    for name, value in metrics.items():
+        if isinstance(value, list):  # per-step (values, mask) pairs -> masked mean per prediction step
+            values = jnp.concatenate([jnp.reshape(v, (batch, -1)) for v, _ in value], axis=1)
+            masks = jnp.concatenate([jnp.reshape(m, (batch, -1)) for _, m in value], axis=1)
+            out[name] = _masked_mean(values, masks)
+        else:
+            out[name] = value
+    out["loss/psrl"] = jnp.mean(per_sample)
+    return per_sample, new_batch_stats, out

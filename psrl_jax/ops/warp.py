@@ -1,0 +1,48 @@
+"""Bilinear warping of feature maps by a dense correspondence (flow) map (DESIGN.md 1, "Warp (CAT)").
+
+warp(feat, flow)[b, y, x, :] = bilinear sample of feat[b] at (x + flow[b, y, x, 0], y + flow[b, y, x, 1]),
+with zeros outside the map (the corners that fall outside contribute 0, as scipy's
+`map_coordinates(order=1, mode="grid-constant")` and PyTorch's `grid_sample(padding_mode="zeros",
+align_corners=True)` do). The result is continuous in the flow, so gradients flow to both
+the features and the flow. Built on `jax.scipy.ndimage.map_coordinates`.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.ndimage import map_coordinates
+
+
+def _warp_one(feat: jax.Array, flow: jax.Array) -> jax.Array:
+    """feat [H, W, C], flow [H, W, 2] -> [H, W, C]."""
+    height, width = feat.shape[:2]
+    ys, xs = jnp.meshgrid(jnp.arange(height, dtype=flow.dtype), jnp.arange(width, dtype=flow.dtype), indexing="ij")
+    coords = [ys + flow[..., 1], xs + flow[..., 0]]
+    # One batched gather over channels: the coordinates (and bilinear weights) are shared.
+    sample = jax.vmap(lambda channel: map_coordinates(channel, coords, order=1, mode="constant", cval=0.0), -1, -1)
+    return sample(feat)
+
+
+def warp(feat: jax.Array, flow: jax.Array) -> jax.Array:
+    """feat [B, H, W, C], flow [B, H, W, 2] in pixels (dx, dy) -> warped [B, H, W, C].
+
+    Any extra leading axes (e.g. frames or steps) are folded into the batch, so one call
+    warps a whole [B, F, H, W, C] volume.
+    """
+    if feat.shape[:-1] != flow.shape[:-1] or flow.shape[-1] != 2:
+        raise ValueError(f"feat {feat.shape} and flow {flow.shape} must share [..., H, W] and flow must end in 2")
+    lead = feat.shape[:-3]
+    flat_feat = feat.reshape((-1,) + feat.shape[-3:])
+    flat_flow = flow.reshape((-1,) + flow.shape[-3:])
+    out = jax.vmap(_warp_one)(flat_feat, flat_flow)
+    return out.reshape(lead + out.shape[1:])
+
+
+def resize_flow(flow: jax.Array, height: int, width: int) -> jax.Array:
+    """Bilinearly resizes a flow map [..., h, w, 2] to [..., height, width, 2] and rescales its
+    values to pixels of the new resolution (dx by width / w, dy by height / h)."""
+    h, w = flow.shape[-3], flow.shape[-2]
+    if (h, w) == (height, width):
+        return flow
+    resized = jax.image.resize(flow, flow.shape[:-3] + (height, width, 2), method="linear")
+    scale = jnp.asarray([width / w, height / h], flow.dtype)
+    return resized * scale
