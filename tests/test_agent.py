@@ -4,8 +4,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from configs import rainbow
+from configs import rainbow, rainbow_psrl
 from psrl_jax.agents.rainbow import RainbowAgent
 from psrl_jax.replay.sequence_replay import Step, make_sequence_replay
 
@@ -59,8 +60,10 @@ def test_act_shapes_and_greedy_determinism():
     assert int(jnp.max(actions)) < NUM_ACTIONS
 
 
-def test_scanned_updates_under_vmap_match_per_seed_and_change_params():
-    config = rainbow.get_config("smoke")
+@pytest.mark.parametrize("config_module", [rainbow, rainbow_psrl], ids=["rainbow", "rainbow_psrl"])
+def test_scanned_updates_under_vmap_match_per_seed_and_change_params(config_module):
+    """Also for PSRL: its BatchNorm statistics, EMA target and modules are per seed under vmap."""
+    config = config_module.get_config("smoke")
     agent = _agent(config)
     replay, buffer = _filled_replay(config, jax.random.PRNGKey(0))
     keys = jnp.stack([jax.random.PRNGKey(10), jax.random.PRNGKey(11)])
@@ -77,13 +80,14 @@ def test_scanned_updates_under_vmap_match_per_seed_and_change_params():
     # Seed 1 computed alone equals seed 1 of the vmapped call.
     single = jax.tree.map(lambda x: x[1], states)
     alone, _, _ = jax.jit(run)(single, buffer)
-    for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(new_states.params), strict=True):
+    per_seed = lambda state: (state.params, state.aux_params, state.batch_stats, state.ema_params)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(per_seed(alone)), jax.tree.leaves(per_seed(new_states)), strict=True):
         # Adam normalises tiny gradients, so float rounding of vmap vs a single call can move a
         # parameter by ~1e-6; a real mismatch (other data or key) moves them by ~lr = 1e-4.
         np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-5)
     changed = [
         not np.allclose(a, b)
-        for a, b in zip(jax.tree.leaves(states.params), jax.tree.leaves(new_states.params), strict=True)
+        for a, b in zip(jax.tree.leaves(per_seed(states)), jax.tree.leaves(per_seed(new_states)), strict=True)
     ]
     assert all(changed)
     # Priorities moved away from the initial max priority for the sampled items.

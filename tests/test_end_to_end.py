@@ -119,6 +119,16 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
         with open(victim, "rb") as f:
             assert f.read() == b"garbage"
 
+    # A plain Rainbow run has no correspondence to draw: a clear error, before any restore.
+    figure = subprocess.run(
+        [sys.executable, "launch/visualize.py", f"--run_dir={run_dir}", f"--out={tmp_path / 'fig.png'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert figure.returncode != 0 and "correspondence module" in figure.stderr, figure.stderr[-3000:]
+
 
 def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
     """rainbow_psrl:smoke, 2 vmapped seeds: every PSRL term logged per seed, finite; BatchNorm
@@ -139,3 +149,31 @@ def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
         assert updates[-1]["psrl/flow_magnitude"] > 0  # the correspondence module has learned something
         assert len(_records(run_dir, seed, "final_eval")) == 1
     assert _checkpoint_steps(run_dir)[-1] == 800
+
+    # The learned correspondences of seed 1 can be drawn from the latest checkpoint.
+    figure_path = str(tmp_path / "fig.png")
+    figure = subprocess.run(
+        [
+            sys.executable,
+            "launch/visualize.py",
+            f"--run_dir={run_dir}",
+            "--seed_index=1",
+            "--samples=2",
+            f"--out={figure_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert figure.returncode == 0, figure.stdout[-3000:] + figure.stderr[-3000:]
+    assert os.path.exists(figure_path) and os.path.exists(str(tmp_path / "fig.json"))
+    import matplotlib.image
+
+    assert matplotlib.image.imread(figure_path).ndim == 3
+    with open(tmp_path / "fig.json") as f:
+        samples = json.load(f)["samples"]
+    assert len(samples) == 2
+    for sample in samples:
+        for kind in ("external", "internal"):
+            assert math.isfinite(sample[f"{kind}_mean_flow_magnitude"]), sample

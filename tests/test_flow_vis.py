@@ -1,16 +1,30 @@
 """Flow visualisation helpers (psrl_jax/analysis/flow_vis.py)."""
 
+import os
+import subprocess
+import sys
+
 import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.colors import rgb_to_hsv  # noqa: E402
 from matplotlib.quiver import Quiver  # noqa: E402
 
-from psrl_jax.analysis.flow_vis import color_wheel, draw_flow_arrows, flow_to_rgb  # noqa: E402
+from psrl_jax.analysis.flow_vis import (  # noqa: E402
+    CorrespondenceRow,
+    color_wheel,
+    draw_flow_arrows,
+    flow_to_rgb,
+    plot_correspondence_figure,
+    upscale_nearest,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _hsv(rgb):
@@ -112,3 +126,63 @@ def test_draw_flow_arrows_step_and_non_square():
         np.testing.assert_allclose(np.unique(plain.X), np.arange(9))
     finally:
         plt.close(fig)
+
+
+def _synthetic_rows():
+    """A textured frame, the same frame shifted, a rotating native flow and a small feature flow."""
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:84, 0:84]
+    source = ((np.sin(xs / 5.0) + np.cos(ys / 7.0) + 2) * 60 + rng.integers(0, 10, (84, 84))).astype(np.uint8)
+    target = np.roll(source, (2, 3), axis=(0, 1))
+    g = np.arange(14) - 6.5
+    native = np.stack(np.meshgrid(g, g, indexing="xy"), -1)[..., ::-1] * np.array([-1.0, 1.0])  # rotation
+    feature = np.full((7, 7, 2), 0.05)  # short: drawn with a gain
+    return [
+        CorrespondenceRow("sample 0 external", source, target, native, feature),
+        {
+            "label": "sample 0 internal",
+            "source": target,
+            "target": source,
+            "flow_native": -native,
+            "flow_feature": rng.normal(size=(7, 7, 2)),
+        },
+    ]
+
+
+def test_upscale_nearest():
+    image = np.arange(6).reshape(2, 3)
+    up = upscale_nearest(image, 4, 6)
+    assert up.shape == (4, 6)
+    np.testing.assert_array_equal(up[:2, :2], 0)
+    np.testing.assert_array_equal(up[2:, 4:], 5)
+    assert upscale_nearest(np.zeros((14, 14, 3)), 84, 84).shape == (84, 84, 3)
+    assert upscale_nearest(np.zeros((7, 7, 3)), 84, 80).shape == (84, 80, 3)  # not a multiple
+
+
+def test_plot_correspondence_figure_writes_a_readable_png(tmp_path):
+    path = str(tmp_path / "fig.png")
+    assert plot_correspondence_figure(_synthetic_rows(), path, "synthetic", caption="a caption", dpi=60) == path
+    image = mpimg.imread(path)
+    # 12 x (3 * rows + 1.2) inches at 60 dpi.
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    assert abs(image.shape[1] - 12 * 60) <= 4 and abs(image.shape[0] - (3 * 2 + 1.2) * 60) <= 4
+    rgb = image[..., :3]
+    assert rgb.std() > 0.1
+    colours = np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 100  # gray frames, colour-wheel flow, legend, arrows
+    saturated = rgb.max(-1) - rgb.min(-1) > 0.5  # the colour wheel and the arrows are coloured
+    assert saturated.mean() > 0.01
+
+
+def test_plot_correspondence_figure_rejects_bad_rows(tmp_path):
+    with pytest.raises(ValueError):
+        plot_correspondence_figure([], str(tmp_path / "x.png"), "empty")
+    row = _synthetic_rows()[0]
+    bad = CorrespondenceRow(row.label, row.source, row.target[:40], row.flow_native, row.flow_feature)
+    with pytest.raises(ValueError):
+        plot_correspondence_figure([bad], str(tmp_path / "x.png"), "bad")
+
+
+def test_flow_vis_does_not_import_jax():
+    code = "import sys, psrl_jax.analysis.flow_vis; assert 'jax' not in sys.modules, 'flow_vis imported jax'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

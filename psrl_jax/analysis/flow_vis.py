@@ -3,8 +3,12 @@
 Flow maps are [H, W, 2] arrays of (dx, dy) in pixels of the flow map, image convention
 (x to the right, y downwards). `flow_to_rgb` uses the usual colour-wheel coding (hue =
 direction, saturation = magnitude, white = no motion), `color_wheel` draws its legend and
-`draw_flow_arrows` overlays the vectors on an image shown with `imshow`.
+`draw_flow_arrows` overlays the vectors on an image shown with `imshow`, and
+`plot_correspondence_figure` assembles the source / target / colour wheel / arrows figure that
+launch/visualize.py writes. Nothing here imports JAX.
 """
+
+import dataclasses
 
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
@@ -77,3 +81,111 @@ def draw_flow_arrows(ax, flow, step: int = 1, scale_to: tuple[int, int] | None =
         scale_units="xy",
         scale=1,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrespondenceRow:
+    """One row of `plot_correspondence_figure`.
+
+    label: row label, e.g. "sample 0 external (frame 3 of o_k -> frame 3 of o_k+1)".
+    source, target: uint8 [H, W] gray frames (the flow maps target positions into the source).
+    flow_native: [h, w, 2] the finest flow at its own resolution, in its own pixels.
+    flow_feature: [h7, w7, 2] the same flow resized to the feature map, in feature-map pixels.
+    """
+
+    label: str
+    source: np.ndarray
+    target: np.ndarray
+    flow_native: np.ndarray
+    flow_feature: np.ndarray
+
+
+def upscale_nearest(image, height: int, width: int) -> np.ndarray:
+    """[h, w, ...] -> [height, width, ...] by nearest-neighbour (each output pixel takes the
+    cell its centre falls in), for showing a coarse map over a frame."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return image[rows][:, cols]
+
+
+def _nice_gain(max_arrow: float, target: float) -> float:
+    """1 when the longest arrow reaches `target` already, else the 1-2-5 number that brings it near."""
+    if max_arrow <= 0 or max_arrow >= target:
+        return 1.0
+    raw = target / max_arrow
+    exponent = 10.0 ** np.floor(np.log10(raw))
+    return float(max(m * exponent for m in (1.0, 2.0, 5.0, 10.0) if m * exponent <= raw))
+
+
+def _row_field(row, name):
+    return row[name] if isinstance(row, dict) else getattr(row, name)
+
+
+def plot_correspondence_figure(rows, path: str, title: str, caption: str | None = None, dpi: int = 120) -> str:
+    """PSRL supplementary Fig. 1 style figure: per row (a) source frame, (b) target frame,
+    (c) the native-resolution flow as colour wheel (nearest-upscaled to the frame, legend inset),
+    (d) the source frame with the feature-map flow as arrows. Rows are `CorrespondenceRow`s or
+    dicts with the same keys. Writes a PNG to `path` (no pyplot state, no JAX) and returns it.
+
+    The flow is a backward warp (warp(query, flow) ~ target): the vector at a target position p
+    points to p + flow(p), the source location whose content lands on p. Arrows that would be
+    shorter than about half a feature cell are drawn longer by a 1-2-5 gain stated in the
+    panel's title; the colour wheel's rim is the row's largest native magnitude, also stated.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError("plot_correspondence_figure needs at least one row")
+    n = len(rows)
+    fig = Figure(figsize=(12.0, 3.0 * n + 1.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 4, squeeze=False)
+    wheel = color_wheel(65)
+    for i, row in enumerate(rows):
+        source = np.asarray(_row_field(row, "source"))
+        target = np.asarray(_row_field(row, "target"))
+        native = _as_flow(_row_field(row, "flow_native"))
+        feature = _as_flow(_row_field(row, "flow_feature"))
+        if source.ndim != 2 or source.shape != target.shape:
+            raise ValueError(f"source and target must be [H, W] of one shape, got {source.shape}, {target.shape}")
+        height, width = source.shape
+        ax_src, ax_tgt, ax_flow, ax_arrow = axes[i]
+        gray = {"cmap": "gray", "vmin": 0, "vmax": 255, "interpolation": "nearest"}
+        ax_src.imshow(source, **gray)
+        ax_src.set_title("(a) source", fontsize=9)
+        ax_src.set_ylabel(_row_field(row, "label"), fontsize=8)
+        ax_tgt.imshow(target, **gray)
+        ax_tgt.set_title("(b) target", fontsize=9)
+
+        rim = float(np.hypot(native[..., 0], native[..., 1]).max())
+        ax_flow.imshow(upscale_nearest(flow_to_rgb(native, rim), height, width), interpolation="nearest")
+        ax_flow.set_title(
+            f"(c) flow {native.shape[0]}x{native.shape[1]}, rim = {rim:.3g} px",
+            fontsize=9,
+        )
+        legend = ax_flow.inset_axes([0.74, 0.74, 0.25, 0.25])
+        legend.imshow(wheel, interpolation="bilinear")
+        legend.set_axis_off()
+
+        ax_arrow.imshow(source, **gray)
+        cell = max(height / feature.shape[0], width / feature.shape[1])
+        longest = float(np.hypot(feature[..., 0], feature[..., 1]).max()) * cell  # input pixels
+        gain = _nice_gain(longest, 0.5 * cell)
+        draw_flow_arrows(ax_arrow, feature * gain, scale_to=(height, width), color="tab:red")
+        ax_arrow.set_xlim(-0.5, width - 0.5)
+        ax_arrow.set_ylim(height - 0.5, -0.5)
+        gain_text = "" if gain == 1.0 else f", arrows x{gain:g}"
+        ax_arrow.set_title(f"(d) {feature.shape[0]}x{feature.shape[1]} flow{gain_text}", fontsize=9)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    if caption:
+        fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, wrap=True)
+    fig.tight_layout(rect=(0.0, 0.05 if caption else 0.0, 1.0, 0.97), h_pad=1.5)
+    fig.savefig(path, dpi=dpi)
+    return path

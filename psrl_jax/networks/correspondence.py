@@ -35,7 +35,8 @@ Choices that are ours (the supplementary is silent on them):
   * Flow heads have zero-initialised kernels and biases: the module starts as the identity warp.
     The heads' kernels still receive gradients through the warp (their inputs are non-zero), and
     after the first update the gradient reaches the rest of the network.
-  * Convolutions followed by BN keep their bias (the PyTorch default).
+  * Convolutions followed by BN have no bias: BN's mean subtraction cancels it, so it would get
+    exactly zero gradient (found by the test that every parameter trains).
   * BatchNorm statistics are those of the call's batch (no axis_name), so under `jax.vmap` over
     seeds each seed normalises its own batch. Train with `mutable=["batch_stats"]`.
 """
@@ -150,7 +151,8 @@ class CorrespondenceNet(nn.Module):
                 raise ValueError(f"query_skip must be [N, h', w', C'] with N={query.shape[0]}, got {query_skip.shape}")
 
         def conv_bn(x, channels, kernel, name):
-            x = nn.Conv(channels, (kernel, kernel), padding="SAME", name=name)(x)
+            # No bias: BatchNorm's mean subtraction cancels it (its gradient is exactly zero).
+            x = nn.Conv(channels, (kernel, kernel), padding="SAME", use_bias=False, name=name)(x)
             x = nn.BatchNorm(
                 use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=f"{name}_bn"
             )(x, mask=None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape))

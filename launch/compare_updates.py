@@ -1,0 +1,150 @@
+"""Cost of one gradient update of several configs, measured side by side in one process.
+
+    python launch/compare_updates.py configs/rainbow.py configs/rainbow_psrl.py \
+        "configs/rainbow_psrl.py@psrl.correspondence_width=0.0625,psrl.refinement_levels=1" --repeats 5
+
+Each argument is a config file, optionally with a :variant and @field=value overrides. For each one
+this builds the agent, compiles `agent.update` on a synthetic batch of the config's batch size (random
+frames: the cost does not depend on the data), reads the FLOPs from XLA's cost analysis and then times
+the updates round-robin (config 1, 2, ..., 1, 2, ...) so that every config sees the same machine load.
+Prints a table with the ratio to the first config and writes JSON with --out. One seed, no envs,
+no replay sampling: this isolates the network and loss cost that PSRL adds.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
+_NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
+_OUT = flags.DEFINE_string("out", "", "Write the results as JSON here")
+
+
+def load_config(spec: str):
+    """'path[:variant][@a.b=v,c=w]' -> a validated ConfigDict."""
+    import importlib.util
+
+    import yaml  # ml_collections depends on PyYAML; parses 1, 0.5, true, strings
+
+    from psrl_jax.config import validate_atari_config
+
+    spec, _, overrides = spec.partition("@")
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("config_module", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(variant)
+    for item in filter(None, overrides.split(",")):
+        field, _, value = item.partition("=")
+        *parents, name = field.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[name] = type(node[name])(yaml.safe_load(value)) if node[name] is not None else yaml.safe_load(value)
+    validate_atari_config(config)
+    return config
+
+
+def synthetic_batch(config, rng):
+    import jax.numpy as jnp
+
+    from psrl_jax.replay.sequence_replay import SequenceBatch
+
+    b, k, f, s = config.agent.batch_size, config.replay.prediction_steps, config.env.frame_stack, config.env.image_size
+
+    def frames(*shape):
+        return jnp.asarray(rng.integers(0, 256, shape, dtype="uint8"))
+
+    return SequenceBatch(
+        obs=frames(b, f, s, s),
+        action=jnp.asarray(rng.integers(0, _NUM_ACTIONS.value, (b,)), jnp.int32),
+        n_step_return=jnp.ones((b,), jnp.float32),
+        bootstrap_discount=jnp.full((b,), 0.9, jnp.float32),
+        next_obs=frames(b, f, s, s),
+        valid=jnp.ones((b,), jnp.float32),
+        future_obs=frames(b, k, f, s, s),
+        future_actions=jnp.asarray(rng.integers(0, _NUM_ACTIONS.value, (b, k)), jnp.int32),
+        future_mask=jnp.ones((b, k), jnp.float32),
+        indices=jnp.arange(b, dtype=jnp.int32),
+        probabilities=jnp.full((b,), 1.0 / b, jnp.float32),
+        importance_weights=jnp.ones((b,), jnp.float32),
+    )
+
+
+def main(argv):
+    specs = argv[1:]
+    if not specs:
+        sys.exit("usage: launch/compare_updates.py CONFIG[:variant][@field=value,...] ...")
+    logging.set_verbosity(logging.WARNING)
+    import jax
+    import numpy as np
+
+    from psrl_jax.agents.rainbow import RainbowAgent
+
+    rows = []
+    for spec in specs:
+        config = load_config(spec)
+        size = config.env.image_size
+        agent = RainbowAgent(config, _NUM_ACTIONS.value, (config.env.frame_stack, size, size))
+        state = agent.init(jax.random.PRNGKey(0))
+        batch = synthetic_batch(config, np.random.default_rng(0))
+        start = time.perf_counter()
+        compiled = jax.jit(agent.update).lower(state, batch).compile()
+        compile_seconds = time.perf_counter() - start
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        state, _, _ = compiled(state, batch)  # warm-up
+        jax.block_until_ready(state)
+        params = sum(x.size for x in jax.tree.leaves((state.params, state.aux_params)))
+        rows.append(
+            dict(
+                spec=spec,
+                compiled=compiled,
+                state=state,
+                batch=batch,
+                times=[],
+                compile_seconds=compile_seconds,
+                flops=float(cost.get("flops", float("nan"))),
+                params=int(params),
+            )
+        )
+        print(f"compiled {spec} in {compile_seconds:.1f}s", flush=True)
+    for _ in range(_REPEATS.value):
+        for row in rows:
+            start = time.perf_counter()
+            row["state"], _, _ = row["compiled"](row["state"], row["batch"])
+            jax.block_until_ready(row["state"])
+            row["times"].append(time.perf_counter() - start)
+    base = rows[0]
+    results = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "repeats": _REPEATS.value, "rows": []}
+    print(f"\n{'config':78s} {'GFLOP':>8s} {'x':>6s} {'ms/upd':>9s} {'x':>6s} {'params':>11s}")
+    for row in rows:
+        median = float(np.median(row["times"]))
+        entry = {
+            "config": row["spec"],
+            "flops_per_update": row["flops"],
+            "flops_ratio": row["flops"] / base["flops"],
+            "median_update_seconds": median,
+            "time_ratio": median / float(np.median(base["times"])),
+            "update_seconds": row["times"],
+            "compile_seconds": row["compile_seconds"],
+            "trainable_params": row["params"],
+        }
+        results["rows"].append(entry)
+        print(
+            f"{row['spec'][:78]:78s} {row['flops'] / 1e9:8.2f} {entry['flops_ratio']:6.1f} "
+            f"{median * 1e3:9.1f} {entry['time_ratio']:6.1f} {row['params']:11,d}"
+        )
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,226 @@
+"""Draw a run's learned dense correspondences, as in the PSRL supplementary's Figure 1.
+
+    python launch/visualize.py --run_dir runs/<run> [--seed_index 0] [--samples 3] [--frame -1] [--out fig.png]
+
+Restores the latest checkpoint of a PSRL run, replays `samples` sequences from seed `seed_index`'s
+replay buffer (fixed key, --sample_seed) and, in eval mode (no augmentation, no dropout, BatchNorm
+running averages), runs the correspondence module on
+  external: frame `frame` of o_k (online encoder) -> the same frame of o_{k+1} (EMA target encoder)
+  internal: frame 0 -> frame F-1 of o_k (online encoder for both)
+as the PSRL loss pairs them (DESIGN.md 1). Writes a PNG (default <run_dir>/correspondence_<env_step>_seed<i>.png)
+with one row per sample and kind: source frame, target frame, finest flow as a colour wheel, and the
+flow resized to the feature map as arrows on the source; and a JSON of the same stem with each
+sample's mean flow magnitude in feature-map pixels. The drawing is psrl_jax/analysis/flow_vis.py.
+"""
+
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+KINDS = ("external", "internal")
+
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory holding config.json and checkpoints/")
+_SEED_INDEX = flags.DEFINE_integer("seed_index", 0, "Which of the run's vmapped seeds (0 .. num_seeds-1)")
+_SAMPLES = flags.DEFINE_integer("samples", 3, "Replayed sequences to draw (one row per sample and kind)")
+_FRAME = flags.DEFINE_integer("frame", -1, "Frame of the stack for the external pair (-1 = newest)")
+_SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "Key for drawing the replayed sequences")
+_KINDS = flags.DEFINE_list("kinds", list(KINDS), "Correspondences to draw: external, internal or both")
+_OUT = flags.DEFINE_string("out", None, "PNG path (default <run_dir>/correspondence_<env_step>_seed<i>.png)")
+flags.mark_flags_as_required(["run_dir"])
+
+
+def _load_config(run_dir):
+    """The run's config, checked for everything a figure needs before anything is built or compiled."""
+    import ml_collections
+
+    from psrl_jax.losses.psrl import active_terms, needed_modules
+
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        sys.exit(f"error: {run_dir} is not a run directory (no config.json)")
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(checkpoints) or not any(d.isdigit() for d in os.listdir(checkpoints)):
+        sys.exit(f"error: {run_dir} holds no checkpoint (nothing under {checkpoints})")
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    # Runs written before the psrl section existed are plain Rainbow runs.
+    terms = active_terms(config.psrl) if "psrl" in config else ()
+    if "correspondence" not in needed_modules(terms):
+        sys.exit(
+            f"error: {run_dir} ({config.name}) was trained without PSRL's correspondence module "
+            "(none of psrl.cat_local / cat_global / internal is on; "
+            + (f"active PSRL terms: {', '.join(terms)}" if terms else "a plain Rainbow run")
+            + "), so there is no correspondence to visualise"
+        )
+    kinds = [k.strip() for k in _KINDS.value if k.strip()]
+    if not kinds or any(k not in KINDS for k in kinds):
+        sys.exit(f"error: --kinds must name one or both of {KINDS}, got {_KINDS.value}")
+    if "external" in kinds and config.replay.prediction_steps == 0:
+        sys.exit(
+            f"error: {run_dir} replays no future steps (replay.prediction_steps == 0), so its buffer gives no "
+            "o_k+1 for the external correspondence; pass --kinds=internal"
+        )
+    if not 0 <= _SEED_INDEX.value < config.num_seeds:
+        sys.exit(f"error: --seed_index={_SEED_INDEX.value} is out of range: the run has {config.num_seeds} seed(s)")
+    if _SAMPLES.value < 1:
+        sys.exit(f"error: --samples must be >= 1, got {_SAMPLES.value}")
+    frames = config.env.frame_stack
+    if not -frames <= _FRAME.value < frames:
+        sys.exit(f"error: --frame={_FRAME.value} is outside the stack of {frames} frames")
+    config.run_dir = run_dir
+    config.resume = True
+    return config, kinds
+
+
+def _pick_samples(batch, frame, count):
+    """Indices of `count` distinct replay items, preferring valid ones whose first future step is in
+    the same episode (future_mask[:, 0]) and whose drawn frames are not the blank pre-episode padding."""
+    import numpy as np
+
+    valid = batch.valid > 0
+    in_episode = batch.future_mask[:, 0] > 0 if batch.future_mask.shape[1] else np.zeros_like(valid)
+    nonblank = (batch.obs[:, 0].max((1, 2)) > 0) & (batch.obs[:, -1].max((1, 2)) > 0)
+    if batch.future_obs.shape[1]:
+        nonblank &= batch.future_obs[:, 0, frame].max((1, 2)) > 0
+    score = 4 * valid + 2 * (valid & in_episode) + nonblank
+    chosen, seen = [], set()
+    for i in np.argsort(-score, kind="stable"):
+        if int(batch.indices[i]) not in seen:
+            seen.add(int(batch.indices[i]))
+            chosen.append(int(i))
+        if len(chosen) == count:
+            break
+    return np.asarray(chosen)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    run_dir = _RUN_DIR.value
+    config, kinds = _load_config(run_dir)
+
+    import jax
+    import numpy as np
+
+    from psrl_jax.analysis.flow_vis import CorrespondenceRow, plot_correspondence_figure
+    from psrl_jax.config import ConfigError, save_json_atomic
+    from psrl_jax.networks.correspondence import flows_at
+    from psrl_jax.networks.q_network import RainbowQNetwork
+    from psrl_jax.ops.augment import to_float
+    from psrl_jax.train.atari_trainer import AtariTrainer
+    from psrl_jax.train.checkpoint import CheckpointError
+
+    seed_index, frames = _SEED_INDEX.value, config.env.frame_stack
+    frame = _FRAME.value % frames
+    try:
+        trainer = AtariTrainer(config)
+        state, header = trainer.restore_latest()
+    except (ConfigError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    trainer.envs.close()
+    env_step = int(header["env_step"])
+    pick = lambda tree: jax.tree.map(lambda x: x[seed_index], tree)
+    agent_state, replay_state = pick(state.agent), pick(state.replay)
+    del state
+    if int(trainer.replay.num_sampleable_items(replay_state)) == 0:
+        sys.exit(f"error: seed {seed_index}'s replay buffer holds no complete sequence yet")
+
+    # A larger pool than needed (several batches with one fixed key), then the best `samples` of it.
+    batch_size = int(config.agent.batch_size)
+    draws = math.ceil(max(4 * _SAMPLES.value, 32) / batch_size)
+    sample = jax.jit(lambda s, k: trainer.replay.sample(s, k, 1.0))
+    keys = jax.random.split(jax.random.PRNGKey(_SAMPLE_SEED.value), draws)
+    pool = jax.tree.map(lambda *xs: np.concatenate(xs), *[jax.device_get(sample(replay_state, k)) for k in keys])
+    chosen = _pick_samples(pool, frame, _SAMPLES.value)
+    batch = jax.tree.map(lambda x: x[chosen], pool)
+
+    network, modules = trainer.agent.network, trainer.agent.psrl
+
+    @jax.jit
+    def correspondences(agent_state, obs_uint8, next_uint8):
+        """Finest flow (native resolution, and resized to the feature map) per kind, all in eval mode."""
+        maps, skip = network.apply(
+            agent_state.params, to_float(obs_uint8), train=False, return_skip=True, method=RainbowQNetwork.encode
+        )
+        h, w = maps.shape[2:4]
+        variables = {"params": agent_state.aux_params["correspondence"], "batch_stats": agent_state.batch_stats}
+        pairs = {}
+        if "external" in kinds:
+            target = modules.encoder.apply(
+                {"params": agent_state.ema_params["torso"]}, to_float(next_uint8), train=False
+            )
+            pairs["external"] = (maps[:, frame], target[:, frame], skip[:, frame])
+        if "internal" in kinds:
+            pairs["internal"] = (maps[:, 0], maps[:, -1], skip[:, 0])
+        out = {}
+        for kind, (query, target, query_skip) in pairs.items():
+            flows = modules.correspondence.apply(variables, query, target, query_skip, train=False)
+            out[kind] = (flows[0], flows_at(flows[:1], h, w)[0])
+        return out
+
+    next_obs = batch.future_obs[:, 0] if batch.future_obs.shape[1] else batch.obs
+    flows = jax.device_get(correspondences(agent_state, batch.obs, next_obs))
+    feat_h, feat_w = flows[kinds[0]][1].shape[1:3]
+
+    rows, records = [], []
+    for j in range(len(chosen)):
+        record = {
+            "replay_index": int(batch.indices[j]),
+            "valid": bool(batch.valid[j] > 0),
+            "future_mask_0": float(batch.future_mask[j, 0]) if batch.future_mask.shape[1] else None,
+        }
+        for kind in kinds:
+            native, feature = flows[kind][0][j], flows[kind][1][j]
+            if kind == "external":
+                source, target = batch.obs[j, frame], next_obs[j, frame]
+                label = f"sample {j} external\nframe {frame} of o_k -> frame {frame} of o_k+1"
+            else:
+                source, target = batch.obs[j, 0], batch.obs[j, -1]
+                label = f"sample {j} internal\nframe 0 -> frame {frames - 1} of o_k"
+            rows.append(CorrespondenceRow(label, source, target, native, feature))
+            record[f"{kind}_mean_flow_magnitude"] = float(np.linalg.norm(feature, axis=-1).mean())
+            record[f"{kind}_max_flow_magnitude"] = float(np.linalg.norm(feature, axis=-1).max())
+        records.append(record)
+
+    height, width = batch.obs.shape[2:]
+    cell = height / feat_h
+    title = (
+        f"{config.name} | {trainer.game} | env step {env_step} | "
+        f"seed index {seed_index} (seed {config.seed + seed_index}) | learned correspondences"
+    )
+    pairs = {
+        "external": f"external: frame {frame} of o_k (online encoder) -> frame {frame} of o_k+1 (EMA target encoder)",
+        "internal": f"internal: frame 0 -> frame {frames - 1} of o_k (online encoder)",
+    }
+    caption = (
+        "; ".join(pairs[k] for k in kinds) + ". Eval mode: no augmentation, dropout or BatchNorm batch statistics.\n"
+        "Backward warp (warp(source, flow) ~ target): the vector at cell p points to the source location p + flow(p) "
+        "whose features land on p. (c) finest flow at its own resolution, nearest-upscaled; hue = direction, "
+        "saturation = magnitude (white = 0; legend top right).\n"
+        f"(d) flow resized to the {feat_h}x{feat_w} feature map, drawn in input pixels: one feature cell ~ "
+        f"{cell:.0f} input pixels at {height}x{width} / {feat_h}x{feat_w}."
+    )
+    out = _OUT.value or os.path.join(run_dir, f"correspondence_{env_step}_seed{seed_index}.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    plot_correspondence_figure(rows, out, title, caption=caption)
+    summary = {
+        "run_dir": os.path.abspath(run_dir),
+        "env_step": env_step,
+        "seed_index": seed_index,
+        "frame": frame,
+        "kinds": kinds,
+        "flow_units": f"feature-map pixels ({feat_h}x{feat_w}; one ~ {cell:.0f} input pixels)",
+        "samples": records,
+        "figure": os.path.abspath(out),
+    }
+    save_json_atomic(os.path.splitext(out)[0] + ".json", summary)
+    print(out)
+
+
+if __name__ == "__main__":
+    app.run(main)
