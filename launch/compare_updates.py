@@ -98,8 +98,10 @@ def main(argv):
         compile_seconds = time.perf_counter() - start
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        start = time.perf_counter()
         state, _, _ = compiled(state, batch)  # warm-up
         jax.block_until_ready(state)
+        warmup_seconds = time.perf_counter() - start
         params = sum(x.size for x in jax.tree.leaves((state.params, state.aux_params)))
         rows.append(
             dict(
@@ -113,13 +115,14 @@ def main(argv):
                 params=int(params),
             )
         )
-        print(f"compiled {spec} in {compile_seconds:.1f}s", flush=True)
+        print(f"{spec}: compiled in {compile_seconds:.1f}s, first update {warmup_seconds:.2f}s", flush=True)
     for _ in range(_REPEATS.value):
         for row in rows:
             start = time.perf_counter()
             row["state"], _, _ = row["compiled"](row["state"], row["batch"])
             jax.block_until_ready(row["state"])
             row["times"].append(time.perf_counter() - start)
+            print(f"  {row['spec']}: {row['times'][-1]:.3f}s", flush=True)
     base = rows[0]
     results = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "repeats": _REPEATS.value, "rows": []}
     print(f"\n{'config':78s} {'GFLOP':>8s} {'x':>6s} {'ms/upd':>9s} {'x':>6s} {'params':>11s}")
