@@ -11,6 +11,7 @@ in configs/rainbow.py's psrl section.
 """
 
 from configs import rainbow
+from psrl_jax.config import PSRL_TERMS
 
 
 def get_config(variant: str = ""):
@@ -20,7 +21,8 @@ def get_config(variant: str = ""):
     c.agent.dropout_rate = 0.05  # Table 3 has dropout after each conv; the rate is ours (small)
     c.replay.prediction_steps = 5  # K (ours, after SPR)
     p = c.psrl
-    p.cat_local = p.cat_global = p.aat_local = p.aat_global = p.internal = True
+    for term in PSRL_TERMS:  # every loss term of the paper
+        p[term] = True
     if variant == "smoke":
         # The same modules, narrow and short: a couple of minutes on a 2-core CPU. One refinement
         # level instead of three: XLA:CPU runs the 56x56 transposed convolutions slowly (367 vs 96 ms
@@ -32,4 +34,13 @@ def get_config(variant: str = ""):
         p.refinement_levels = 1
         p.transform_hidden = 32
         p.projection_dim = 64
+    return c
+
+
+def ablation(variant: str, name: str, terms: tuple):
+    """rainbow_psrl with only `terms` on, named rainbow_psrl_<name> (the rainbow_psrl_*.py configs)."""
+    c = get_config(variant)
+    c.name = c.name.replace("rainbow_psrl", f"rainbow_psrl_{name}")
+    for term in PSRL_TERMS:
+        c.psrl[term] = term in terms
     return c

@@ -9,11 +9,4 @@ from configs import rainbow_psrl
 
 
 def get_config(variant: str = ""):
-    c = rainbow_psrl.get_config(variant)
-    c.name = c.name.replace("rainbow_psrl", "rainbow_psrl_cat_only")
-    c.psrl.cat_local = True
-    c.psrl.cat_global = True
-    c.psrl.aat_local = False
-    c.psrl.aat_global = False
-    c.psrl.internal = True
-    return c
+    return rainbow_psrl.ablation(variant, "cat_only", ("cat_local", "cat_global", "internal"))

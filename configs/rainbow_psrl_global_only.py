@@ -8,11 +8,4 @@ from configs import rainbow_psrl
 
 
 def get_config(variant: str = ""):
-    c = rainbow_psrl.get_config(variant)
-    c.name = c.name.replace("rainbow_psrl", "rainbow_psrl_global_only")
-    c.psrl.cat_local = False
-    c.psrl.cat_global = True
-    c.psrl.aat_local = False
-    c.psrl.aat_global = True
-    c.psrl.internal = False
-    return c
+    return rainbow_psrl.ablation(variant, "global_only", ("cat_global", "aat_global"))

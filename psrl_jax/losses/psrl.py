@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from psrl_jax.config import PSRL_TERMS
 from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
 from psrl_jax.networks.encoders import AtariEncoder
 from psrl_jax.networks.transform import (
@@ -33,7 +34,7 @@ from psrl_jax.networks.transform import (
 from psrl_jax.ops.normalize import minmax_normalize
 from psrl_jax.ops.warp import warp
 
-TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
+TERMS = PSRL_TERMS  # one list of term names, shared with the config checks
 LOCAL_TERMS = ("cat_local", "aat_local", "internal")
 
 
@@ -133,6 +134,7 @@ def psrl_loss(
     aux_params,
     batch_stats,
     ema_params,
+    *,
     online_maps,
     online_skip,
     future_obs,
