@@ -151,9 +151,7 @@ def main(argv):
         variables = {"params": agent_state.aux_params["correspondence"], "batch_stats": agent_state.batch_stats}
         pairs = {}
         if "external" in kinds:
-            target = modules.encoder.apply(
-                {"params": agent_state.ema_params["torso"]}, to_float(next_uint8), train=False
-            )
+            target = modules.encode_target(agent_state.ema_params, to_float(next_uint8))
             pairs["external"] = (maps[:, frame], target[:, frame], skip[:, frame])
         if "internal" in kinds:
             pairs["internal"] = (maps[:, 0], maps[:, -1], skip[:, 0])

@@ -16,7 +16,7 @@ import optax
 
 from psrl_jax.losses.psrl import ema_source, init_psrl_params, make_psrl_modules, psrl_enabled, psrl_loss
 from psrl_jax.losses.rainbow import c51_support, categorical_double_q_loss
-from psrl_jax.networks.q_network import RainbowQNetwork, make_encoder, make_q_network
+from psrl_jax.networks.q_network import RainbowQNetwork, make_q_network
 from psrl_jax.ops.augment import augment_observations, to_float
 from psrl_jax.replay.sequence_replay import SequenceBatch
 
@@ -61,7 +61,7 @@ class RainbowAgent:
         """The PSRL modules, or None when every PSRL term is off (plain Rainbow)."""
         if not psrl_enabled(self.config):
             return None
-        return make_psrl_modules(self.config, make_encoder(self.config.agent), self.num_actions)
+        return make_psrl_modules(self.config, self.network, self.num_actions)
 
     @property
     def atoms(self):

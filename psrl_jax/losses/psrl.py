@@ -23,7 +23,7 @@ import ml_collections
 
 from psrl_jax.config import PSRL_TERMS
 from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
-from psrl_jax.networks.encoders import AtariEncoder
+from psrl_jax.networks.q_network import RainbowQNetwork
 from psrl_jax.networks.transform import (
     ActionAwareTransform,
     GlobalPredictor,
@@ -52,17 +52,22 @@ def psrl_enabled(config) -> bool:
 class PSRLModules:
     """The flax modules PSRL adds, built once from the config (static; params live in the agent state)."""
 
-    encoder: AtariEncoder  # the target (EMA) encoder: same graph as the Q network's torso
+    network: RainbowQNetwork  # the Q network: its encoder with the EMA torso params is the target encoder
     correspondence: CorrespondenceNet
     transform: ActionAwareTransform
     projection: GlobalProjection
     predictor: GlobalPredictor
 
+    def encode_target(self, ema_params, obs):
+        """Per-frame maps of the EMA target encoder (eval mode: no dropout); only the torso is read."""
+        variables = {"params": {"torso": ema_params["torso"]}}
+        return self.network.apply(variables, obs, train=False, method=RainbowQNetwork.encode)
 
-def make_psrl_modules(config, encoder: AtariEncoder, num_actions: int) -> PSRLModules:
+
+def make_psrl_modules(config, network: RainbowQNetwork, num_actions: int) -> PSRLModules:
     p = config.psrl
     return PSRLModules(
-        encoder=encoder,
+        network=network,
         correspondence=CorrespondenceNet(
             width=p.correspondence_width,
             refinement_levels=p.refinement_levels,
@@ -168,9 +173,7 @@ def psrl_loss(
 
     query = minmax_normalize(online_maps, num_feature_dims=3)  # [B, F, h, w, C]
     # Target side: EMA encoder (eval mode: no dropout), stop-gradient.
-    target_maps = modules.encoder.apply(
-        {"params": ema_params["torso"]}, future_obs.reshape((batch * k_steps,) + future_obs.shape[2:]), train=False
-    )
+    target_maps = modules.encode_target(ema_params, future_obs.reshape((batch * k_steps,) + future_obs.shape[2:]))
     target_maps = jax.lax.stop_gradient(target_maps.reshape((batch, k_steps) + target_maps.shape[1:]))
     target = minmax_normalize(target_maps, num_feature_dims=3)  # [B, K, F, h, w, C]
 

@@ -61,15 +61,6 @@ class RainbowQNetwork(nn.Module):
         return self.q_head(self.encode(obs, train), noisy_sample)
 
 
-def make_encoder(agent_config: ml_collections.ConfigDict) -> AtariEncoder:
-    """The Q network's torso alone: applied to `params["params"]["torso"]` (e.g. PSRL's EMA target encoder)."""
-    return AtariEncoder(
-        channels=tuple(agent_config.encoder_channels),
-        dropout_rate=agent_config.dropout_rate,
-        framewise=agent_config.encoder == "framewise",
-    )
-
-
 def make_q_network(agent_config: ml_collections.ConfigDict, num_actions: int) -> RainbowQNetwork:
     """Builds the network from the `c.agent` fields of configs/rainbow.py."""
     return RainbowQNetwork(
