@@ -1,7 +1,7 @@
 """Plot evaluation learning curves of run directories next to published Atari 100k scores.
 
     python launch/plot_curves.py runs/rainbow-RoadRunner-... --out docs/curve.png \
-        [--reference ../shared/reference/atari100k_scores.csv --methods random,der,spr]
+        [--methods random,der,spr]
 """
 
 import argparse
@@ -12,13 +12,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from psrl_jax.analysis.curves import plot_learning_curves, reference_scores  # noqa: E402
+from psrl_jax.analysis.published import ATARI_CSV  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--reference", default="../shared/reference/atari100k_scores.csv")
+    parser.add_argument("--reference", default=ATARI_CSV, help="published scores (default: the project's copy)")
     parser.add_argument("--methods", default="random,der,spr")
     args = parser.parse_args()
     with open(os.path.join(args.run_dirs[0], "config.json")) as f:

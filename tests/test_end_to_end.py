@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +95,20 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     with open(os.path.join(run_dir, "evaluation_1200_2ep.json")) as f:
         result = json.load(f)
     assert len(result["returns"]) == 2 and all(len(r) == 2 for r in result["returns"])
+
+    # The report reads the trainer's own run directory: both seeds finished and scored at the budget,
+    # from the 4-episode final evaluation (more episodes than evaluate.py's 2 above).
+    from psrl_jax.analysis.report import ReportOptions, build_report
+
+    report, warnings = build_report([run_dir], str(tmp_path / "report"), ReportOptions(reps=20))
+    assert warnings == [
+        "Atari runs are scored at step(s) [1200], the published rows at 100,000 (the Atari 100k budget)"
+    ]
+    with open(report) as f:
+        text = f.read()
+    assert "| 2/2 | 1,200 | 1,200 | complete |" in text
+    finals = [np.mean(_records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
+    assert f"{np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2)" in text
 
     # Starting again without resume must not overwrite the run.
     clash = subprocess.run(_command(run_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,60 @@
+"""Published baseline scores shipped with the project (data/README.md cites the sources), and the
+human-normalised score computed from them."""
+
+import csv
+import os
+
+import numpy as np
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+ATARI_CSV = os.path.join(DATA_DIR, "atari100k_published.csv")
+DMC_CSV = os.path.join(DATA_DIR, "dmc_published.csv")
+
+ATARI_METHODS = ("simple", "der", "otrainbow", "curl", "drq", "spr")
+ATARI_METHOD_NAMES = {
+    "simple": "SimPLe",
+    "der": "DER",
+    "otrainbow": "OTRainbow",
+    "curl": "CURL",
+    "drq": "DrQ",
+    "spr": "SPR",
+}
+DMC_METHODS = ("curl", "drq", "spr", "pixel_sac", "state_sac")
+DMC_METHOD_NAMES = {"curl": "CURL", "drq": "DrQ", "spr": "SPR", "pixel_sac": "Pixel SAC", "state_sac": "State SAC"}
+
+
+def atari_table(path: str = ATARI_CSV) -> dict:
+    """{game: {"random": .., "human": .., "spr": .., ...}} from the published Atari 100k table."""
+    with open(path) as f:
+        return {row["game"]: {k: float(v) for k, v in row.items() if k != "game" and v} for row in csv.DictReader(f)}
+
+
+def dmc_table(path: str = DMC_CSV) -> dict:
+    """{(task, budget_steps): {method: (mean, std)}} from the published DMC table."""
+    table = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            budget = int(row["budget"].rstrip("k")) * 1000
+            table[(row["task"], budget)] = {
+                m: (float(row[f"{m}_mean"]), float(row[f"{m}_std"])) for m in DMC_METHODS if row.get(f"{m}_mean")
+            }
+    return table
+
+
+def canonical_game(game: str, table: dict) -> str | None:
+    """The table's spelling of `game` (case and underscores ignored: 'James_Bond' -> 'Jamesbond'), or None."""
+    wanted = game.replace("_", "").lower()
+    for name in table:
+        if name.replace("_", "").lower() == wanted:
+            return name
+    return None
+
+
+def human_normalized(scores, game: str, table: dict | None = None):
+    """(score - random) / (human - random) with the standard per-game random and human scores."""
+    table = atari_table() if table is None else table
+    name = canonical_game(game, table)
+    if name is None:
+        raise KeyError(f"no random/human scores for Atari game {game!r}; known: {', '.join(sorted(table))}")
+    row = table[name]
+    return (np.asarray(scores, dtype=np.float64) - row["random"]) / (row["human"] - row["random"])

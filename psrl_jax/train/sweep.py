@@ -1,0 +1,284 @@
+"""Sweeps: one config trained on many games x seeds, seeds grouped into vmapped runs (launch/sweep.py).
+
+A sweep is a list of runs. A run trains `num_seeds` agents of one game in one process (global seeds
+seed .. seed + num_seeds - 1) in the fixed directory <root>/<config name>/<game>/s<seed>x<num_seeds>,
+so planning the same sweep again finds what earlier invocations left there. Each run gets a status:
+
+    done     final_eval.json exists: the run is finished and skipped
+    resume   a complete checkpoint exists: rerun with --config.resume=True
+    restart  metrics but no checkpoint (killed before its first checkpoint): rerun from step 0. The
+             trainer accepts that (it only refuses a run_dir holding checkpoints), but its metrics
+             logger appends, so the killed attempt's metrics/ and tensorboard/ must be moved aside
+             first (`set_aside_killed_attempt`) or the curves mix both attempts.
+    start    nothing there yet
+
+A directory whose config.json names another config, game, seed or seed count is an error: resuming
+or skipping it would silently mix experiments.
+"""
+
+import dataclasses
+import difflib
+import glob
+import importlib.util
+import json
+import os
+import time
+
+import ml_collections
+
+# The Atari 100k benchmark (Kaiser et al. 2020), in the 26-game set and envpool spelling used by SPR
+# (Schwarzer et al. 2021); the `game` column of shared/reference/atari100k_scores.csv.
+ATARI_26 = (
+    "Alien",
+    "Amidar",
+    "Assault",
+    "Asterix",
+    "BankHeist",
+    "BattleZone",
+    "Boxing",
+    "Breakout",
+    "ChopperCommand",
+    "CrazyClimber",
+    "DemonAttack",
+    "Freeway",
+    "Frostbite",
+    "Gopher",
+    "Hero",
+    "Jamesbond",
+    "Kangaroo",
+    "Krull",
+    "KungFuMaster",
+    "MsPacman",
+    "Pong",
+    "PrivateEye",
+    "Qbert",
+    "RoadRunner",
+    "Seaquest",
+    "UpNDown",
+)
+
+# Set per run by the sweep itself; an --override of one of them would contradict the run directory.
+SWEEP_FIELDS = {
+    "seed": "--first_seed",
+    "num_seeds": "--seeds_per_run",
+    "env.game": "--games",
+    "run_dir": "--root",
+    "resume": "(set automatically)",
+}
+
+
+class SweepError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    game: str
+    seed: int  # global seed of the run's first agent
+    num_seeds: int
+    run_dir: str
+    status: str  # "done" | "resume" | "restart" | "start"
+    flags: tuple  # arguments of launch/atari.py
+
+    def command(self, python: str, script: str) -> list:
+        return [python, script, *self.flags]
+
+
+# ----- inputs ------------------------------------------------------------------------------------
+
+
+def load_config(config_arg: str) -> ml_collections.ConfigDict:
+    """'configs/x.py[:variant]' -> get_config([variant]), as ml_collections.config_flags loads it."""
+    path, *variant = config_arg.split(":", 1)
+    if not os.path.isfile(path):
+        raise SweepError(f"config file {path!r} not found")
+    spec = importlib.util.spec_from_file_location("sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*variant)
+
+
+def _game_key(name: str) -> str:
+    """'kung_fu_master', 'KungFuMaster-v5' -> 'kungfumaster' (envpool ignores case and separators)."""
+    name = name.strip().lower().removesuffix("-v5")
+    return "".join(ch for ch in name if ch.isalnum())
+
+
+def canonical_game(name: str) -> str:
+    """The ATARI_26 spelling of `name`, else envpool's; raises SweepError with close matches."""
+    by_key = {_game_key(game): game for game in ATARI_26}
+    if _game_key(name) in by_key:
+        return by_key[_game_key(name)]
+    from psrl_jax.envs.atari import resolve_game  # imports envpool: only for games outside the 26
+
+    try:
+        return resolve_game(name).removesuffix("-v5")
+    except ValueError as error:
+        close = difflib.get_close_matches(name, ATARI_26, n=5, cutoff=0.5)
+        hint = f" (closest Atari 100k games: {', '.join(close)})" if close else ""
+        raise SweepError(f"unknown game {name!r}{hint}; envpool says: {error}") from error
+
+
+def parse_games(spec: str) -> tuple:
+    """'atari26' or a comma-separated list of games, in canonical spelling, without duplicates."""
+    if spec.strip().lower() == "atari26":
+        return ATARI_26
+    names = [name for name in spec.split(",") if name.strip()]
+    if not names:
+        raise SweepError("--games is empty")
+    return tuple(dict.fromkeys(canonical_game(name) for name in names))
+
+
+def seed_groups(seeds: int, seeds_per_run: int | None, first_seed: int = 0) -> list:
+    """[(first global seed, seeds in the run)]: `seeds` seeds from `first_seed`, `seeds_per_run` per run."""
+    seeds_per_run = seeds_per_run or seeds
+    if seeds < 1 or seeds_per_run < 1:
+        raise SweepError(f"--seeds and --seeds_per_run must be positive, got {seeds} and {seeds_per_run}")
+    if seeds % seeds_per_run:
+        raise SweepError(f"--seeds={seeds} is not a multiple of --seeds_per_run={seeds_per_run}")
+    return [(first_seed + start, seeds_per_run) for start in range(0, seeds, seeds_per_run)]
+
+
+def _leaf_fields(config, prefix: str = "") -> list:
+    fields = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        fields += _leaf_fields(value, f"{name}.") if isinstance(value, ml_collections.ConfigDict) else [name]
+    return fields
+
+
+def parse_overrides(config, overrides) -> dict:
+    """['agent.batch_size=64', ...] -> {'agent.batch_size': '64'}; every field must exist in `config`."""
+    fields = _leaf_fields(config)
+    parsed = {}
+    for override in overrides:
+        field, sep, value = override.partition("=")
+        field = field.strip().removeprefix("--").removeprefix("config.")
+        if not sep:
+            raise SweepError(f"--override {override!r} must look like field=value")
+        if field in SWEEP_FIELDS:
+            raise SweepError(f"--override {field}=... is set by the sweep; use {SWEEP_FIELDS[field]}")
+        if field not in fields:
+            close = difflib.get_close_matches(field, fields, n=5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SweepError(f"--override: the config has no field {field!r}{hint}")
+        parsed[field] = value
+    return parsed
+
+
+# ----- state of a run directory ------------------------------------------------------------------
+
+
+def latest_checkpoint_step(run_dir: str):
+    """The latest complete checkpoint step under run_dir/checkpoints, or None: the same lookup as
+    Checkpointer.latest_step (orbax's standard step names; unfinished *.orbax-checkpoint-tmp-* saves
+    do not count), without creating anything."""
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory) or not os.listdir(directory):
+        return None  # the common case, answered without importing orbax (and JAX)
+    from orbax.checkpoint import path as ocp_path
+
+    latest = ocp_path.step.latest_step_metadata(os.path.abspath(directory), ocp_path.step.standard_name_format())
+    return None if latest is None else latest.step
+
+
+def check_same_run(run_dir: str, expected: dict) -> None:
+    """Raise if run_dir/config.json was written for other values of `expected`'s fields."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    found = {
+        "name": saved.get("name"),
+        "env.game": saved.get("env", {}).get("game"),
+        "seed": saved.get("seed"),
+        "num_seeds": saved.get("num_seeds"),
+    }
+    diffs = []
+    for field, want in expected.items():
+        have = found[field]
+        same = _game_key(str(have)) == _game_key(want) if field == "env.game" else have == want
+        if not same:
+            diffs.append(f"{field}: {have!r} there, {want!r} here")
+    if diffs:
+        raise SweepError(
+            f"{path} belongs to another run ({'; '.join(diffs)}); nothing was run. "
+            "Choose another --root, or move that directory away."
+        )
+
+
+def run_status(run_dir: str) -> str:
+    if os.path.isfile(os.path.join(run_dir, "final_eval.json")):
+        return "done"
+    if latest_checkpoint_step(run_dir) is not None:
+        return "resume"
+    if any(os.path.getsize(path) for path in glob.glob(os.path.join(run_dir, "metrics", "seed_*.jsonl"))):
+        return "restart"
+    return "start"
+
+
+def set_aside_killed_attempt(run_dir: str) -> list:
+    """Rename metrics/ and tensorboard/ of a run killed before its first checkpoint (nothing is deleted),
+    so the restarted run's logs do not append to them. Returns the new paths."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for name in ("metrics", "tensorboard"):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            os.rename(path, f"{path}.killed-{stamp}")
+            moved.append(f"{path}.killed-{stamp}")
+    return moved
+
+
+# ----- the sweep ---------------------------------------------------------------------------------
+
+
+def plan_sweep(
+    config_arg: str,
+    games: str = "atari26",
+    seeds: int = 10,
+    seeds_per_run: int | None = None,
+    first_seed: int = 0,
+    root: str = os.path.join("runs", "sweep"),
+    overrides=(),
+) -> list:
+    """Every run of the sweep, game-major, with its status and its launch/atari.py arguments.
+
+    Checks everything (config, games, seeds, overrides, existing run directories) before returning,
+    so a bad sweep fails before anything runs."""
+    config = load_config(config_arg)
+    game_names = parse_games(games)
+    groups = seed_groups(seeds, seeds_per_run, first_seed)
+    override_values = parse_overrides(config, overrides)
+    name = override_values.get("name", config.name)
+    override_flags = tuple(f"--config.{field}={value}" for field, value in override_values.items())
+    runs = []
+    for game in game_names:
+        for seed, group_size in groups:
+            run_dir = os.path.join(root, name, game, f"s{seed}x{group_size}")
+            check_same_run(run_dir, {"name": name, "env.game": game, "seed": seed, "num_seeds": group_size})
+            status = run_status(run_dir)
+            flags = (
+                "--config",
+                config_arg,
+                f"--config.env.game={game}",
+                f"--config.seed={seed}",
+                f"--config.num_seeds={group_size}",
+                f"--config.run_dir={run_dir}",
+                *(("--config.resume=True",) if status == "resume" else ()),
+                *override_flags,
+            )
+            runs.append(Run(game, seed, group_size, run_dir, status, flags))
+    return runs
+
+
+def summary(runs) -> str:
+    count = lambda *statuses: sum(run.status in statuses for run in runs)
+    line = (
+        f"{len(runs)} runs: {count('done')} finished (skipped), {count('resume')} to resume, "
+        f"{count('start', 'restart')} to start"
+    )
+    if count("restart"):
+        line += f" ({count('restart')} of them restart: killed before their first checkpoint)"
+    return line
