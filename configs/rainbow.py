@@ -43,6 +43,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.name = "rainbow"
     c.seed = 0  # seed of the first agent; agent i uses an independent key folded from (seed, i)
     c.num_seeds = 1  # S independent agents trained in one process (vmapped); S = 1 is the same code
+    # Seed axis over devices (psrl_jax/train/sharding.py): "auto" shards it over all devices when there
+    # is more than one and num_seeds is a multiple of the device count; "on" requires that (a
+    # ConfigError before anything compiles otherwise); "off" keeps every seed on the default device.
+    c.shard_seeds = "auto"
     c.total_env_steps = 100_000  # agent steps per seed (x4 frames = 400k frames: the Atari 100k protocol)
     c.run_dir = ""  # empty: runs/<name>-<game>-s<seed>x<num_seeds>-<timestamp>
     c.resume = False  # continue run_dir from its latest checkpoint (replay included)
@@ -84,6 +88,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.agent.encoder = "stacked"  # "stacked": frames as channels (DER/SPR); "framewise": PSRL's Table 3
     c.agent.encoder_channels = (32, 64, 64)
     c.agent.dropout_rate = 0.0  # encoder dropout during updates (ours: 0 for the Rainbow baseline)
+    # Compute dtype of every network (Q network and PSRL modules): "float32" or "bfloat16" (mixed
+    # precision: bf16 convs/matmuls; float32 params, optimiser, BatchNorm statistics and losses). Ours.
+    c.agent.compute_dtype = "float32"
     c.agent.learning_rate = 1e-4
     c.agent.adam_eps = 1.5e-4
     c.agent.max_grad_norm = 10.0

@@ -1,15 +1,23 @@
 """Throughput of one config's pieces, measured side by side in one process.
 
     python launch/benchmark.py --config configs/rainbow.py [--config.num_seeds=4] [--repeats=20] [--out=b.json]
+    python launch/benchmark.py --config configs/rainbow_psrl.py --seeds_list=1,2,4,8 --trace_dir=/tmp/trace
 
 Prints and writes JSON with: compile times, updates/s (U updates per dispatch, all seeds), collect
-(act + replay insert) steps/s, raw envpool steps/s with random actions, replay bytes per transition
-and FLOPs per update from XLA's cost analysis. The replay is filled with random frames (no training),
-so numbers measure the machinery, not learning.
+(act + replay insert) steps/s, raw envpool steps/s with random actions, projected end-to-end agent
+steps/s, replay bytes per transition, FLOPs per update from XLA's cost analysis, achieved FLOP/s and
+its fraction of the device's peak (MFU; peaks in psrl_jax/perf.py), peak device memory (GPU) or XLA's
+memory analysis of the update (CPU) and the host's peak RSS. `--seeds_list` measures several seed
+counts one after another in this process and adds the speed-up of S vmapped seeds over S single-seed
+updates run one after another. `--trace_dir` writes a jax.profiler trace of a few update dispatches
+(named scopes: encoder, correspondence, warp, aat, distributional_loss, optimizer, ...) for
+TensorBoard's profile plugin or Perfetto. The replay is filled with random frames (no training), so
+numbers measure the machinery, not learning.
 """
 
 import json
 import os
+import resource
 import sys
 import time
 
@@ -21,6 +29,10 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed dispatches per measurement")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here")
+_SEEDS_LIST = flags.DEFINE_string(
+    "seeds_list", "", "Comma-separated seed counts to measure (default: config.num_seeds)"
+)
+_TRACE_DIR = flags.DEFINE_string("trace_dir", "", "Write a jax.profiler trace of update dispatches here")
 flags.mark_flags_as_required(["config"])
 
 
@@ -34,27 +46,24 @@ def _timed(fn, repeats):
     return (time.perf_counter() - start) / repeats
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
+def measure(config, repeats: int, trace_dir: str = "") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from psrl_jax.envs.atari import convert_timestep
+    from psrl_jax.perf import peak_flops
     from psrl_jax.replay.sequence_replay import bytes_per_transition
     from psrl_jax.train.atari_trainer import AtariTrainer
 
-    config = _CONFIG.value
-    config.run_dir = config.run_dir or "/tmp/psrl_jax_benchmark"
-    config.resume = False
     trainer = AtariTrainer(config)
     S, E = config.num_seeds, config.env.envs_per_seed
     size = config.env.image_size
-    repeats = _REPEATS.value
     results = {"config": config.name, "game": trainer.task_id, "num_seeds": S, "envs_per_seed": E}
-    results["device"] = str(jax.devices()[0])
+    device = jax.devices()[0]
+    results["device"] = f"{device} ({getattr(device, 'device_kind', '')})"
     results["backend"] = jax.default_backend()
+    results["compute_dtype"] = config.agent.get("compute_dtype", "float32")
 
     start = time.perf_counter()
     state = jax.block_until_ready(trainer.init_fn(trainer.seed_keys()))
@@ -117,6 +126,26 @@ def main(argv):
     results["update_dispatch_seconds"] = seconds
     results["updates_per_s_all_seeds"] = U * S / seconds
     results["achieved_flops_per_s"] = results["flops_per_update_per_seed"] * U * S / seconds
+    peak, source = peak_flops(device, results["compute_dtype"])
+    results["device_peak_flops_per_s"] = peak
+    results["device_peak_source"] = source
+    results["mfu"] = results["achieved_flops_per_s"] / peak if peak else None
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        results["update_memory_bytes"] = {
+            k: int(getattr(memory, f"{k}_size_in_bytes"))
+            for k in ("argument", "output", "temp", "generated_code")
+            if hasattr(memory, f"{k}_size_in_bytes")
+        }
+    stats = device.memory_stats() or {}
+    results["device_peak_bytes_in_use"] = stats.get("peak_bytes_in_use")  # GPU/TPU; None on CPU
+    results["host_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if trace_dir:
+        with jax.profiler.trace(os.path.join(trace_dir, f"seeds_{S}")):
+            for _ in range(3):
+                out = update_once()
+            jax.block_until_ready(out)
+        results["trace_dir"] = os.path.join(trace_dir, f"seeds_{S}")
 
     # Raw envpool with random actions, same pool size.
     env = trainer.envs
@@ -136,11 +165,42 @@ def main(argv):
     results["projected_hours_for_total_env_steps"] = (
         config.total_env_steps / results["projected_env_steps_per_s_per_seed"] / 3600
     )
+    env.close()
+    trainer.checkpointer.close()
+    return results
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    config.run_dir = config.run_dir or "/tmp/psrl_jax_benchmark"
+    config.resume = False
+    seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
+    runs = []
+    for num_seeds in seeds_list:
+        config.num_seeds = num_seeds
+        runs.append(measure(config, _REPEATS.value, _TRACE_DIR.value))
+        print(f"measured num_seeds={num_seeds}: {runs[-1]['updates_per_s_all_seeds']:.1f} updates/s", flush=True)
+    results = runs[0] if len(runs) == 1 else {"runs": runs, "seed_scaling": _seed_scaling(runs)}
     text = json.dumps(results, indent=2)
     print(text)
     if _OUT.value:
         with open(_OUT.value, "w") as f:
             f.write(text + "\n")
+
+
+def _seed_scaling(runs: list) -> list:
+    """Speed-up of S vmapped seeds over S single-seed updates one after another (needs S = 1 measured)."""
+    single = next((r for r in runs if r["num_seeds"] == 1), None)
+    rows = []
+    for r in runs:
+        row = {"num_seeds": r["num_seeds"], "updates_per_s_all_seeds": r["updates_per_s_all_seeds"]}
+        if single is not None:
+            # S single-seed runs in sequence take S x the one-seed dispatch time for the same updates
+            row["speedup_vs_sequential_single_seed"] = r["updates_per_s_all_seeds"] / single["updates_per_s_all_seeds"]
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

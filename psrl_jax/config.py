@@ -78,6 +78,16 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
         agent.encoder in ("stacked", "framewise"),
         f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
     )
+    compute_dtype = agent.get("compute_dtype", "float32")  # run dirs written before the field existed
+    _require(
+        compute_dtype in ("float32", "bfloat16"),
+        f"config.agent.compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}",
+    )
+    shard_seeds = config.get("shard_seeds", "auto")  # run dirs written before the field existed: "auto"
+    _require(
+        shard_seeds in ("auto", "on", "off"),
+        f"config.shard_seeds must be 'auto', 'on' or 'off', got {shard_seeds!r}",
+    )
     _require(
         agent.augmentation.shift_pad >= 0 and agent.augmentation.intensity_scale >= 0,
         "config.agent.augmentation.shift_pad and intensity_scale must be >= 0",

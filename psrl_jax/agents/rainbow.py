@@ -4,6 +4,10 @@ with PSRL's paired-similarity losses on its encoder (config.psrl; losses/psrl.py
 Pure functions over an explicit `RainbowState`; nothing here knows about seeds: the trainer vmaps
 `init`, `act` and `update_many` over a leading seed axis. With every PSRL term off the PSRL state
 fields are empty and the update is exactly Rainbow's.
+
+The networks compute in config.agent.compute_dtype (float32 or bfloat16) with float32 parameters,
+optimiser state and losses. The update's pieces run under jax.named_scope ("encoder",
+"distributional_loss", "psrl_loss" and its sub-scopes, "optimizer") so profiler traces name them.
 """
 
 import dataclasses
@@ -142,24 +146,27 @@ class RainbowAgent:
             obs_tm1 = prepare(k_aug_tm1, batch.obs)
         obs_t = prepare(k_aug_t, batch.next_obs)
         net = self.network
-        maps_tm1, skip_tm1 = net.apply(
-            params, obs_tm1, train=True, return_skip=True, method=RainbowQNetwork.encode, rngs={"dropout": k_drop}
-        )
-        logits_tm1 = net.apply(
-            params, maps_tm1, noisy_sample=True, method=RainbowQNetwork.q_head, rngs={"noise": k_online}
-        )
-        selector_t = net.apply(params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_select})
-        target_t = net.apply(state.target_params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_target})
-        per_sample = categorical_double_q_loss(
-            logits_tm1,
-            batch.action,
-            batch.n_step_return,
-            batch.bootstrap_discount,
-            jax.lax.stop_gradient(target_t),
-            jax.lax.stop_gradient(selector_t),
-            self.atoms,
-            double_q=self.config.agent.double_q,
-        )
+        with jax.named_scope("encoder"):  # the online encoder on o_k, shared by the RL and PSRL losses
+            maps_tm1, skip_tm1 = net.apply(
+                params, obs_tm1, train=True, return_skip=True, method=RainbowQNetwork.encode, rngs={"dropout": k_drop}
+            )
+        # The Q head on o_k, the online (selector) and target networks on o_{k+n}, and the C51 loss.
+        with jax.named_scope("distributional_loss"):
+            logits_tm1 = net.apply(
+                params, maps_tm1, noisy_sample=True, method=RainbowQNetwork.q_head, rngs={"noise": k_online}
+            )
+            selector_t = net.apply(params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_select})
+            target_t = net.apply(state.target_params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_target})
+            per_sample = categorical_double_q_loss(
+                logits_tm1,
+                batch.action,
+                batch.n_step_return,
+                batch.bootstrap_discount,
+                jax.lax.stop_gradient(target_t),
+                jax.lax.stop_gradient(selector_t),
+                self.atoms,
+                double_q=self.config.agent.double_q,
+            )
         weights = batch.importance_weights * batch.valid
         total = jnp.mean(weights * per_sample)
         q_tm1 = jnp.sum(jax.nn.softmax(logits_tm1, -1) * self.atoms, -1)
@@ -178,20 +185,21 @@ class RainbowAgent:
                     params, obs, train=True, return_skip=True, method=RainbowQNetwork.encode, rngs={"dropout": k}
                 )
 
-            psrl_per_sample, batch_stats, psrl_metrics = psrl_loss(
-                trainable["aux"],
-                state.batch_stats,
-                state.ema_params,
-                online_maps=maps_tm1,
-                online_skip=skip_tm1,
-                future_obs=future_obs,
-                actions=batch.future_actions,
-                future_mask=batch.future_mask * batch.valid[:, None],
-                valid=batch.valid,
-                config=self.config,
-                modules=psrl,
-                encode_online=encode_online,
-            )
+            with jax.named_scope("psrl_loss"):
+                psrl_per_sample, batch_stats, psrl_metrics = psrl_loss(
+                    trainable["aux"],
+                    state.batch_stats,
+                    state.ema_params,
+                    online_maps=maps_tm1,
+                    online_skip=skip_tm1,
+                    future_obs=future_obs,
+                    actions=batch.future_actions,
+                    future_mask=batch.future_mask * batch.valid[:, None],
+                    valid=batch.valid,
+                    config=self.config,
+                    modules=psrl,
+                    encode_online=encode_online,
+                )
             # The auxiliary loss is a plain mean over the batch (not importance-weighted; ours).
             total = total + jnp.mean(psrl_per_sample)
             metrics.update(psrl_metrics)
@@ -203,8 +211,9 @@ class RainbowAgent:
         trainable = {"q": state.params, "aux": state.aux_params}
         grad_fn = jax.grad(self.loss, has_aux=True)
         grads, (per_sample, batch_stats, metrics) = grad_fn(trainable, state, batch, k_loss)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
+        with jax.named_scope("optimizer"):
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
+            trainable = optax.apply_updates(trainable, updates)
         params, aux_params = trainable["q"], trainable["aux"]
         step = state.update_step + 1
         target_params = optax.periodic_update(params, state.target_params, step, self.config.agent.target_update_period)

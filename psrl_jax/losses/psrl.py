@@ -13,6 +13,11 @@ that is off (switch False or its weight 0) is not computed at all, so switching 
 gives exactly the Rainbow update. All terms are masked where a sequence crosses an episode end
 (replay's future_mask) and for invalid samples. Everything is batched: the correspondence module
 runs once on all (query, target) pairs of the batch, and the warp is one vmapped op.
+
+Mixed precision (config.agent.compute_dtype): the modules compute in that dtype but return float32
+maps, flows and vectors, so the normalisation, warp, L1 and cosine losses here run in float32.
+The pieces are wrapped in jax.named_scope ("encoder", "correspondence", "warp", "aat",
+"global_heads") so that profiler traces show them by name.
 """
 
 import dataclasses
@@ -23,7 +28,7 @@ import ml_collections
 
 from psrl_jax.config import PSRL_TERMS
 from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
-from psrl_jax.networks.q_network import RainbowQNetwork
+from psrl_jax.networks.q_network import RainbowQNetwork, compute_dtype
 from psrl_jax.networks.transform import (
     ActionAwareTransform,
     GlobalPredictor,
@@ -66,6 +71,7 @@ class PSRLModules:
 
 def make_psrl_modules(config, network: RainbowQNetwork, num_actions: int) -> PSRLModules:
     p = config.psrl
+    dtype = compute_dtype(config.agent)  # the Q network's compute dtype, for every PSRL module
     return PSRLModules(
         network=network,
         correspondence=CorrespondenceNet(
@@ -75,12 +81,16 @@ def make_psrl_modules(config, network: RainbowQNetwork, num_actions: int) -> PSR
             max_displacement=p.max_displacement,
             negative_slope=p.leaky_relu_slope,
             bn_momentum=p.bn_momentum,
+            dtype=dtype,
         ),
         transform=ActionAwareTransform(
-            num_actions=num_actions, hidden=p.transform_hidden, out_channels=config.agent.encoder_channels[-1]
+            num_actions=num_actions,
+            hidden=p.transform_hidden,
+            out_channels=config.agent.encoder_channels[-1],
+            dtype=dtype,
         ),
-        projection=GlobalProjection(dim=p.projection_dim),
-        predictor=GlobalPredictor(dim=p.projection_dim),
+        projection=GlobalProjection(dim=p.projection_dim, dtype=dtype),
+        predictor=GlobalPredictor(dim=p.projection_dim, dtype=dtype),
     )
 
 
@@ -173,18 +183,21 @@ def psrl_loss(
 
     query = minmax_normalize(online_maps, num_feature_dims=3)  # [B, F, h, w, C]
     # Target side: EMA encoder (eval mode: no dropout), stop-gradient.
-    target_maps = modules.encode_target(ema_params, future_obs.reshape((batch * k_steps,) + future_obs.shape[2:]))
+    with jax.named_scope("encoder"):
+        target_maps = modules.encode_target(ema_params, future_obs.reshape((batch * k_steps,) + future_obs.shape[2:]))
     target_maps = jax.lax.stop_gradient(target_maps.reshape((batch, k_steps) + target_maps.shape[1:]))
     target = minmax_normalize(target_maps, num_feature_dims=3)  # [B, K, F, h, w, C]
 
     def project_online(stacks):  # [N, F, h, w, C] -> [N, D] through projection and predictor
-        z = modules.projection.apply({"params": aux_params["projection"]}, stacks)
-        return modules.predictor.apply({"params": aux_params["predictor"]}, z)
+        with jax.named_scope("global_heads"):
+            z = modules.projection.apply({"params": aux_params["projection"]}, stacks)
+            return modules.predictor.apply({"params": aux_params["predictor"]}, z)
 
     needs_global = any(t in terms for t in ("cat_global", "aat_global"))
     if needs_global:
         flat_target = target.reshape((batch * k_steps,) + target.shape[2:])
-        target_vectors = modules.projection.apply({"params": ema_params["projection"]}, flat_target)
+        with jax.named_scope("global_heads"):
+            target_vectors = modules.projection.apply({"params": ema_params["projection"]}, flat_target)
         target_vectors = jax.lax.stop_gradient(target_vectors.reshape(batch, k_steps, -1))
 
     new_batch_stats = batch_stats
@@ -194,7 +207,8 @@ def psrl_loss(
         q_raw, q_skip, q_norm = [online_maps], [online_skip], [query]
         if cat_steps > 1 and any(t in terms for t in ("cat_local", "cat_global")):
             later = future_obs[:, : cat_steps - 1].reshape((batch * (cat_steps - 1),) + future_obs.shape[2:])
-            maps, skip = encode_online(later)
+            with jax.named_scope("encoder"):
+                maps, skip = encode_online(later)
             maps = maps.reshape((batch, cat_steps - 1) + maps.shape[1:])
             skip = skip.reshape((batch, cat_steps - 1) + skip.shape[1:])
             for j in range(cat_steps - 1):
@@ -219,17 +233,18 @@ def psrl_loss(
         # BatchNorm statistics over the pairs that count only (all pairs if, rarely, none does).
         pair_mask = jnp.concatenate(pair_mask) > 0
         pair_mask = jnp.logical_or(pair_mask, ~jnp.any(pair_mask))
-        flows, updates = modules.correspondence.apply(
-            {"params": aux_params["correspondence"], "batch_stats": batch_stats},
-            jnp.concatenate(pair_q),
-            jnp.concatenate(pair_t),
-            jnp.concatenate(pair_s),
-            train=True,
-            mask=pair_mask,
-            mutable=["batch_stats"],
-        )
-        new_batch_stats = updates["batch_stats"]
-        flows = flows_at(flows, h, w)  # every scale, finest first, in pixels of the feature map
+        with jax.named_scope("correspondence"):
+            flows, updates = modules.correspondence.apply(
+                {"params": aux_params["correspondence"], "batch_stats": batch_stats},
+                jnp.concatenate(pair_q),
+                jnp.concatenate(pair_t),
+                jnp.concatenate(pair_s),
+                train=True,
+                mask=pair_mask,
+                mutable=["batch_stats"],
+            )
+            new_batch_stats = updates["batch_stats"]
+            flows = flows_at(flows, h, w)  # every scale, finest first, in pixels of the feature map
         scale_weights = [p.multiscale_decay**s for s in range(len(flows))]  # finest first; 0**0 = 1
         n_ext_pairs = n_ext * batch * frames
 
@@ -264,12 +279,13 @@ def psrl_loss(
 
     if any(t in terms for t in ("aat_local", "aat_global")):
         transform = lambda stack, action: modules.transform.apply({"params": aux_params["transform"]}, stack, action)
-        stack = query
-        predicted = []
-        for j in range(k_steps):  # recurrent rollout, as SPR's transition model (K = 5 by default)
-            stack = predict_stack(transform, stack, actions[:, j])
-            predicted.append(stack)
-        predicted = jnp.stack(predicted, axis=1)  # [B, K, F, h, w, C]
+        with jax.named_scope("aat"):
+            stack = query
+            predicted = []
+            for j in range(k_steps):  # recurrent rollout, as SPR's transition model (K = 5 by default)
+                stack = predict_stack(transform, stack, actions[:, j])
+                predicted.append(stack)
+            predicted = jnp.stack(predicted, axis=1)  # [B, K, F, h, w, C]
         if "aat_local" in terms:
             l1 = jax.vmap(_l1, in_axes=1, out_axes=1)(predicted, target)  # [B, K]
             local_total += jnp.sum(future_mask * l1, axis=1)

@@ -39,10 +39,14 @@ Choices that are ours (the supplementary is silent on them):
     exactly zero gradient (found by the test that every parameter trains).
   * BatchNorm statistics are those of the call's batch (no axis_name), so under `jax.vmap` over
     seeds each seed normalises its own batch. Train with `mutable=["batch_stats"]`.
+  * Mixed precision (`dtype=jnp.bfloat16`): convolutions, the correlation and BatchNorm's output
+    run in bfloat16; parameters, BatchNorm statistics (flax reduces in float32) and the flows
+    (residual sums and resizing) stay float32, and the flows are returned in float32.
 """
 
 import math
 import numbers
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -81,6 +85,7 @@ class CorrespondenceNet(nn.Module):
       max_displacement: half-width of the local correlation window ("local" only).
       negative_slope: LeakyReLU slope.
       bn_momentum, bn_epsilon: BatchNorm settings (flax convention: momentum 0.9 = PyTorch 0.1).
+      dtype: compute dtype of the layers (None: float32); see the module docstring.
 
     Call: `net.apply(variables, query, target, query_skip, train=...)` with query and target
     [N, h, w, C] and query_skip the query frame's previous encoder map [N, h', w', C'] (needed
@@ -97,6 +102,7 @@ class CorrespondenceNet(nn.Module):
     negative_slope: float = 0.1
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    dtype: Any = None
 
     def __post_init__(self):
         try:
@@ -150,28 +156,41 @@ class CorrespondenceNet(nn.Module):
             if query_skip.ndim != 4 or query_skip.shape[0] != query.shape[0]:
                 raise ValueError(f"query_skip must be [N, h', w', C'] with N={query.shape[0]}, got {query_skip.shape}")
 
+        compute = jnp.float32 if self.dtype is None else self.dtype
+
         def conv_bn(x, channels, kernel, name):
             # No bias: BatchNorm's mean subtraction cancels it (its gradient is exactly zero).
-            x = nn.Conv(channels, (kernel, kernel), padding="SAME", use_bias=False, name=name)(x)
+            x = nn.Conv(channels, (kernel, kernel), padding="SAME", use_bias=False, dtype=self.dtype, name=name)(x)
+            # dtype is BatchNorm's output dtype; its statistics and running averages stay float32.
             x = nn.BatchNorm(
-                use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=f"{name}_bn"
+                use_running_average=not train,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                dtype=self.dtype,
+                name=f"{name}_bn",
             )(x, mask=None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape))
             return nn.leaky_relu(x, self.negative_slope)
 
         def deconv(x, channels, name):
-            x = nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME", name=name)(x)
+            x = nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype, name=name)(x)
             return nn.leaky_relu(x, self.negative_slope)
 
-        def flow_head(x, name):
+        def flow_head(x, name):  # the flow (and its residual sums) in float32
             return nn.Conv(
-                2, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros, name=name
-            )(x)
+                2,
+                (3, 3),
+                padding="SAME",
+                kernel_init=nn.initializers.zeros,
+                bias_init=nn.initializers.zeros,
+                dtype=self.dtype,
+                name=name,
+            )(x).astype(jnp.float32)
 
         # Row 4: 1x1 projection of the query.
         q_proj = conv_bn(query, self.ch(32), 1, "proj")
         # Row 5: cosine correlation (ours). The ops divide the dot product by the channel count;
         # multiplying it back gives cosine similarities in [-1, 1].
-        q_unit, t_unit = _l2_normalize(query), _l2_normalize(target)
+        q_unit, t_unit = (_l2_normalize(x.astype(jnp.float32)).astype(compute) for x in (query, target))
         if self.correlation == "all_pairs":
             corr = correlation_all_pairs(q_unit, t_unit)
         else:
@@ -193,7 +212,8 @@ class CorrespondenceNet(nn.Module):
             height, width = 2 * height, 2 * width
             flow_up = resize_flow(flow, height, width)
             conc3 = jnp.concatenate(
-                [_resize(conv2, height, width), deconv(conv3, self.ch(256), "deconv3"), flow_up], axis=-1
+                [_resize(conv2, height, width), deconv(conv3, self.ch(256), "deconv3"), flow_up.astype(compute)],
+                axis=-1,
             )
             flow = flow_up + flow_head(conc3, "flow2")
             flows.append(flow)
@@ -201,15 +221,16 @@ class CorrespondenceNet(nn.Module):
             height, width = 2 * height, 2 * width
             flow_up = resize_flow(flow, height, width)
             conc2 = jnp.concatenate(
-                [_resize(conv1, height, width), deconv(conc3, self.ch(128), "deconv2"), flow_up], axis=-1
+                [_resize(conv1, height, width), deconv(conc3, self.ch(128), "deconv2"), flow_up.astype(compute)],
+                axis=-1,
             )
             flow = flow_up + flow_head(conc2, "flow1")
             flows.append(flow)
         if self.refinement_levels >= 3:  # rows 19-22 -> correspondence0 at 8h x 8w
             height, width = 2 * height, 2 * width
             flow_up = resize_flow(flow, height, width)
-            skip = _resize(query_skip.astype(flow.dtype), height, width)
-            conc1 = jnp.concatenate([skip, deconv(conc2, self.ch(130), "deconv1"), flow_up], axis=-1)
+            skip = _resize(query_skip.astype(compute), height, width)
+            conc1 = jnp.concatenate([skip, deconv(conc2, self.ch(130), "deconv1"), flow_up.astype(compute)], axis=-1)
             flow = flow_up + flow_head(conc1, "flow0")
             flows.append(flow)
         return tuple(reversed(flows))

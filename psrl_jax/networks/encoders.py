@@ -1,6 +1,7 @@
 """Atari convolutional encoder (Nature DQN stack), stacked or frame by frame (DESIGN.md 1)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,6 +24,8 @@ class AtariEncoder(nn.Module):
     Dropout (rng stream "dropout") runs only when train=True and dropout_rate > 0.
     return_skip=True also returns the second layer's maps (Table 3's en2, [B, F, 9, 9, C2]
     framewise), which the correspondence module's finest refinement level uses.
+    `dtype` is the compute dtype of the convolutions (None: float32); parameters stay float32 and
+    the maps are returned in the compute dtype (RainbowQNetwork.encode casts them to float32).
     """
 
     channels: Sequence[int] = (32, 64, 64)
@@ -30,6 +33,7 @@ class AtariEncoder(nn.Module):
     strides: Sequence[int] = (4, 2, 1)
     dropout_rate: float = 0.0
     framewise: bool = False
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, return_skip: bool = False):
@@ -42,7 +46,7 @@ class AtariEncoder(nn.Module):
             h = jnp.moveaxis(x, 1, -1)  # NHWC with frames as channels
         layer_outputs = []
         for channels, kernel, stride in zip(self.channels, self.kernels, self.strides, strict=True):
-            h = nn.Conv(channels, (kernel, kernel), (stride, stride), padding="VALID")(h)
+            h = nn.Conv(channels, (kernel, kernel), (stride, stride), padding="VALID", dtype=self.dtype)(h)
             h = nn.relu(h)
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)

@@ -1,4 +1,10 @@
-"""Q-value heads: factorised noisy linear layer and the dueling C51 head of Rainbow."""
+"""Q-value heads: factorised noisy linear layer and the dueling C51 head of Rainbow.
+
+`dtype` is the compute dtype (None: infer from inputs and params, i.e. float32); parameters are
+always float32 (flax's param_dtype default) and the head's logits are returned in float32.
+"""
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,12 +29,14 @@ class NoisyDense(nn.Module):
 
     w = mu_w + sigma_w * (f(eps_in) f(eps_out)^T), b = mu_b + sigma_b * f(eps_out);
     one noise sample per call, shared by the whole batch (as in Rainbow). Noise comes
-    from the flax rng stream "noise"; `noisy=False` uses the mean weights only.
+    from the flax rng stream "noise"; `noisy=False` uses the mean weights only. The noise is drawn
+    in float32 and cast, with the float32 parameters and the input, to `dtype` for the matmuls.
     """
 
     features: int
     sigma0: float = 0.5
     use_bias: bool = True
+    dtype: Any = None  # compute dtype; None: inferred from the input and params (float32)
 
     @nn.compact
     def __call__(self, x: jax.Array, noisy: bool) -> jax.Array:
@@ -38,16 +46,18 @@ class NoisyDense(nn.Module):
         shape = (in_features, self.features)
         mu_kernel = self.param("mu_kernel", _uniform(bound), shape)
         sigma_kernel = self.param("sigma_kernel", sigma_init, shape)
+        x, mu_kernel, sigma_kernel = nn.dtypes.promote_dtype(x, mu_kernel, sigma_kernel, dtype=self.dtype)
         y = x @ mu_kernel
         if noisy:
             in_key, out_key = jax.random.split(self.make_rng("noise"))
-            eps_in = _scaled_noise(in_key, in_features)
-            eps_out = _scaled_noise(out_key, self.features)
+            eps_in = _scaled_noise(in_key, in_features).astype(x.dtype)
+            eps_out = _scaled_noise(out_key, self.features).astype(x.dtype)
             # x @ (sigma * outer(eps_in, eps_out)) without building the [in, out] noise.
             y = y + ((x * eps_in) @ sigma_kernel) * eps_out
         if self.use_bias:
             mu_bias = self.param("mu_bias", _uniform(bound), (self.features,))
             sigma_bias = self.param("sigma_bias", sigma_init, (self.features,))
+            mu_bias, sigma_bias = nn.dtypes.promote_dtype(mu_bias, sigma_bias, dtype=x.dtype)
             y = y + mu_bias
             if noisy:
                 y = y + sigma_bias * eps_out
@@ -60,7 +70,8 @@ class DuelingC51Head(nn.Module):
     dueling=True: separate value and advantage MLPs (each D -> hidden -> out, as in
     DER/SPR), combined per atom as logits = V + A - mean_a A. dueling=False: a single
     MLP D -> hidden -> A*N. Layers are NoisyDense when `noisy`, else nn.Dense; with
-    noisy layers, `noisy_sample=False` acts with the mean weights.
+    noisy layers, `noisy_sample=False` acts with the mean weights. The layers compute in `dtype`;
+    their outputs are cast to float32 before the dueling combination, so the logits are float32.
     """
 
     num_actions: int
@@ -69,15 +80,16 @@ class DuelingC51Head(nn.Module):
     noisy: bool = True
     sigma0: float = 0.5
     dueling: bool = True
+    dtype: Any = None  # compute dtype of the layers; None: float32
 
     def _dense(self, features: int, name: str, x: jax.Array, noisy_sample: bool):
         if self.noisy:
-            return NoisyDense(features, sigma0=self.sigma0, name=name)(x, noisy_sample)
-        return nn.Dense(features, name=name)(x)
+            return NoisyDense(features, sigma0=self.sigma0, dtype=self.dtype, name=name)(x, noisy_sample)
+        return nn.Dense(features, dtype=self.dtype, name=name)(x)
 
     def _mlp(self, prefix: str, out: int, x: jax.Array, noisy_sample: bool):
         h = nn.relu(self._dense(self.hidden_size, f"{prefix}_hidden", x, noisy_sample))
-        return self._dense(out, f"{prefix}_out", h, noisy_sample)
+        return self._dense(out, f"{prefix}_out", h, noisy_sample).astype(jnp.float32)
 
     @nn.compact
     def __call__(self, x: jax.Array, noisy_sample: bool) -> jax.Array:

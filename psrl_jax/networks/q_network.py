@@ -1,15 +1,27 @@
 """Rainbow Q network: Atari encoder + dueling C51 head, built from the agent config."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from psrl_jax.networks.encoders import AtariEncoder, concat_frames
 from psrl_jax.networks.heads import DuelingC51Head
 
 ENCODERS = ("stacked", "framewise")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(agent_config: ml_collections.ConfigDict):
+    """The networks' compute dtype from config.agent.compute_dtype ("float32" or "bfloat16");
+    parameters, optimiser state and losses stay float32 either way."""
+    name = agent_config.get("compute_dtype", "float32")
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}")
+    return COMPUTE_DTYPES[name]
 
 
 class RainbowQNetwork(nn.Module):
@@ -18,6 +30,10 @@ class RainbowQNetwork(nn.Module):
     Parameters live under "torso" (encoder) and "head", so an auxiliary loss can use
     (or EMA-copy) the encoder alone. `encode` and `q_head` split the forward pass for
     losses that reuse the feature maps.
+
+    `dtype` is the compute dtype of every conv/dense layer (None: float32; bfloat16 for mixed
+    precision). Parameters are float32, and what leaves the module is float32: the maps of
+    `encode` and the logits of `q_head` (which casts the maps back to `dtype` for its layers).
     """
 
     num_actions: int
@@ -29,6 +45,7 @@ class RainbowQNetwork(nn.Module):
     encoder: str = "stacked"
     encoder_channels: Sequence[int] = (32, 64, 64)
     dropout_rate: float = 0.0
+    dtype: Any = None
 
     def setup(self):
         if self.encoder not in ENCODERS:
@@ -37,6 +54,7 @@ class RainbowQNetwork(nn.Module):
             channels=tuple(self.encoder_channels),
             dropout_rate=self.dropout_rate,
             framewise=self.encoder == "framewise",
+            dtype=self.dtype,
         )
         self.head = DuelingC51Head(
             num_actions=self.num_actions,
@@ -45,12 +63,14 @@ class RainbowQNetwork(nn.Module):
             noisy=self.noisy,
             sigma0=self.sigma0,
             dueling=self.dueling,
+            dtype=self.dtype,
         )
 
     def encode(self, obs: jax.Array, train: bool, return_skip: bool = False):
         """[B, 7, 7, C] (stacked) or per-frame [B, F, 7, 7, C] (framewise); with return_skip also
         the previous layer's maps (see AtariEncoder)."""
-        return self.torso(obs, train, return_skip)
+        out = self.torso(obs, train, return_skip)
+        return jax.tree.map(lambda x: x.astype(jnp.float32), out)
 
     def q_head(self, features: jax.Array, noisy_sample: bool) -> jax.Array:
         if self.encoder == "framewise":
@@ -73,4 +93,5 @@ def make_q_network(agent_config: ml_collections.ConfigDict, num_actions: int) ->
         encoder=agent_config.encoder,
         encoder_channels=tuple(agent_config.encoder_channels),
         dropout_rate=agent_config.dropout_rate,
+        dtype=compute_dtype(agent_config),
     )

@@ -9,7 +9,12 @@ as SPR's transition model is.
 
 GlobalProjection / GlobalPredictor are SPR's global head: flatten a normalised stack, project it
 (online and EMA target side), predict (online side only), compare by cosine similarity.
+
+Every module takes `dtype`, the compute dtype of its conv/dense layers (None: float32); parameters
+are float32 and outputs are returned in float32 (the min-max normalisation runs in float32).
 """
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,6 +31,7 @@ class ActionAwareTransform(nn.Module):
     num_actions: int  # discrete actions (one-hot); 0 for continuous actions used as given
     hidden: int = 256
     out_channels: int = 64
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, stack: jax.Array, action: jax.Array) -> jax.Array:
@@ -35,9 +41,9 @@ class ActionAwareTransform(nn.Module):
             action = jax.nn.one_hot(action, self.num_actions, dtype=x.dtype)
         action = action.reshape(batch, 1, 1, -1).astype(x.dtype)
         x = jnp.concatenate([x, jnp.broadcast_to(action, (batch, h, w, action.shape[-1]))], axis=-1)
-        x = nn.relu(nn.Conv(self.hidden, (3, 3), padding="SAME", name="conv1t")(x))
-        x = nn.relu(nn.Conv(self.out_channels, (3, 3), padding="SAME", name="conv2t")(x))
-        return minmax_normalize(x, num_feature_dims=3)
+        x = nn.relu(nn.Conv(self.hidden, (3, 3), padding="SAME", dtype=self.dtype, name="conv1t")(x))
+        x = nn.relu(nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype, name="conv2t")(x))
+        return minmax_normalize(x.astype(jnp.float32), num_feature_dims=3)
 
 
 def predict_stack(transform_apply, stack: jax.Array, action: jax.Array) -> jax.Array:
@@ -50,20 +56,22 @@ class GlobalProjection(nn.Module):
     """Flattened stack [B, F, h, w, C] -> [B, dim]: Dense-ReLU (our choice after SPR's projection)."""
 
     dim: int = 256
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, stack: jax.Array) -> jax.Array:
-        return nn.relu(nn.Dense(self.dim)(stack.reshape(stack.shape[0], -1)))
+        return nn.relu(nn.Dense(self.dim, dtype=self.dtype)(stack.reshape(stack.shape[0], -1))).astype(jnp.float32)
 
 
 class GlobalPredictor(nn.Module):
     """[B, dim] -> [B, dim] linear predictor on the online side only (SPR)."""
 
     dim: int = 256
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Dense(self.dim)(x)
+        return nn.Dense(self.dim, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 def cosine_distance(prediction: jax.Array, target: jax.Array) -> jax.Array:

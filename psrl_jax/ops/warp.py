@@ -4,7 +4,9 @@ warp(feat, flow)[b, y, x, :] = bilinear sample of feat[b] at (x + flow[b, y, x, 
 with zeros outside the map (the corners that fall outside contribute 0, as scipy's
 `map_coordinates(order=1, mode="grid-constant")` and PyTorch's `grid_sample(padding_mode="zeros",
 align_corners=True)` do). The result is continuous in the flow, so gradients flow to both
-the features and the flow. Built on `jax.scipy.ndimage.map_coordinates`.
+the features and the flow. Built on `jax.scipy.ndimage.map_coordinates`, always in at least float32
+(lower-precision features or flows, e.g. from bfloat16 networks, are promoted), under the
+profiler name scope "warp".
 """
 
 import jax
@@ -30,11 +32,13 @@ def warp(feat: jax.Array, flow: jax.Array) -> jax.Array:
     """
     if feat.shape[:-1] != flow.shape[:-1] or flow.shape[-1] != 2:
         raise ValueError(f"feat {feat.shape} and flow {flow.shape} must share [..., H, W] and flow must end in 2")
-    lead = feat.shape[:-3]
-    flat_feat = feat.reshape((-1,) + feat.shape[-3:])
-    flat_flow = flow.reshape((-1,) + flow.shape[-3:])
-    out = jax.vmap(_warp_one)(flat_feat, flat_flow)
-    return out.reshape(lead + out.shape[1:])
+    dtype = jnp.promote_types(jnp.result_type(feat, flow), jnp.float32)
+    with jax.named_scope("warp"):
+        lead = feat.shape[:-3]
+        flat_feat = feat.astype(dtype).reshape((-1,) + feat.shape[-3:])
+        flat_flow = flow.astype(dtype).reshape((-1,) + flow.shape[-3:])
+        out = jax.vmap(_warp_one)(flat_feat, flat_flow)
+        return out.reshape(lead + out.shape[1:])
 
 
 def resize_flow(flow: jax.Array, height: int, width: int) -> jax.Array:

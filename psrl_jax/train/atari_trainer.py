@@ -6,6 +6,10 @@ every `update_every` steps once replay holds `min_size` steps, `update` (a `lax.
 update_every * updates_per_step * envs_per_seed gradient updates per seed). Agent i of a run with
 seed s uses key PRNGKey(s + i) and training envs seeded from (s + i), as a single-seed run with
 seed s + i does.
+
+With config.shard_seeds on (psrl_jax/train/sharding.py) the seed axis of every state and per-step
+array is split over all devices (each device holds whole seeds: no collectives); off, everything
+stays on the default device. The jitted functions are the same in both cases.
 """
 
 import functools
@@ -36,6 +40,7 @@ from psrl_jax.envs.atari import (
 )
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay
 from psrl_jax.schedules import LinearSchedule
+from psrl_jax.train import sharding
 from psrl_jax.train.checkpoint import Checkpointer, compatibility_header
 from psrl_jax.train.run_dir import MetricsLogger, truncate_metrics_after, write_run_info
 
@@ -48,6 +53,20 @@ class TrainState:
     replay: object
     frame_stack: jax.Array  # uint8 [E, F, H, W] the actor's current observation per training env
     key: jax.Array  # acting key
+
+
+MULTI_PROCESS_MISSING = (
+    "this process is one of {processes} (jax.distributed is initialised), but the Atari trainer runs "
+    "in one process only. Missing for multi-host training: (1) each process builds envpool for its own "
+    "num_seeds / process_count seeds (env seeds and PRNG keys offset by its first seed) and feeds them "
+    "with jax.make_array_from_process_local_data; (2) actions go back to the local envs from the "
+    "addressable shards only; (3) evaluation envs per process, returns gathered with process_allgather; "
+    "(4) per-seed metrics, TensorBoard and final_eval.json written by the process that owns the seed "
+    "(or by process 0 after a gather); (5) checkpoints: every process calls orbax save/restore on a "
+    "run_dir on a shared filesystem, the JSON header from process 0. Run one process per host with "
+    "--config.shard_seeds over its local devices and its own --config.seed range instead (independent "
+    "runs, no jax.distributed)."
+)
 
 
 def default_run_dir(config, game: str) -> str:
@@ -75,6 +94,12 @@ class AtariTrainer:
 
     def __init__(self, config):
         validate_atari_config(config)  # cheap checks first: no env, no compile
+        if jax.process_count() > 1:
+            raise ConfigError(MULTI_PROCESS_MISSING.format(processes=jax.process_count()))
+        if sharding.use_seed_sharding(config.get("shard_seeds", "auto"), config.num_seeds, jax.device_count()):
+            self.seed_sharding = sharding.seed_sharding(sharding.seed_mesh())
+        else:
+            self.seed_sharding = None  # the default device
         try:
             self.task_id = resolve_game(config.env.game)
         except ValueError as error:
@@ -139,22 +164,33 @@ class AtariTrainer:
     def _eval_act_single(self, params, obs, key):
         return self.agent.act(params, obs, key, self.config.eval.epsilon, noisy_sample=False)
 
+    def _jit(self, fn, **kwargs):
+        """jax.jit; sharded, every output (all have the leading seed axis) is pinned to the seed
+        sharding, so the state stays split across steps, checkpoints and restores."""
+        if self.seed_sharding is not None:
+            kwargs["out_shardings"] = self.seed_sharding
+        return jax.jit(fn, **kwargs)
+
     def _compile(self):
-        self.init_fn = jax.jit(jax.vmap(self._init_single))
+        self.init_fn = self._jit(jax.vmap(self._init_single))
         collect_axes = (0, 0, 0, 0, 0)
-        self.collect_random = jax.jit(
+        self.collect_random = self._jit(
             jax.vmap(functools.partial(self._collect_single, random_actions=True), in_axes=collect_axes),
             donate_argnums=0,
         )
-        self.collect_policy = jax.jit(
+        self.collect_policy = self._jit(
             jax.vmap(functools.partial(self._collect_single, random_actions=False), in_axes=collect_axes),
             donate_argnums=0,
         )
-        self.update_fn = jax.jit(jax.vmap(self._update_single, in_axes=(0, None)), donate_argnums=0)
-        self.eval_act = jax.jit(jax.vmap(self._eval_act_single))
+        self.update_fn = self._jit(jax.vmap(self._update_single, in_axes=(0, None)), donate_argnums=0)
+        self.eval_act = self._jit(jax.vmap(self._eval_act_single))
+
+    def put(self, tree):
+        """Host arrays with a leading seed axis onto the seeds' devices."""
+        return sharding.put_seed_axis(tree, self.seed_sharding)
 
     def seed_keys(self):
-        return jnp.stack([jax.random.PRNGKey(self.config.seed + i) for i in range(self.num_seeds)])
+        return self.put(np.stack([jax.random.PRNGKey(self.config.seed + i) for i in range(self.num_seeds)]))
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, params, episodes: int, eval_index: int) -> np.ndarray:
@@ -175,9 +211,9 @@ class AtariTrainer:
         def policy(stacked_obs, first):
             del first
             counter[0] += 1
-            keys = jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds)
-            obs = jnp.asarray(stacked_obs).reshape(self.num_seeds, envs_per_seed, *stacked_obs.shape[1:])
-            return np.asarray(self.eval_act(params, obs, keys)).reshape(-1)
+            keys = self.put(jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds))
+            obs = self.put(np.asarray(stacked_obs).reshape(self.num_seeds, envs_per_seed, *stacked_obs.shape[1:]))
+            return np.asarray(sharding.to_host(self.eval_act(params, obs, keys))).reshape(-1)
 
         returns = run_evaluation_episodes(envs, policy, episodes // envs_per_seed, num_envs, cfg.env.frame_stack)
         envs.close()
@@ -185,8 +221,8 @@ class AtariTrainer:
 
     def restore_latest(self):
         """(state, header) of the run's latest checkpoint, restored into shapes only (no second
-        full-size replay in memory)."""
-        template = jax.eval_shape(self.init_fn, self.seed_keys())
+        full-size replay in memory); sharded runs restore every array straight onto its devices."""
+        template = sharding.with_sharding(jax.eval_shape(self.init_fn, self.seed_keys()), self.seed_sharding)
         return self.checkpointer.restore(template, config_to_dict(self.config))
 
     # ----- main loop ----------------------------------------------------------------------------
@@ -200,12 +236,22 @@ class AtariTrainer:
             truncate_metrics_after(self.run_dir, S, start_step)
         else:
             state = self.init_fn(self.seed_keys())
-        write_run_info(self.run_dir, cfg)
+        placement = sharding.describe(self.seed_sharding)
+        write_run_info(self.run_dir, cfg, seed_placement=placement)
         logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
         replay_bytes = float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay)))
         if not cfg.resume:
             for i in range(S):
-                logger.write(i, "run_info", 0, {"replay_bytes_per_transition": replay_bytes, "task_id": self.task_id})
+                logger.write(
+                    i,
+                    "run_info",
+                    0,
+                    {
+                        "replay_bytes_per_transition": replay_bytes,
+                        "task_id": self.task_id,
+                        "seed_devices": placement["seed_devices"],
+                    },
+                )
 
         episodes = EpisodeStats(S * E)
         episode_counts = np.asarray(header.get("episode_counts", [0] * S), np.int64)
@@ -220,7 +266,8 @@ class AtariTrainer:
             total=total,
             initial=start_step,
             unit="step",
-            desc=f"{cfg.name} {self.game} x{S}",
+            desc=f"{cfg.name} {self.game} x{S}"
+            + (f" on {placement['seed_devices']} devices" if self.seed_sharding is not None else ""),
             disable=not cfg.log.progress_bar,
             mininterval=1.0 if os.isatty(2) else 30.0,
             miniters=1,  # else tqdm adapts to the fast random warm-up and then barely prints
@@ -231,7 +278,7 @@ class AtariTrainer:
         env_ids = np.arange(S * E, dtype=np.int32)
 
         def to_seed_axis(x):
-            return jnp.asarray(x.reshape(S, E, *x.shape[1:]))
+            return self.put(np.asarray(x).reshape(S, E, *x.shape[1:]))
 
         while env_step < total:
             warmup = env_step < cfg.replay.min_size
@@ -249,7 +296,7 @@ class AtariTrainer:
                 window_metrics.append(metrics)
                 window_updates += self.updates_per_dispatch
                 updates_done += self.updates_per_dispatch
-            timestep = self.envs.step(np.asarray(actions).reshape(-1), env_ids)
+            timestep = self.envs.step(np.asarray(sharding.to_host(actions)).reshape(-1), env_ids)
             arrays, lives = convert_timestep(timestep, lives, cfg.env.terminal_on_life_loss)
             env_step += E
             window_steps += E
@@ -278,7 +325,7 @@ class AtariTrainer:
                     "beta": float(self.beta(env_step)),
                 }
                 means = (
-                    jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
+                    sharding.to_host(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
                     if window_metrics
                     else {}
                 )

@@ -50,9 +50,11 @@ def package_versions() -> dict:
     }
 
 
-def write_run_info(run_dir: str, config) -> None:
+def write_run_info(run_dir: str, config, **extra) -> None:
+    """config.json and versions.json; `extra` entries (e.g. seed_placement: the devices the seeds
+    span) are added to versions.json."""
     save_json_atomic(os.path.join(run_dir, "config.json"), config_to_dict(config))
-    save_json_atomic(os.path.join(run_dir, "versions.json"), package_versions())
+    save_json_atomic(os.path.join(run_dir, "versions.json"), {**package_versions(), **extra})
 
 
 def metrics_path(run_dir: str, seed_index: int | str) -> str:

@@ -1,0 +1,58 @@
+"""Peak FLOP/s of the devices we report on, for model-FLOPs utilisation (MFU) in launch/benchmark.py.
+
+MFU = FLOPs per update from XLA's cost analysis x updates per second / the device's peak. Peaks are
+dense (no structured sparsity), from the vendors' datasheets:
+
+| device | float32 compute | bfloat16 compute |
+| --- | --- | --- |
+| NVIDIA H100 SXM / H200 | 494.7 TFLOP/s (TF32 tensor cores) | 989.4 TFLOP/s |
+| NVIDIA H100 PCIe | 378 TFLOP/s (TF32) | 756 TFLOP/s |
+| NVIDIA H200 NVL | 417.5 TFLOP/s (TF32) | 835.5 TFLOP/s |
+| x86 CPU | cores x clock x 64 (AVX-512: 2 FMA units x 16 lanes x 2) or x 32 (AVX2) | same as float32 |
+
+On these GPUs XLA runs float32 convolutions and matmuls on TF32 tensor cores at JAX's default
+precision, so float32 MFU is measured against the TF32 peak (against the 67 TFLOP/s of plain FP32
+CUDA cores it would read 7.4x higher). The CPU peak is an estimate from /proc/cpuinfo: a ceiling,
+not a promise, since clocks drop under AVX-512 load.
+"""
+
+import os
+import re
+
+TFLOP = 1e12
+GPU_PEAKS = (  # (substring of jax device_kind, float32 peak, bfloat16 peak); first match wins
+    ("H100 PCIe", 378.0 * TFLOP, 756.0 * TFLOP),
+    ("H200 NVL", 417.5 * TFLOP, 835.5 * TFLOP),
+    ("H100", 494.7 * TFLOP, 989.4 * TFLOP),
+    ("H200", 494.7 * TFLOP, 989.4 * TFLOP),
+)
+
+
+def cpu_peak_flops(cpuinfo_path: str = "/proc/cpuinfo", cores: int | None = None) -> float | None:
+    """cores x clock x FLOPs/cycle from /proc/cpuinfo (None where it cannot be read)."""
+    try:
+        with open(cpuinfo_path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    clock = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
+    flags = re.search(r"flags\s*:(.*)", text)
+    if clock is None or flags is None:
+        return None
+    flags = flags.group(1).split()
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 8
+    cores = cores or len(os.sched_getaffinity(0))
+    return cores * float(clock.group(1)) * 1e6 * per_cycle
+
+
+def peak_flops(device, compute_dtype: str = "float32") -> tuple[float | None, str]:
+    """(peak FLOP/s, where it came from) for a jax Device; (None, reason) for devices not in the table."""
+    bf16 = compute_dtype == "bfloat16"
+    if device.platform == "cpu":
+        peak = cpu_peak_flops()
+        return peak, "cores x clock x FLOPs/cycle from /proc/cpuinfo (estimate)"
+    kind = getattr(device, "device_kind", "")
+    for name, fp32, bf16_peak in GPU_PEAKS:
+        if name in kind:
+            return (bf16_peak if bf16 else fp32), f"{name} datasheet, dense {'bf16' if bf16 else 'TF32'}"
+    return None, f"no peak known for {kind!r} (add it to psrl_jax/perf.py)"

@@ -1,0 +1,73 @@
+"""Device peaks for MFU, and launch/benchmark.py end to end on the smoke config (JSON fields, trace)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from psrl_jax.perf import TFLOP, cpu_peak_flops, peak_flops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cpu_peak_from_cpuinfo(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text("model name\t: X\ncpu MHz\t\t: 2500.0\nflags\t\t: fpu sse avx2 fma avx512f\n")
+    assert cpu_peak_flops(str(path), cores=2) == pytest.approx(2 * 2.5e9 * 64)
+    path.write_text("cpu MHz\t\t: 2000.0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_peak_flops(str(path), cores=4) == pytest.approx(4 * 2.0e9 * 32)
+    assert cpu_peak_flops(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "dtype", "expected"),
+    [
+        ("NVIDIA H100 80GB HBM3", "float32", 494.7),
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4),
+        ("NVIDIA H100 PCIe", "float32", 378.0),
+        ("NVIDIA H200", "bfloat16", 989.4),
+        ("NVIDIA H200 NVL", "float32", 417.5),
+    ],
+)
+def test_gpu_peaks_dense_tensor_core(kind, dtype, expected):
+    device = types.SimpleNamespace(platform="gpu", device_kind=kind)
+    peak, source = peak_flops(device, dtype)
+    assert peak == pytest.approx(expected * TFLOP) and "dense" in source
+
+
+def test_unknown_gpu_has_no_peak_and_says_so():
+    peak, source = peak_flops(types.SimpleNamespace(platform="gpu", device_kind="Some GPU"), "float32")
+    assert peak is None and "no peak known" in source
+
+
+def test_benchmark_smoke_writes_json_and_trace(tmp_path):
+    out, trace = tmp_path / "bench.json", tmp_path / "trace"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/benchmark.py",
+            "--config=configs/rainbow.py:smoke",
+            "--repeats=2",
+            f"--out={out}",
+            f"--trace_dir={trace}",
+            f"--config.run_dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads(out.read_text())
+    assert bench["num_seeds"] == 1 and bench["updates_per_s_all_seeds"] > 0
+    assert bench["flops_per_update_per_seed"] > 1e6
+    # MFU is achieved / peak, a fraction
+    assert bench["mfu"] == pytest.approx(bench["achieved_flops_per_s"] / bench["device_peak_flops_per_s"])
+    assert 0 < bench["mfu"] < 1
+    assert bench["update_memory_bytes"]["argument"] > 0 and bench["host_peak_rss_bytes"] > 0
+    assert bench["replay_bytes_per_transition"] > 84 * 84
+    assert glob.glob(str(trace / "seeds_1" / "plugins" / "profile" / "*" / "*.xplane.pb"))
