@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from synthetic import sequence_batch
 
 from configs import rainbow_psrl
 from psrl_jax.agents.rainbow import RainbowAgent
 from psrl_jax.config import ConfigError, validate_atari_config
 from psrl_jax.losses.psrl import TERMS, active_terms
-from psrl_jax.replay.sequence_replay import SequenceBatch
 
 NUM_ACTIONS = 4
 MODULES = ("torso", "head", "correspondence", "transform", "projection", "predictor")
@@ -41,26 +41,7 @@ def _agent(config):
 
 
 def _batch(config, seed=0, importance_weight=1.0):
-    b, k, f, s = config.agent.batch_size, config.replay.prediction_steps, config.env.frame_stack, config.env.image_size
-    rng = np.random.default_rng(seed)
-
-    def frames(*shape):
-        return jnp.asarray(rng.integers(0, 256, shape, dtype=np.uint8))
-
-    return SequenceBatch(
-        obs=frames(b, f, s, s),
-        action=jnp.asarray(rng.integers(0, NUM_ACTIONS, (b,)), jnp.int32),
-        n_step_return=jnp.asarray(rng.normal(size=(b,)), jnp.float32),
-        bootstrap_discount=jnp.full((b,), 0.9, jnp.float32),
-        next_obs=frames(b, f, s, s),
-        valid=jnp.ones((b,), jnp.float32),
-        future_obs=frames(b, k, f, s, s),
-        future_actions=jnp.asarray(rng.integers(0, NUM_ACTIONS, (b, k)), jnp.int32),
-        future_mask=jnp.ones((b, k), jnp.float32),
-        indices=jnp.arange(b, dtype=jnp.int32),
-        probabilities=jnp.full((b,), 1.0 / b, jnp.float32),
-        importance_weights=jnp.full((b,), importance_weight, jnp.float32),
-    )
+    return sequence_batch(config, NUM_ACTIONS, seed, importance_weight)
 
 
 def _grads(agent, state, batch, seed=5):

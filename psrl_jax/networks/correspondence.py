@@ -207,30 +207,25 @@ class CorrespondenceNet(nn.Module):
         flow = flow_head(conv3, "flow3")
         flows = [flow]
 
-        height, width = query.shape[1:3]
-        if self.refinement_levels >= 1:  # rows 11-14 -> correspondence2 at 2h x 2w
+        # Rows 11-22: each refinement level doubles the resolution and concatenates a skip map, the
+        # transposed convolution of the level below and the upsampled flow; its head adds a residual flow.
+        levels = (  # (skip map, deconv channels, deconv name, flow head name)
+            (conv2, 256, "deconv3", "flow2"),  # rows 11-14 -> correspondence2 at 2h x 2w
+            (conv1, 128, "deconv2", "flow1"),  # rows 15-18 -> correspondence1 at 4h x 4w
+            (query_skip, 130, "deconv1", "flow0"),  # rows 19-22 -> correspondence0 at 8h x 8w
+        )
+        features, (height, width) = conv3, query.shape[1:3]
+        for skip, channels, deconv_name, flow_name in levels[: self.refinement_levels]:
             height, width = 2 * height, 2 * width
             flow_up = resize_flow(flow, height, width)
-            conc3 = jnp.concatenate(
-                [_resize(conv2, height, width), deconv(conv3, self.ch(256), "deconv3"), flow_up.astype(compute)],
+            features = jnp.concatenate(
+                [
+                    _resize(skip.astype(compute), height, width),
+                    deconv(features, self.ch(channels), deconv_name),
+                    flow_up.astype(compute),
+                ],
                 axis=-1,
             )
-            flow = flow_up + flow_head(conc3, "flow2")
-            flows.append(flow)
-        if self.refinement_levels >= 2:  # rows 15-18 -> correspondence1 at 4h x 4w
-            height, width = 2 * height, 2 * width
-            flow_up = resize_flow(flow, height, width)
-            conc2 = jnp.concatenate(
-                [_resize(conv1, height, width), deconv(conc3, self.ch(128), "deconv2"), flow_up.astype(compute)],
-                axis=-1,
-            )
-            flow = flow_up + flow_head(conc2, "flow1")
-            flows.append(flow)
-        if self.refinement_levels >= 3:  # rows 19-22 -> correspondence0 at 8h x 8w
-            height, width = 2 * height, 2 * width
-            flow_up = resize_flow(flow, height, width)
-            skip = _resize(query_skip.astype(compute), height, width)
-            conc1 = jnp.concatenate([skip, deconv(conc2, self.ch(130), "deconv1"), flow_up.astype(compute)], axis=-1)
-            flow = flow_up + flow_head(conc1, "flow0")
+            flow = flow_up + flow_head(features, flow_name)
             flows.append(flow)
         return tuple(reversed(flows))
