@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from psrl_jax.train.sweep import SweepError, plan_sweep, set_aside_killed_attempt, summary  # noqa: E402
+from psrl_jax.train.sweep import SweepError, plan_sweep, summary  # noqa: E402
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "atari.py")
 
@@ -41,9 +41,6 @@ def parse_args():
 def run_all(commands, runs) -> None:
     """Run one after the other, output streamed; exits non-zero at the first failure."""
     for i, (command, run) in enumerate(zip(commands, runs, strict=True), 1):
-        if run.status == "restart":
-            for path in set_aside_killed_attempt(run.run_dir):
-                print(f"moved the killed attempt's logs to {path}", file=sys.stderr)
         print(f"[{i}/{len(commands)}] {shlex.join(command)}", file=sys.stderr, flush=True)
         code = subprocess.run(command).returncode
         if code != 0:
@@ -70,13 +67,6 @@ def main():
     if args.run:
         run_all(commands, todo)
         return
-    for run in todo:
-        if run.status == "restart":
-            print(
-                f"note: {run.run_dir} was killed before its first checkpoint and restarts from step 0; move its "
-                "metrics/ and tensorboard/ aside first (--run does), or its curves mix both attempts",
-                file=sys.stderr,
-            )
     for command in commands:
         print(shlex.join(command))
 

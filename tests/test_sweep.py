@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from psrl_jax.config import config_to_dict
+from psrl_jax.train.run_dir import set_aside_previous_attempt
 from psrl_jax.train.sweep import (
     ATARI_26,
     SweepError,
@@ -15,7 +16,6 @@ from psrl_jax.train.sweep import (
     load_config,
     parse_games,
     plan_sweep,
-    set_aside_killed_attempt,
     summary,
 )
 
@@ -129,7 +129,7 @@ def test_run_killed_before_its_first_checkpoint_restarts(tmp_path):
     run = plan_sweep(CONFIG, "Pong", 2, root=str(tmp_path))[0]
     assert run.status == "restart"
     assert not any("resume" in flag for flag in run.flags)  # the trainer refuses resume without a checkpoint
-    (moved,) = set_aside_killed_attempt(run_dir)
+    (moved,) = set_aside_previous_attempt(run_dir)  # what the trainer does on a fresh start
     assert os.path.isfile(os.path.join(moved, "seed_0.jsonl")) and not os.path.exists(os.path.join(run_dir, "metrics"))
     assert plan_sweep(CONFIG, "Pong", 2, root=str(tmp_path))[0].status == "start"
 

@@ -42,7 +42,7 @@ from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_seq
 from psrl_jax.schedules import LinearSchedule
 from psrl_jax.train import sharding
 from psrl_jax.train.checkpoint import Checkpointer, compatibility_header
-from psrl_jax.train.run_dir import MetricsLogger, truncate_metrics_after, write_run_info
+from psrl_jax.train.run_dir import MetricsLogger, set_aside_previous_attempt, truncate_metrics_after, write_run_info
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
 
@@ -235,6 +235,8 @@ class AtariTrainer:
             start_step = int(header["env_step"])
             truncate_metrics_after(self.run_dir, S, start_step)
         else:
+            for path in set_aside_previous_attempt(self.run_dir):
+                tqdm.write(f"a previous attempt's logs (no checkpoint) were moved to {path}")
             state = self.init_fn(self.seed_keys())
         placement = sharding.describe(self.seed_sharding)
         write_run_info(self.run_dir, cfg, seed_placement=placement)

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 from psrl_jax.config import config_to_dict, save_json_atomic
 
@@ -86,6 +87,20 @@ def truncate_metrics_after(run_dir: str, num_seeds: int, env_step: int) -> None:
         with open(tmp, "w") as f:
             f.writelines(keep)
         os.replace(tmp, path)
+
+
+def set_aside_previous_attempt(run_dir: str) -> list:
+    """On a fresh start (no resume) in a run_dir that already has logs (a run killed before its first
+    checkpoint), rename metrics/ and tensorboard/ to *.previous-<time> so the new logs do not append
+    to them; nothing is deleted. Returns the new paths."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for name in ("metrics", "tensorboard"):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            os.rename(path, f"{path}.previous-{stamp}")
+            moved.append(f"{path}.previous-{stamp}")
+    return moved
 
 
 class MetricsLogger:

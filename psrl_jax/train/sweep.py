@@ -6,10 +6,8 @@ so planning the same sweep again finds what earlier invocations left there. Each
 
     done     final_eval.json exists: the run is finished and skipped
     resume   a complete checkpoint exists: rerun with --config.resume=True
-    restart  metrics but no checkpoint (killed before its first checkpoint): rerun from step 0. The
-             trainer accepts that (it only refuses a run_dir holding checkpoints), but its metrics
-             logger appends, so the killed attempt's metrics/ and tensorboard/ must be moved aside
-             first (`set_aside_killed_attempt`) or the curves mix both attempts.
+    restart  metrics but no checkpoint (killed before its first checkpoint): rerun from step 0; the
+             trainer moves the killed attempt's metrics/ and tensorboard/ aside on a fresh start.
     start    nothing there yet
 
 A directory whose config.json names another config, game, seed or seed count is an error: resuming
@@ -22,7 +20,6 @@ import glob
 import importlib.util
 import json
 import os
-import time
 
 import ml_collections
 
@@ -216,19 +213,6 @@ def run_status(run_dir: str) -> str:
     if any(os.path.getsize(path) for path in glob.glob(os.path.join(run_dir, "metrics", "seed_*.jsonl"))):
         return "restart"
     return "start"
-
-
-def set_aside_killed_attempt(run_dir: str) -> list:
-    """Rename metrics/ and tensorboard/ of a run killed before its first checkpoint (nothing is deleted),
-    so the restarted run's logs do not append to them. Returns the new paths."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    moved = []
-    for name in ("metrics", "tensorboard"):
-        path = os.path.join(run_dir, name)
-        if os.path.exists(path):
-            os.rename(path, f"{path}.killed-{stamp}")
-            moved.append(f"{path}.killed-{stamp}")
-    return moved
 
 
 # ----- the sweep ---------------------------------------------------------------------------------
