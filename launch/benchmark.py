@@ -9,9 +9,10 @@ steps/s, replay bytes per transition, FLOPs per update from XLA's cost analysis,
 its fraction of the device's peak (MFU; peaks in psrl_jax/perf.py), peak device memory (GPU) or XLA's
 memory analysis of the update (CPU) and the host's peak RSS. `--seeds_list` measures several seed
 counts one after another in this process and adds the speed-up of S vmapped seeds over S single-seed
-updates run one after another. `--trace_dir` writes a jax.profiler trace of a few update dispatches
-(named scopes: encoder, correspondence, warp, aat, distributional_loss, optimizer, ...) for
-TensorBoard's profile plugin or Perfetto. The replay is filled with random frames (no training), so
+updates run one after another; `--updates_per_dispatch_list=1,2,8` does the same for U updates per
+dispatch (one lax.scan) against one dispatch per update. `--trace_dir` writes a jax.profiler trace
+of a few update dispatches (named scopes: encoder, correspondence, warp, aat, distributional_loss,
+optimizer, ...) for TensorBoard's profile plugin or Perfetto. The replay is filled with random frames (no training), so
 numbers measure the machinery, not learning.
 """
 
@@ -31,6 +32,11 @@ _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed dispatches per measurement
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here")
 _SEEDS_LIST = flags.DEFINE_string(
     "seeds_list", "", "Comma-separated seed counts to measure (default: config.num_seeds)"
+)
+_DISPATCH_LIST = flags.DEFINE_string(
+    "updates_per_dispatch_list",
+    "",
+    "Comma-separated U to measure: U updates per seed in one dispatch (update_every=U, updates_per_step=1)",
 )
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "Write a jax.profiler trace of update dispatches here")
 flags.mark_flags_as_required(["config"])
@@ -176,13 +182,23 @@ def main(argv):
     config = _CONFIG.value
     config.run_dir = config.run_dir or "/tmp/psrl_jax_benchmark"
     config.resume = False
-    seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
+    if _SEEDS_LIST.value and _DISPATCH_LIST.value:
+        sys.exit("error: vary one thing per benchmark: --seeds_list or --updates_per_dispatch_list")
     runs = []
-    for num_seeds in seeds_list:
-        config.num_seeds = num_seeds
-        runs.append(measure(config, _REPEATS.value, _TRACE_DIR.value))
-        print(f"measured num_seeds={num_seeds}: {runs[-1]['updates_per_s_all_seeds']:.1f} updates/s", flush=True)
-    results = runs[0] if len(runs) == 1 else {"runs": runs, "seed_scaling": _seed_scaling(runs)}
+    if _DISPATCH_LIST.value:
+        # same replay ratio (1 update per env step), U of them per dispatch every U env steps
+        for u in (int(n) for n in _DISPATCH_LIST.value.split(",")):
+            config.update_every, config.updates_per_step = u, 1
+            runs.append(measure(config, _REPEATS.value, _TRACE_DIR.value))
+            print(f"measured U={u}: {runs[-1]['updates_per_s_all_seeds']:.1f} updates/s", flush=True)
+        results = {"runs": runs, "dispatch_scaling": _dispatch_scaling(runs)}
+    else:
+        seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
+        for num_seeds in seeds_list:
+            config.num_seeds = num_seeds
+            runs.append(measure(config, _REPEATS.value, _TRACE_DIR.value))
+            print(f"measured num_seeds={num_seeds}: {runs[-1]['updates_per_s_all_seeds']:.1f} updates/s", flush=True)
+        results = runs[0] if len(runs) == 1 else {"runs": runs, "seed_scaling": _seed_scaling(runs)}
     text = json.dumps(results, indent=2)
     print(text)
     if _OUT.value:
@@ -199,6 +215,22 @@ def _seed_scaling(runs: list) -> list:
         if single is not None:
             # S single-seed runs in sequence take S x the one-seed dispatch time for the same updates
             row["speedup_vs_sequential_single_seed"] = r["updates_per_s_all_seeds"] / single["updates_per_s_all_seeds"]
+        rows.append(row)
+    return rows
+
+
+def _dispatch_scaling(runs: list) -> list:
+    """Speed-up of U updates in one dispatch (a lax.scan) over one dispatch per update (needs U = 1)."""
+    one = next((r for r in runs if r["updates_per_dispatch"] == 1), None)
+    rows = []
+    for r in runs:
+        row = {
+            "updates_per_dispatch": r["updates_per_dispatch"],
+            "updates_per_s_all_seeds": r["updates_per_s_all_seeds"],
+            "compile_update_seconds": r["compile_update_seconds"],
+        }
+        if one is not None:
+            row["speedup_vs_one_dispatch_per_update"] = r["updates_per_s_all_seeds"] / one["updates_per_s_all_seeds"]
         rows.append(row)
     return rows
 
