@@ -1,11 +1,11 @@
 """Learning curves from run directories (per-seed JSONL), with published reference scores as lines."""
 
-import csv
 import glob
 import os
 
 import numpy as np
 
+from psrl_jax.analysis.published import atari_table, canonical_game
 from psrl_jax.train.run_dir import metrics_path, read_metrics
 
 
@@ -22,11 +22,9 @@ def reference_scores(csv_path: str, game: str) -> dict:
     """Row of the published Atari 100k table for `game` ({} if the file or game is missing)."""
     if not os.path.exists(csv_path):
         return {}
-    with open(csv_path) as f:
-        for row in csv.DictReader(f):
-            if row["game"].lower() == game.lower():
-                return {k: float(v) for k, v in row.items() if k != "game" and v}
-    return {}
+    table = atari_table(csv_path)
+    name = canonical_game(game, table)
+    return {} if name is None else table[name]
 
 
 def plot_learning_curves(run_dirs: list, out_path: str, title: str = "", references: dict | None = None) -> None:

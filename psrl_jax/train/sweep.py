@@ -23,36 +23,11 @@ import os
 
 import ml_collections
 
-# The Atari 100k benchmark (Kaiser et al. 2020), in the 26-game set and envpool spelling used by SPR
-# (Schwarzer et al. 2021); the `game` column of shared/reference/atari100k_scores.csv.
-ATARI_26 = (
-    "Alien",
-    "Amidar",
-    "Assault",
-    "Asterix",
-    "BankHeist",
-    "BattleZone",
-    "Boxing",
-    "Breakout",
-    "ChopperCommand",
-    "CrazyClimber",
-    "DemonAttack",
-    "Freeway",
-    "Frostbite",
-    "Gopher",
-    "Hero",
-    "Jamesbond",
-    "Kangaroo",
-    "Krull",
-    "KungFuMaster",
-    "MsPacman",
-    "Pong",
-    "PrivateEye",
-    "Qbert",
-    "RoadRunner",
-    "Seaquest",
-    "UpNDown",
-)
+from psrl_jax.analysis.published import atari_table
+
+# The Atari 100k benchmark (Kaiser et al. 2020): the 26 games of the published table shipped in
+# psrl_jax/analysis/data/ (the set and envpool spelling used by SPR, Schwarzer et al. 2021).
+ATARI_26 = tuple(atari_table())
 
 # Set per run by the sweep itself; an --override of one of them would contradict the run directory.
 SWEEP_FIELDS = {
