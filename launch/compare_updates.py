@@ -2,6 +2,7 @@
 
     python launch/compare_updates.py configs/rainbow.py configs/rainbow_psrl.py \
         "configs/rainbow_psrl.py@psrl.correspondence_width=0.0625,psrl.refinement_levels=1" --repeats 5
+    python launch/compare_updates.py configs/sac.py configs/sac_psrl.py --repeats 5      # DMC (SAC)
 
 Each argument is a config file, optionally with a :variant and @field=value overrides. For each one
 this builds the agent, compiles `agent.update` on a synthetic batch of the config's batch size (random
@@ -22,6 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
+_ACTION_DIM = flags.DEFINE_integer("action_dim", 6, "DMC configs: action dimensions (6: walker, cheetah)")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here")
 
 
@@ -31,7 +33,7 @@ def load_config(spec: str):
 
     import yaml  # ml_collections depends on PyYAML; parses 1, 0.5, true, strings
 
-    from psrl_jax.config import validate_atari_config
+    from psrl_jax.config import validate_atari_config, validate_dmc_config
 
     spec, _, overrides = spec.partition("@")
     path, _, variant = spec.partition(":")
@@ -46,29 +48,46 @@ def load_config(spec: str):
         for parent in parents:
             node = node[parent]
         node[name] = type(node[name])(yaml.safe_load(value)) if node[name] is not None else yaml.safe_load(value)
-    validate_atari_config(config)
+    if is_dmc(config):
+        if config.env.action_repeat is None:
+            config.env.action_repeat = 4  # the update's cost does not depend on it
+        validate_dmc_config(config)
+    else:
+        validate_atari_config(config)
     return config
 
 
+def is_dmc(config) -> bool:
+    return "task" in config.env
+
+
 def synthetic_batch(config, rng):
+    """A batch of the config's shapes: Atari gray frames and discrete actions, or DMC RGB frames
+    (HWC) and continuous actions of _ACTION_DIM dimensions."""
     import jax.numpy as jnp
 
     from psrl_jax.replay.sequence_replay import SequenceBatch
 
     b, k, f, s = config.agent.batch_size, config.replay.prediction_steps, config.env.frame_stack, config.env.image_size
+    frame = (s, s, 3) if is_dmc(config) else (s, s)
 
     def frames(*shape):
-        return jnp.asarray(rng.integers(0, 256, shape, dtype="uint8"))
+        return jnp.asarray(rng.integers(0, 256, shape + frame, dtype="uint8"))
+
+    def actions(*shape):
+        if is_dmc(config):
+            return jnp.asarray(rng.uniform(-1, 1, shape + (_ACTION_DIM.value,)), jnp.float32)
+        return jnp.asarray(rng.integers(0, _NUM_ACTIONS.value, shape), jnp.int32)
 
     return SequenceBatch(
-        obs=frames(b, f, s, s),
-        action=jnp.asarray(rng.integers(0, _NUM_ACTIONS.value, (b,)), jnp.int32),
+        obs=frames(b, f),
+        action=actions(b),
         n_step_return=jnp.ones((b,), jnp.float32),
         bootstrap_discount=jnp.full((b,), 0.9, jnp.float32),
-        next_obs=frames(b, f, s, s),
+        next_obs=frames(b, f),
         valid=jnp.ones((b,), jnp.float32),
-        future_obs=frames(b, k, f, s, s),
-        future_actions=jnp.asarray(rng.integers(0, _NUM_ACTIONS.value, (b, k)), jnp.int32),
+        future_obs=frames(b, k, f),
+        future_actions=actions(b, k),
         future_mask=jnp.ones((b, k), jnp.float32),
         indices=jnp.arange(b, dtype=jnp.int32),
         probabilities=jnp.full((b,), 1.0 / b, jnp.float32),
@@ -85,24 +104,32 @@ def main(argv):
     import numpy as np
 
     from psrl_jax.agents.rainbow import RainbowAgent
+    from psrl_jax.agents.sac import SACAgent
+
+    def update_fn(agent):  # (state, batch) -> new state, for either agent
+        return lambda state, batch: agent.update(state, batch)[0]
 
     rows = []
     for spec in specs:
         config = load_config(spec)
-        size = config.env.image_size
-        agent = RainbowAgent(config, _NUM_ACTIONS.value, (config.env.frame_stack, size, size))
+        size, frames = config.env.image_size, config.env.frame_stack
+        if is_dmc(config):
+            agent = SACAgent(config, _ACTION_DIM.value, (frames, size, size, 3))
+        else:
+            agent = RainbowAgent(config, _NUM_ACTIONS.value, (frames, size, size))
         state = agent.init(jax.random.PRNGKey(0))
         batch = synthetic_batch(config, np.random.default_rng(0))
         start = time.perf_counter()
-        compiled = jax.jit(agent.update).lower(state, batch).compile()
+        compiled = jax.jit(update_fn(agent)).lower(state, batch).compile()
         compile_seconds = time.perf_counter() - start
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         start = time.perf_counter()
-        state, _, _ = compiled(state, batch)  # warm-up
+        state = compiled(state, batch)  # warm-up
         jax.block_until_ready(state)
         warmup_seconds = time.perf_counter() - start
-        params = sum(x.size for x in jax.tree.leaves((state.params, state.aux_params)))
+        trained = (state.critic_params, state.actor_params) if is_dmc(config) else state.params
+        params = sum(x.size for x in jax.tree.leaves((trained, state.aux_params)))
         rows.append(
             dict(
                 spec=spec,
@@ -119,7 +146,7 @@ def main(argv):
     for _ in range(_REPEATS.value):
         for row in rows:
             start = time.perf_counter()
-            row["state"], _, _ = row["compiled"](row["state"], row["batch"])
+            row["state"] = row["compiled"](row["state"], row["batch"])
             jax.block_until_ready(row["state"])
             row["times"].append(time.perf_counter() - start)
             print(f"  {row['spec']}: {row['times'][-1]:.3f}s", flush=True)

@@ -3,6 +3,7 @@
     python launch/sweep.py --config configs/rainbow_psrl.py --games atari26 --seeds 10
     python launch/sweep.py --config configs/rainbow.py:smoke --games Pong,Breakout --seeds 4 \
         --seeds_per_run 2 --override eval.final_episodes=10 --run
+    python launch/sweep.py --config configs/sac_psrl.py --tasks planet6 --seeds 10 --seeds_per_run 5
 
 Each run trains --seeds_per_run seeds of one game in <root>/<config name>/<game>/s<first seed>x<seeds>.
 stdout gets one shell command per unfinished run, for a scheduler; finished runs (final_eval.json) are
@@ -21,13 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from psrl_jax.train.sweep import SweepError, plan_sweep, summary  # noqa: E402
 
-TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "atari.py")
+LAUNCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="config file[:variant], as for launch/atari.py")
-    parser.add_argument("--games", default="atari26", help="'atari26' or a comma-separated list of games")
+    parser.add_argument("--games", default=None, help="Atari: 'atari26' (default) or a comma-separated list of games")
+    parser.add_argument("--tasks", default=None, help="DMC: 'planet6' (default) or a comma-separated list of tasks")
     parser.add_argument("--seeds", type=int, default=10, help="seeds per game")
     parser.add_argument("--seeds_per_run", type=int, default=None, help="seeds vmapped in one run (default: all)")
     parser.add_argument("--first_seed", type=int, default=0)
@@ -57,12 +59,19 @@ def main():
     python = args.python or (sys.executable if args.run else "python")
     try:
         runs = plan_sweep(
-            args.config, args.games, args.seeds, args.seeds_per_run, args.first_seed, args.root, args.override
+            args.config,
+            args.games,
+            args.seeds,
+            args.seeds_per_run,
+            args.first_seed,
+            args.root,
+            args.override,
+            tasks=args.tasks,
         )
     except SweepError as error:
         sys.exit(f"error: {error}")
     todo = [run for run in runs if run.status != "done"]
-    commands = [run.command(python, os.path.relpath(TRAIN_SCRIPT)) for run in todo]
+    commands = [run.command(python, os.path.relpath(os.path.join(LAUNCH_DIR, run.script))) for run in todo]
     print(summary(runs), file=sys.stderr)
     if args.run:
         run_all(commands, todo)

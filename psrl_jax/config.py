@@ -134,6 +134,118 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
     validate_psrl_config(config)
 
 
+def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
+    """Value checks of a DMC (SAC) config, after env.action_repeat is resolved. Cheap: no env, no compile."""
+    env, replay, agent, ev = config.env, config.replay, config.agent, config.eval
+    positive = {
+        "num_seeds": config.num_seeds,
+        "total_env_steps": config.total_env_steps,
+        "env.action_repeat": env.action_repeat,
+        "env.image_size": env.image_size,
+        "env.crop_size": env.crop_size,
+        "env.frame_stack": env.frame_stack,
+        "env.envs_per_seed": env.envs_per_seed,
+        "replay.capacity": replay.capacity,
+        "replay.min_size": replay.min_size,
+        "replay.n_step": replay.n_step,
+        "agent.batch_size": agent.batch_size,
+        "agent.latent_dim": agent.latent_dim,
+        "agent.critic_target_update_every": agent.critic_target_update_every,
+        "agent.actor_update_every": agent.actor_update_every,
+        "updates_per_step": config.updates_per_step,
+        "update_every": config.update_every,
+        "eval.episodes": ev.episodes,
+        "eval.final_episodes": ev.final_episodes,
+        "eval.max_parallel_envs": ev.max_parallel_envs,
+        "log.every_steps": config.log.every_steps,
+    }
+    for name, value in positive.items():
+        _require(isinstance(value, int) and value >= 1, f"config.{name} must be a positive integer, got {value!r}")
+    for name, value in {
+        "replay.prediction_steps": replay.prediction_steps,
+        "env.num_threads": env.num_threads,
+        "env.camera_id": env.camera_id,
+        "eval.every_steps": ev.every_steps,
+        "checkpoint.every_steps": config.checkpoint.every_steps,
+        "update_scan_unroll": config.update_scan_unroll,
+    }.items():
+        _require(isinstance(value, int) and value >= 0, f"config.{name} must be an integer >= 0, got {value!r}")
+    _require(
+        env.crop_size <= env.image_size,
+        f"config.env.image_size={env.image_size} (the rendered size) is smaller than config.env.crop_size="
+        f"{env.crop_size}: the random crop must fit inside the rendered frame",
+    )
+    strides = tuple(agent.encoder_strides)
+    smallest = 1
+    for stride in reversed(strides):  # the input size that leaves a 1x1 map after the VALID 3x3 convs
+        smallest = (smallest - 1) * stride + 3
+    _require(
+        env.crop_size >= smallest,
+        f"config.env.crop_size={env.crop_size} is too small for the encoder: {len(strides)} VALID 3x3 convs "
+        f"with strides {strides} need at least {smallest} px",
+    )
+    _require(
+        len(strides) == len(agent.encoder_channels),
+        "config.agent.encoder_strides and encoder_channels differ in length",
+    )
+    _require(
+        env.backend in ("envpool", "dm_control"),
+        f"config.env.backend must be 'envpool' or 'dm_control', got {env.backend!r}",
+    )
+    _require(env.gl in ("auto", "egl", "osmesa"), f"config.env.gl must be 'auto', 'egl' or 'osmesa', got {env.gl!r}")
+    _require(
+        agent.encoder in ("stacked", "framewise"),
+        f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
+    )
+    _require(
+        agent.get("compute_dtype", "float32") in ("float32", "bfloat16"),
+        "config.agent.compute_dtype must be 'float32' or 'bfloat16'",
+    )
+    _require(
+        config.get("shard_seeds", "auto") in ("auto", "on", "off"), "config.shard_seeds must be 'auto', 'on' or 'off'"
+    )
+    _require(0.0 < agent.gamma <= 1.0, f"config.agent.gamma must be in (0, 1], got {agent.gamma}")
+    for name in ("critic_tau", "encoder_tau"):
+        _require(0.0 < agent[name] <= 1.0, f"config.agent.{name} must be in (0, 1], got {agent[name]}")
+    for name in ("learning_rate", "alpha_learning_rate", "init_temperature"):
+        _require(agent[name] > 0, f"config.agent.{name} must be > 0, got {agent[name]}")
+    _require(agent.log_std_min < agent.log_std_max, "config.agent.log_std_min must be < log_std_max")
+    _require(replay.priority_exponent == 0.0, "DMC replay is uniform: config.replay.priority_exponent must be 0")
+    seq = sequence_length(config)
+    _require(
+        replay.min_size >= agent.batch_size,
+        f"config.agent.batch_size={agent.batch_size} is larger than config.replay.min_size={replay.min_size}",
+    )
+    _require(
+        replay.min_size // env.envs_per_seed >= seq,
+        f"config.replay.min_size={replay.min_size} gives {replay.min_size // env.envs_per_seed} steps per env, "
+        f"fewer than one replayed sequence ({seq} rows)",
+    )
+    _require(
+        replay.capacity // env.envs_per_seed >= 2 * seq,
+        f"config.replay.capacity={replay.capacity} is too small for sequences of {seq} rows",
+    )
+    per_iteration = env.envs_per_seed * env.action_repeat
+    _require(
+        config.total_env_steps % per_iteration == 0,
+        f"config.total_env_steps={config.total_env_steps} must be a multiple of env.envs_per_seed x "
+        f"env.action_repeat = {per_iteration} (environment steps per agent step of every env)",
+    )
+    _require(
+        config.total_env_steps // env.action_repeat > replay.min_size,
+        f"config.total_env_steps={config.total_env_steps} is {config.total_env_steps // env.action_repeat} agent "
+        f"steps, not more than replay.min_size={replay.min_size}: no update would ever run",
+    )
+    for name in ("episodes", "final_episodes"):
+        episodes = ev[name]
+        envs = min(episodes, ev.max_parallel_envs)
+        _require(
+            episodes % envs == 0,
+            f"config.eval.{name}={episodes} must be a multiple of min({name}, eval.max_parallel_envs)={envs}",
+        )
+    validate_psrl_config(config)
+
+
 PSRL_TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
 
 

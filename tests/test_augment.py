@@ -4,9 +4,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from psrl_jax.ops.augment import (
     augment_observations,
+    augment_pixels,
+    center_crop,
+    random_crop,
     random_intensity,
     random_shift,
     to_float,
@@ -101,3 +105,99 @@ def test_augment_observations():
     keys = jax.random.split(jax.random.key(2), 2)
     seeded = jax.vmap(lambda k, o: augment_observations(k, o, 4, 0.05))(keys, obs.reshape(2, 4, 4, 84, 84))
     chex.assert_shape(seeded, (2, 4, 4, 84, 84))
+
+
+# ----- DMC: random crop (CURL / RAD), centre crop, augment_pixels -------------------------------
+
+
+def _random_pixels(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
+
+
+def _crop_offsets(key, batch, height, width, size):
+    """The offsets random_crop draws: randint over (B, 2) with per-axis bounds [0, H - size]."""
+    bounds = jnp.array([height - size + 1, width - size + 1])
+    return np.asarray(jax.random.randint(key, (batch, 2), 0, bounds))
+
+
+def _numpy_crop(images, offsets, size):
+    images = np.asarray(images)
+    return np.stack([images[b, :, y : y + size, x : x + size] for b, (y, x) in enumerate(offsets)])
+
+
+def test_random_crop_matches_numpy_reference():
+    batch, frames, height, width, size = 64, 3, 20, 24, 12
+    images = _random_pixels((batch, frames, height, width, 3))
+    key = jax.random.key(5)
+    out = jax.jit(random_crop, static_argnums=2)(key, images, size)
+    chex.assert_shape(out, (batch, frames, size, size, 3))
+    chex.assert_type(out, jnp.uint8)
+    offsets = _crop_offsets(key, batch, height, width, size)
+    assert np.all(offsets >= 0) and np.all(offsets[:, 0] <= height - size) and np.all(offsets[:, 1] <= width - size)
+    np.testing.assert_array_equal(out, _numpy_crop(images, offsets, size))
+    assert len({tuple(o) for o in offsets}) > 20  # per-sample offsets (117 possible over 64 samples)
+    # Per axis, the extreme offsets are reachable (the bound H - size is inclusive).
+    assert offsets[:, 0].max() == height - size and offsets[:, 1].max() == width - size
+
+
+def test_random_crop_offset_shared_by_frames():
+    # Coordinate-coded frames (value = row * W + col), identical in every frame: each frame of a
+    # sample must show the same window; frames of different samples may not.
+    code = np.arange(SIZE * SIZE, dtype=np.uint8).reshape(SIZE, SIZE)
+    images = jnp.asarray(np.broadcast_to(code, (32, 4, SIZE, SIZE)))
+    size = 9
+    out = np.asarray(random_crop(jax.random.key(1), images, size))
+    chex.assert_shape(out, (32, 4, size, size))
+    np.testing.assert_array_equal(out, np.broadcast_to(out[:, :1], out.shape))
+    tops, lefts = out[:, 0, 0, 0] // SIZE, out[:, 0, 0, 0] % SIZE
+    assert len(set(zip(tops.tolist(), lefts.tolist(), strict=True))) > 10
+    for b in range(4):  # the whole window is contiguous
+        expected = code[tops[b] : tops[b] + size, lefts[b] : lefts[b] + size]
+        np.testing.assert_array_equal(out[b, 2], expected)
+
+
+def test_random_crop_rejects_bad_sizes():
+    images = _random_pixels((2, 3, 10, 10, 3))
+    with pytest.raises(ValueError, match="crop size"):
+        random_crop(jax.random.key(0), images, 11)
+    with pytest.raises(ValueError, match="crop size"):
+        random_crop(jax.random.key(0), images, 0)
+    with pytest.raises(ValueError, match="crop size"):
+        center_crop(images, 11)
+    # size == H is the identity.
+    np.testing.assert_array_equal(random_crop(jax.random.key(0), images, 10), images)
+
+
+@pytest.mark.parametrize("height,size", [(100, 84), (64, 56), (11, 4)])
+def test_center_crop_matches_numpy_slicing(height, size):
+    images = _random_pixels((2, 3, height, height, 3), seed=height)
+    out = center_crop(images, size)
+    top = (height - size) // 2
+    chex.assert_shape(out, (2, 3, size, size, 3))
+    np.testing.assert_array_equal(out, np.asarray(images)[:, :, top : top + size, top : top + size])
+
+
+def test_augment_pixels_without_translation_is_crop_over_255():
+    images = _random_pixels((16, 3, 20, 20, 3), seed=3)
+    key = jax.random.key(9)
+    out = jax.jit(augment_pixels, static_argnums=(2, 3))(key, images, 14, 0)
+    chex.assert_shape(out, (16, 3, 14, 14, 3))
+    chex.assert_type(out, jnp.float32)
+    crop_key, _ = jax.random.split(key)  # mirrors augment_pixels' key split
+    offsets = _crop_offsets(crop_key, 16, 20, 20, 14)
+    expected = _numpy_crop(images, offsets, 14).astype(np.float32) / 255.0
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-7)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_augment_pixels_translation_is_shift_of_the_crop():
+    images = _random_pixels((16, 3, 20, 20, 3), seed=4)
+    key = jax.random.key(11)
+    out = augment_pixels(key, images, 14, 2)
+    chex.assert_shape(out, (16, 3, 14, 14, 3))
+    chex.assert_type(out, jnp.float32)
+    crop_key, shift_key = jax.random.split(key)
+    expected = to_float(random_shift(shift_key, random_crop(crop_key, images, 14), 2))
+    np.testing.assert_array_equal(out, expected)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert not np.array_equal(out, augment_pixels(key, images, 14, 0))  # the translation did something

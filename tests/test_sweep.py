@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from psrl_jax.config import config_to_dict
+from psrl_jax.envs.dmc import PLANET_ACTION_REPEAT
 from psrl_jax.train.run_dir import set_aside_previous_attempt
 from psrl_jax.train.sweep import (
     ATARI_26,
@@ -171,3 +172,43 @@ def test_cli_runs_unfinished_runs_and_stops_at_the_first_failure(tmp_path):
     assert result.returncode != 0
     assert len(calls) == 1
     assert "run 1/2" in result.stderr and "failed with exit code 1; 1 runs were not started" in result.stderr
+
+
+DMC_CONFIG = os.path.join(ROOT, "configs", "sac_psrl.py") + ":smoke"  # name: sac_psrl-smoke
+
+
+def test_dmc_sweep_planet6_tasks_through_launch_dmc(tmp_path):
+    runs = plan_sweep(DMC_CONFIG, seeds=4, seeds_per_run=2, root=str(tmp_path), tasks="planet6")
+    tasks = [run.game for run in runs]
+    assert tasks[::2] == list(PLANET_ACTION_REPEAT)  # the six PlaNet tasks, each in two runs of 2 seeds
+    assert len(set(tasks[::2])) == 6
+    assert {run.script for run in runs} == {"dmc.py"}
+    first = runs[0]
+    assert "--config.env.task=finger_spin" in first.flags
+    assert not any(flag.startswith("--config.env.game") for flag in first.flags)
+    assert first.run_dir == os.path.join(str(tmp_path), "sac_psrl-smoke", "finger_spin", "s0x2")
+    # Any spelling envpool or dm_control users type maps to one canonical task; unknown ones get suggestions.
+    spelled = plan_sweep(DMC_CONFIG, seeds=1, root=str(tmp_path), tasks="WalkerWalk-v1,walker-walk")
+    assert [run.game for run in spelled] == ["walker_walk"]
+    with pytest.raises(SweepError, match="walker_walk"):
+        plan_sweep(DMC_CONFIG, seeds=1, root=str(tmp_path), tasks="walker_wlak")
+
+
+def test_games_and_tasks_belong_to_their_domain(tmp_path):
+    with pytest.raises(SweepError, match="--tasks"):
+        plan_sweep(DMC_CONFIG, "Pong", 2, root=str(tmp_path))
+    with pytest.raises(SweepError, match="--games"):
+        plan_sweep(CONFIG, seeds=2, root=str(tmp_path), tasks="walker_walk")
+    with pytest.raises(SweepError, match="--tasks"):
+        plan_sweep(DMC_CONFIG, seeds=2, root=str(tmp_path), tasks="planet6", overrides=["env.task=cheetah_run"])
+
+
+def test_dmc_run_directory_of_another_task_is_refused(tmp_path):
+    run_dir = tmp_path / "sac_psrl-smoke" / "walker_walk" / "s0x1"
+    config = load_config(DMC_CONFIG)
+    config.env.task, config.seed, config.num_seeds = "cheetah_run", 0, 1
+    os.makedirs(run_dir)
+    with open(run_dir / "config.json", "w") as f:
+        json.dump(config_to_dict(config), f)
+    with pytest.raises(SweepError, match="env.task"):
+        plan_sweep(DMC_CONFIG, seeds=1, root=str(tmp_path), tasks="walker_walk")

@@ -21,6 +21,7 @@ The pieces are wrapped in jax.named_scope ("encoder", "correspondence", "warp", 
 """
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ import ml_collections
 
 from psrl_jax.config import PSRL_TERMS
 from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
-from psrl_jax.networks.q_network import RainbowQNetwork, compute_dtype
+from psrl_jax.networks.q_network import compute_dtype
 from psrl_jax.networks.transform import (
     ActionAwareTransform,
     GlobalPredictor,
@@ -57,7 +58,9 @@ def psrl_enabled(config) -> bool:
 class PSRLModules:
     """The flax modules PSRL adds, built once from the config (static; params live in the agent state)."""
 
-    network: RainbowQNetwork  # the Q network: its encoder with the EMA torso params is the target encoder
+    # The RL network whose encoder PSRL shapes (Rainbow's Q network or SAC's critic): it has an
+    # `encode` method and its encoder params under "torso"; with the EMA torso it is the target encoder.
+    network: Any
     correspondence: CorrespondenceNet
     transform: ActionAwareTransform
     projection: GlobalProjection
@@ -66,10 +69,11 @@ class PSRLModules:
     def encode_target(self, ema_params, obs):
         """Per-frame maps of the EMA target encoder (eval mode: no dropout); only the torso is read."""
         variables = {"params": {"torso": ema_params["torso"]}}
-        return self.network.apply(variables, obs, train=False, method=RainbowQNetwork.encode)
+        return self.network.apply(variables, obs, train=False, method="encode")
 
 
-def make_psrl_modules(config, network: RainbowQNetwork, num_actions: int) -> PSRLModules:
+def make_psrl_modules(config, network, num_actions: int) -> PSRLModules:
+    """num_actions: discrete action count (one-hot in the AAT), or 0 for continuous actions."""
     p = config.psrl
     dtype = compute_dtype(config.agent)  # the Q network's compute dtype, for every PSRL module
     return PSRLModules(
@@ -106,10 +110,11 @@ def needed_modules(terms) -> tuple:
     return tuple(needed)
 
 
-def init_psrl_params(key, modules: PSRLModules, config, num_actions: int, maps_shape, skip_shape):
+def init_psrl_params(key, modules: PSRLModules, config, num_actions: int, maps_shape, skip_shape, action_dim: int = 1):
     """Params of the modules the active terms need (of "correspondence", "transform", "projection",
     "predictor") and the correspondence module's BatchNorm statistics ({} without it), for per-frame
-    maps of shape (h, w, C) and skip maps (h2, w2, C2)."""
+    maps of shape (h, w, C) and skip maps (h2, w2, C2); action_dim is the continuous action size
+    (used when num_actions is 0)."""
     needed = needed_modules(active_terms(config.psrl))
     k_corr, k_tr, k_proj, k_pred = jax.random.split(key, 4)
     maps = jnp.zeros((1, *maps_shape), jnp.float32)
@@ -120,7 +125,7 @@ def init_psrl_params(key, modules: PSRLModules, config, num_actions: int, maps_s
         corr_vars = modules.correspondence.init(k_corr, maps, maps, skip, train=False)
         params["correspondence"], batch_stats = corr_vars["params"], corr_vars["batch_stats"]
     if "transform" in needed:
-        action = jnp.zeros((1,), jnp.int32) if num_actions > 0 else jnp.zeros((1, 1), jnp.float32)
+        action = jnp.zeros((1,), jnp.int32) if num_actions > 0 else jnp.zeros((1, action_dim), jnp.float32)
         params["transform"] = modules.transform.init(k_tr, stack, action)["params"]
     if "projection" in needed:
         params["projection"] = modules.projection.init(k_proj, stack)["params"]

@@ -79,7 +79,8 @@ def push_frames(frame_stack, frames, first):
     shifted = jnp.concatenate([frame_stack[:, 1:], frames[:, None]], axis=1)
     keep_history = jnp.arange(frame_stack.shape[1]) == frame_stack.shape[1] - 1
     mask = jnp.logical_or(~first[:, None], keep_history[None, :])
-    return jnp.where(mask[:, :, None, None], shifted, jnp.zeros_like(shifted))
+    mask = mask.reshape(mask.shape + (1,) * (frame_stack.ndim - 2))  # any frame shape: [H, W] or [H, W, 3]
+    return jnp.where(mask, shifted, jnp.zeros_like(shifted))
 
 
 def resolve_scan_unroll(requested: int, updates_per_dispatch: int) -> int:

@@ -18,7 +18,10 @@ from psrl_jax.config import ConfigError
 # other values cannot be continued.
 COMPATIBILITY_FIELDS = (
     "num_seeds",
-    "env.game",
+    "env.game",  # Atari
+    "env.task",  # DMC
+    "env.action_repeat",
+    "env.crop_size",
     "env.envs_per_seed",
     "env.frame_stack",
     "env.image_size",
@@ -35,8 +38,11 @@ class CheckpointError(RuntimeError):
 
 
 def _lookup(config_dict: dict, dotted: str):
+    """The field's value, or None where this kind of config has no such field (env.task on Atari)."""
     value = config_dict
     for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
         value = value[part]
     return value
 

@@ -1,7 +1,8 @@
-"""Sweeps: one config trained on many games x seeds, seeds grouped into vmapped runs (launch/sweep.py).
+"""Sweeps: one config trained on many games (Atari) or tasks (DMC) x seeds, seeds grouped into
+vmapped runs (launch/sweep.py).
 
-A sweep is a list of runs. A run trains `num_seeds` agents of one game in one process (global seeds
-seed .. seed + num_seeds - 1) in the fixed directory <root>/<config name>/<game>/s<seed>x<num_seeds>,
+A sweep is a list of runs. A run trains `num_seeds` agents of one game or task in one process (global
+seeds seed .. seed + num_seeds - 1) in the fixed directory <root>/<config name>/<game>/s<seed>x<num_seeds>,
 so planning the same sweep again finds what earlier invocations left there. Each run gets a status:
 
     done     final_eval.json exists: the run is finished and skipped
@@ -34,6 +35,7 @@ SWEEP_FIELDS = {
     "seed": "--first_seed",
     "num_seeds": "--seeds_per_run",
     "env.game": "--games",
+    "env.task": "--tasks",
     "run_dir": "--root",
     "resume": "(set automatically)",
 }
@@ -45,12 +47,13 @@ class SweepError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    game: str
+    game: str  # Atari game or DMC task
     seed: int  # global seed of the run's first agent
     num_seeds: int
     run_dir: str
     status: str  # "done" | "resume" | "restart" | "start"
-    flags: tuple  # arguments of launch/atari.py
+    flags: tuple  # arguments of the training script
+    script: str = "atari.py"  # launch/atari.py or launch/dmc.py
 
     def command(self, python: str, script: str) -> list:
         return [python, script, *self.flags]
@@ -99,6 +102,26 @@ def parse_games(spec: str) -> tuple:
     if not names:
         raise SweepError("--games is empty")
     return tuple(dict.fromkeys(canonical_game(name) for name in names))
+
+
+def is_dmc_config(config) -> bool:
+    return "task" in config.env
+
+
+def parse_tasks(spec: str) -> tuple:
+    """'planet6' (the six PlaNet tasks of DESIGN.md 2) or a comma-separated list of DMC tasks, in
+    canonical spelling (walker_walk), without duplicates; unknown tasks raise SweepError with close matches."""
+    from psrl_jax.envs.dmc import PLANET_ACTION_REPEAT, resolve_task  # reads envpool's registry
+
+    if spec.strip().lower() == "planet6":
+        return tuple(PLANET_ACTION_REPEAT)
+    names = [name for name in spec.split(",") if name.strip()]
+    if not names:
+        raise SweepError("--tasks is empty")
+    try:
+        return tuple(dict.fromkeys(resolve_task(name).name for name in names))
+    except ValueError as error:
+        raise SweepError(f"--tasks: {error}") from error
 
 
 def seed_groups(seeds: int, seeds_per_run: int | None, first_seed: int = 0) -> list:
@@ -164,13 +187,14 @@ def check_same_run(run_dir: str, expected: dict) -> None:
     found = {
         "name": saved.get("name"),
         "env.game": saved.get("env", {}).get("game"),
+        "env.task": saved.get("env", {}).get("task"),
         "seed": saved.get("seed"),
         "num_seeds": saved.get("num_seeds"),
     }
     diffs = []
     for field, want in expected.items():
         have = found[field]
-        same = _game_key(str(have)) == _game_key(want) if field == "env.game" else have == want
+        same = _game_key(str(have)) == _game_key(want) if field in ("env.game", "env.task") else have == want
         if not same:
             diffs.append(f"{field}: {have!r} there, {want!r} here")
     if diffs:
@@ -195,19 +219,29 @@ def run_status(run_dir: str) -> str:
 
 def plan_sweep(
     config_arg: str,
-    games: str = "atari26",
+    games: str | None = None,
     seeds: int = 10,
     seeds_per_run: int | None = None,
     first_seed: int = 0,
     root: str = os.path.join("runs", "sweep"),
     overrides=(),
+    tasks: str | None = None,
 ) -> list:
-    """Every run of the sweep, game-major, with its status and its launch/atari.py arguments.
+    """Every run of the sweep, game- (or task-) major, with its status and its launch/atari.py or
+    launch/dmc.py arguments. An Atari config takes `games` (default "atari26"), a DMC config `tasks`
+    (default "planet6").
 
-    Checks everything (config, games, seeds, overrides, existing run directories) before returning,
-    so a bad sweep fails before anything runs."""
+    Checks everything (config, games or tasks, seeds, overrides, existing run directories) before
+    returning, so a bad sweep fails before anything runs."""
     config = load_config(config_arg)
-    game_names = parse_games(games)
+    if is_dmc_config(config):
+        if games is not None:
+            raise SweepError(f"{config_arg} is a DMC config: name tasks with --tasks (e.g. planet6), not --games")
+        game_names, env_field, script = parse_tasks(tasks or "planet6"), "env.task", "dmc.py"
+    else:
+        if tasks is not None:
+            raise SweepError(f"{config_arg} is an Atari config: name games with --games (e.g. atari26), not --tasks")
+        game_names, env_field, script = parse_games(games or "atari26"), "env.game", "atari.py"
     groups = seed_groups(seeds, seeds_per_run, first_seed)
     override_values = parse_overrides(config, overrides)
     name = override_values.get("name", config.name)
@@ -216,19 +250,19 @@ def plan_sweep(
     for game in game_names:
         for seed, group_size in groups:
             run_dir = os.path.join(root, name, game, f"s{seed}x{group_size}")
-            check_same_run(run_dir, {"name": name, "env.game": game, "seed": seed, "num_seeds": group_size})
+            check_same_run(run_dir, {"name": name, env_field: game, "seed": seed, "num_seeds": group_size})
             status = run_status(run_dir)
             flags = (
                 "--config",
                 config_arg,
-                f"--config.env.game={game}",
+                f"--config.{env_field}={game}",
                 f"--config.seed={seed}",
                 f"--config.num_seeds={group_size}",
                 f"--config.run_dir={run_dir}",
                 *(("--config.resume=True",) if status == "resume" else ()),
                 *override_flags,
             )
-            runs.append(Run(game, seed, group_size, run_dir, status, flags))
+            runs.append(Run(game, seed, group_size, run_dir, status, flags, script))
     return runs
 
 

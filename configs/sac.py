@@ -1,0 +1,139 @@
+"""Pixel SAC on DeepMind Control (CURL's recipe without its contrastive loss; DESIGN.md 2, Table 2).
+
+Run:   python launch/dmc.py --config configs/sac.py --config.env.task=walker_walk
+Smoke: python launch/dmc.py --config configs/sac.py:smoke   (a few minutes on a 2-core CPU)
+
+Augmentation is on (random crop 100 -> 84 plus translation) and every PSRL term is off: this is the
+baseline that configs/sac_psrl.py adds PSRL to. Steps are *environment* steps (action repeats
+included), the unit DMC results are reported in: total_env_steps=100_000 on cartpole_swingup with
+action repeat 8 is 12,500 agent steps. Choices that are ours are marked (ours).
+"""
+
+import ml_collections
+
+from configs.rainbow import psrl_config
+
+
+def dmc_psrl_config() -> ml_collections.ConfigDict:
+    """configs/rainbow.py's PSRL section with DMC defaults for the 35x35 encoder maps (all terms off)."""
+    p = psrl_config()
+    p.global_weight = 1.0  # (ours) lambda_global on DMC
+    p.target_ema_decay = 0.95  # (ours) the PSRL target encoder moves as CURL's key encoder (tau 0.05)
+    p.correlation = "local"  # 35x35 maps: all pairs would be 1225 channels
+    p.max_displacement = 2  # (ours) +-2 feature px = +-~5 image px per agent step
+    p.correspondence_width = 1 / 32  # (ours) see configs/sac_psrl.py for the cost budget
+    p.refinement_levels = 0  # (ours) the coarse head already works at 35x35
+    p.transform_hidden = 32  # (ours) Table 3 has 256; the AAT runs at 35x35, 25x Atari's 7x7
+    p.projection_dim = 64  # (ours) the flattened stack is 3 x 35 x 35 x 32 = 117,600 wide
+    return p
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "sac"
+    c.seed = 0  # seed of the first agent; agent i uses PRNGKey(seed + i) and env seeds from seed + i
+    c.num_seeds = 1  # S independent agents vmapped in one process
+    c.shard_seeds = "auto"  # seed axis over devices, as on Atari (psrl_jax/train/sharding.py)
+    c.total_env_steps = 500_000  # environment steps per seed, action repeats included (DMC 500k)
+    c.run_dir = ""  # empty: runs/<name>-<task>-s<seed>x<num_seeds>-<timestamp>
+    c.resume = False
+
+    c.env = ml_collections.ConfigDict()
+    c.env.task = "cartpole_swingup"  # PlaNet tasks or any envpool DMC task: walker_walk, cheetah_run, ...
+    # Unset: the task's PlaNet value (2 finger_spin/walker_walk, 8 cartpole_swingup, else 4);
+    # the trainer writes the value it used into the run's config.json.
+    c.env.action_repeat = ml_collections.config_dict.placeholder(int)
+    c.env.image_size = 100  # rendered frame size (Table 2: 100x100)
+    c.env.crop_size = 84  # random crop for updates, centre crop for acting (Table 2: 84x84)
+    c.env.frame_stack = 3  # RGB frames per observation
+    c.env.envs_per_seed = 1
+    c.env.backend = "envpool"  # "envpool" (vectorised C++) or "dm_control" (pure Python fallback)
+    c.env.gl = "auto"  # OpenGL platform for MuJoCo rendering: "auto", "egl" or "osmesa"
+    c.env.camera_id = 0
+    c.env.num_threads = 0  # envpool threads; 0 = one per core
+
+    c.replay = ml_collections.ConfigDict()
+    c.replay.capacity = 100_000  # transitions per seed (Table 2); capped at the run's own length
+    c.replay.min_size = 1000  # agent steps of uniform random actions before updates (Table 2's initial steps)
+    c.replay.n_step = 1
+    c.replay.prediction_steps = 0  # K future stacks per sample (PSRL only)
+    # Uniform replay: the prioritised sequence replay with alpha = 0 and no importance weights.
+    c.replay.priority_exponent = 0.0
+    c.replay.importance_beta_start = 0.0
+    c.replay.importance_beta_end = 0.0
+    c.replay.priority_eps = 1e-6
+
+    c.agent = ml_collections.ConfigDict()
+    c.agent.gamma = 0.99
+    c.agent.batch_size = 64
+    c.agent.encoder = "stacked"  # "stacked" (CURL) or "framewise" (PSRL's per-frame maps)
+    c.agent.encoder_channels = (32, 32, 32, 32)
+    c.agent.encoder_strides = (2, 1, 1, 1)
+    c.agent.latent_dim = 50
+    c.agent.hidden = (1024, 1024)
+    c.agent.learning_rate = 1e-3  # encoder, actor and critic (Table 2)
+    c.agent.learning_rate_per_task = ml_collections.ConfigDict({"cheetah_run": 2e-4})  # Table 2
+    c.agent.adam_b1 = 0.9
+    c.agent.adam_b2 = 0.999
+    c.agent.alpha_learning_rate = 1e-4
+    c.agent.alpha_b1 = 0.5
+    c.agent.alpha_b2 = 0.999
+    c.agent.init_temperature = 0.1
+    c.agent.target_entropy_per_dim = -1.0  # target entropy = this x action dimension (SAC's -|A|)
+    c.agent.critic_tau = 0.01  # critic target: Q heads and trunk (Table 2)
+    c.agent.encoder_tau = 0.05  # critic target: conv encoder (CURL's value; ours)
+    c.agent.critic_target_update_every = 2  # updates (Table 2)
+    c.agent.actor_update_every = 2  # updates; actor and temperature (CURL's value; ours)
+    c.agent.log_std_min = -10.0
+    c.agent.log_std_max = 2.0
+    c.agent.compute_dtype = "float32"  # or "bfloat16" (params, optimiser and losses stay float32)
+    c.agent.augmentation = ml_collections.ConfigDict()
+    c.agent.augmentation.enabled = True  # off: centre crop for updates too
+    c.agent.augmentation.translate_pad = 4  # after the crop, a random +-4 px translation (ours; 0: off)
+
+    c.psrl = dmc_psrl_config()
+
+    c.updates_per_step = 1  # gradient updates per agent step per environment (CURL: 1)
+    c.update_every = 1  # agent steps between update dispatches
+    c.update_scan_unroll = 0  # 0 = auto (full unroll on CPU)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 10_000  # environment steps between evaluations (0: only final)
+    c.eval.episodes = 10  # Table 2
+    c.eval.final_episodes = 10
+    c.eval.max_parallel_envs = 10
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every_steps = 2000  # environment steps between loss/throughput records
+    c.log.tensorboard = True
+    c.log.progress_bar = True
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 50_000  # environment steps (0: only at the end)
+    c.checkpoint.keep = 2
+
+    if variant == "smoke":
+        # Same code, small: a few minutes on a 2-core CPU with software rendering.
+        c.name = "sac-smoke"
+        c.total_env_steps = 2400  # cartpole_swingup: 300 agent steps = 2.4 episodes
+        c.env.image_size = 64
+        c.env.crop_size = 56
+        # CPU demos render with dm_control: on a CPU it is ~6x faster than envpool, which renders every
+        # control step (docs/BENCHMARKS.md), and envpool's pixel pool segfaulted twice in ~10 CPU runs.
+        c.env.backend = "dm_control"
+        c.replay.capacity = 2000
+        c.replay.min_size = 100
+        c.agent.batch_size = 8
+        c.agent.encoder_channels = (8, 8, 8, 8)
+        c.agent.latent_dim = 16
+        c.agent.hidden = (64, 64)
+        c.agent.augmentation.translate_pad = 2
+        c.update_every = 2
+        c.eval.every_steps = 1200
+        c.eval.episodes = 2
+        c.eval.final_episodes = 2
+        c.log.every_steps = 400
+        c.checkpoint.every_steps = 1200
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of configs/sac.py (known: 'smoke')")
+    return c

@@ -1,0 +1,42 @@
+"""Train SAC (+ PSRL) on DeepMind Control from pixels.
+
+python launch/dmc.py --config configs/sac_psrl.py --config.env.task=walker_walk
+python launch/dmc.py --config configs/sac.py --config.env.task=cartpole_swingup --config.num_seeds=2
+python launch/dmc.py --config configs/sac_psrl.py:smoke             # a few minutes on CPU
+python launch/dmc.py --config configs/sac.py --config.run_dir=runs/X --config.resume=True
+
+Rendering needs an OpenGL platform (EGL or OSMesa; --config.env.gl=auto|egl|osmesa). On Debian or
+Ubuntu: apt-get install -y libegl1 libgl1-mesa-dri libosmesa6 (scripts/setup.sh does it).
+--config.env.backend=dm_control runs the pure-Python dm_control suite where envpool cannot.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from psrl_jax.config import ConfigError  # noqa: E402
+from psrl_jax.envs.gl import GLError  # noqa: E402
+from psrl_jax.train.checkpoint import CheckpointError  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sac_psrl.py[:smoke]")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    from psrl_jax.train.dmc_trainer import train
+
+    try:
+        run_dir = train(_CONFIG.value)
+    except (ConfigError, CheckpointError, GLError) as error:
+        sys.exit(f"error: {error}")
+    print(f"run directory: {run_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

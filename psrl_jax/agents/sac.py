@@ -1,0 +1,330 @@
+"""Soft actor-critic from pixels (CURL / SAC-AE recipe, Table 2), optionally with PSRL's
+paired-similarity losses on the critic's encoder (config.psrl; losses/psrl.py).
+
+Pure functions over an explicit `SACState`; the trainer vmaps `init`, `act` and `update_many`
+over a leading seed axis, as for Rainbow. One update:
+
+  1. critic (+ PSRL): the online encoder on the augmented o_k; twin Q and the soft target from the
+     critic target on o_{k+n} with a' from the actor on the (detached) online maps of o_{k+n}. The
+     PSRL loss is added to the critic's, so it trains the encoder and the PSRL modules with the
+     critic's optimiser (ours; CURL gives its auxiliary loss its own optimiser at the same rate).
+  2. actor and temperature, every `actor_update_every` updates: the actor reads the maps of the
+     *updated* encoder, detached (CURL: "actor uses detached encoder features"); the temperature
+     has its own Adam (beta1 0.5, Table 2).
+  3. critic target, every `critic_target_update_every` updates: EMA with critic_tau for the trunk
+     and Q heads and encoder_tau for the conv encoder (CURL); PSRL's EMA target every update.
+
+Steps that are not due still run under jit (the update is one static graph) and are discarded with
+`jnp.where`, so actor, temperature and targets change exactly when they are due.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from psrl_jax.losses import sac as sac_losses
+from psrl_jax.losses.psrl import ema_source, init_psrl_params, make_psrl_modules, psrl_enabled, psrl_loss
+from psrl_jax.networks.q_network import compute_dtype
+from psrl_jax.networks.sac_networks import SACActor, SACCritic, tanh_gaussian
+from psrl_jax.ops.augment import augment_pixels, center_crop, to_float
+from psrl_jax.replay.sequence_replay import SequenceBatch
+
+
+@flax.struct.dataclass
+class SACState:
+    critic_params: Any  # {"params": {"torso", "trunk", "q1", "q2"}}
+    critic_target: Any  # EMA copy of critic_params (the soft target's networks)
+    actor_params: Any  # {"params": {"trunk", "mlp"}}; the conv encoder is the critic's
+    log_alpha: jax.Array  # float32 [], log of the temperature
+    aux_params: Any  # PSRL modules ({} without PSRL)
+    ema_params: Any  # PSRL target side: EMA of the encoder and the projection ({} without PSRL)
+    batch_stats: Any  # BatchNorm statistics of the correspondence module ({} without PSRL)
+    critic_opt_state: Any  # Adam over {"critic": critic_params, "aux": aux_params}
+    actor_opt_state: Any
+    alpha_opt_state: Any
+    key: jax.Array
+    update_step: jax.Array  # int32 [], gradient updates so far
+
+
+def learning_rate(config) -> float:
+    """Table 2's learning rate for config.env.task (2e-4 on cheetah_run, else 1e-3)."""
+    per_task = config.agent.learning_rate_per_task
+    return float(per_task[config.env.task]) if config.env.task in per_task else float(config.agent.learning_rate)
+
+
+def _where(flag, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(flag, n, o), new, old)
+
+
+@dataclasses.dataclass(frozen=True)
+class SACAgent:
+    """The static parts of the agent; every method is pure."""
+
+    config: Any
+    action_dim: int
+    observation_shape: tuple  # (frame_stack, H, W, 3): the rendered (uncropped) stack
+
+    @property
+    def framewise(self) -> bool:
+        return self.config.agent.encoder == "framewise"
+
+    @property
+    def critic(self) -> SACCritic:
+        a = self.config.agent
+        return SACCritic(
+            encoder=a.encoder,
+            encoder_channels=tuple(a.encoder_channels),
+            encoder_strides=tuple(a.encoder_strides),
+            latent_dim=a.latent_dim,
+            hidden=tuple(a.hidden),
+            dtype=compute_dtype(a),
+        )
+
+    @property
+    def actor(self) -> SACActor:
+        a = self.config.agent
+        return SACActor(
+            action_dim=self.action_dim,
+            framewise=self.framewise,
+            latent_dim=a.latent_dim,
+            hidden=tuple(a.hidden),
+            log_std_min=a.log_std_min,
+            log_std_max=a.log_std_max,
+            dtype=compute_dtype(a),
+        )
+
+    @property
+    def psrl(self):
+        return make_psrl_modules(self.config, self.critic, num_actions=0) if psrl_enabled(self.config) else None
+
+    def _adam(self, lr, b1, b2):
+        return optax.adam(lr, b1=b1, b2=b2)
+
+    @property
+    def critic_optimizer(self):
+        a = self.config.agent
+        return self._adam(learning_rate(self.config), a.adam_b1, a.adam_b2)
+
+    @property
+    def actor_optimizer(self):
+        return self.critic_optimizer
+
+    @property
+    def alpha_optimizer(self):
+        a = self.config.agent
+        return self._adam(a.alpha_learning_rate, a.alpha_b1, a.alpha_b2)
+
+    @property
+    def target_entropy(self) -> float:
+        return float(self.config.agent.target_entropy_per_dim) * self.action_dim
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.config.env.crop_size)
+
+    def init(self, key: jax.Array) -> SACState:
+        key, k_critic, k_actor, k_aux = jax.random.split(key, 4)
+        frames = self.observation_shape[0]
+        dummy = jnp.zeros((1, frames, self.crop_size, self.crop_size, self.observation_shape[-1]), jnp.float32)
+        critic_params = self.critic.init(k_critic, dummy, jnp.zeros((1, self.action_dim)))
+        maps, skip = self.critic.apply(critic_params, dummy, return_skip=True, method="encode")
+        actor_params = self.actor.init(k_actor, maps)
+        aux_params, ema_params, batch_stats = {}, {}, {}
+        if self.psrl is not None:
+            aux_params, batch_stats = init_psrl_params(
+                k_aux, self.psrl, self.config, 0, maps.shape[2:], skip.shape[2:], action_dim=self.action_dim
+            )
+            ema_params = ema_source(critic_params, aux_params)
+        log_alpha = jnp.asarray(np.log(self.config.agent.init_temperature), jnp.float32)
+        return SACState(
+            critic_params=critic_params,
+            critic_target=critic_params,
+            actor_params=actor_params,
+            log_alpha=log_alpha,
+            aux_params=aux_params,
+            ema_params=ema_params,
+            batch_stats=batch_stats,
+            critic_opt_state=self.critic_optimizer.init({"critic": critic_params, "aux": aux_params}),
+            actor_opt_state=self.actor_optimizer.init(actor_params),
+            alpha_opt_state=self.alpha_optimizer.init(log_alpha),
+            key=key,
+            update_step=jnp.zeros((), jnp.int32),
+        )
+
+    def _policy(self, actor_params, maps):
+        mean, log_std = self.actor.apply(actor_params, maps)
+        return tanh_gaussian(mean, log_std), mean
+
+    def act(self, state: SACState, obs_uint8, key, deterministic: bool):
+        """Actions in [-1, 1]^A for rendered stacks uint8 [N, F, H, W, 3] (centre-cropped here):
+        a sample of the policy when training, tanh of its mean when evaluating."""
+        obs = to_float(center_crop(obs_uint8, self.crop_size))
+        maps = self.critic.apply(state.critic_params, obs, method="encode")
+        policy, mean = self._policy(state.actor_params, maps)
+        return jnp.tanh(mean) if deterministic else policy.sample(seed=key)
+
+    def _augment(self, key, obs_uint8):
+        aug = self.config.agent.augmentation
+        if aug.enabled:
+            return augment_pixels(key, obs_uint8, self.crop_size, aug.translate_pad)
+        return to_float(center_crop(obs_uint8, self.crop_size))
+
+    def critic_loss(self, trainable, state: SACState, batch: SequenceBatch, obs, future_obs, target):
+        """Twin-Q loss plus, when on, the PSRL loss. Returns (loss, (new batch_stats, metrics))."""
+        critic = self.critic
+        maps, skip = critic.apply(trainable["critic"], obs, return_skip=True, method="encode")
+        q1, q2 = critic.apply(trainable["critic"], maps, batch.action, method="q_from_maps")
+        valid = batch.valid
+        total = sac_losses.masked_mean(sac_losses.critic_loss(q1, q2, target), valid)
+        metrics = {"loss/critic": total, "q/mean": sac_losses.masked_mean(0.5 * (q1 + q2), valid)}
+        batch_stats = state.batch_stats
+        if self.psrl is not None:
+            with jax.named_scope("psrl_loss"):
+                per_sample, batch_stats, psrl_metrics = psrl_loss(
+                    trainable["aux"],
+                    state.batch_stats,
+                    state.ema_params,
+                    online_maps=maps,
+                    online_skip=skip,
+                    future_obs=future_obs,
+                    actions=batch.future_actions,
+                    future_mask=batch.future_mask * valid[:, None],
+                    valid=valid,
+                    config=self.config,
+                    modules=self.psrl,
+                    encode_online=lambda o: critic.apply(trainable["critic"], o, return_skip=True, method="encode"),
+                )
+            total = total + jnp.mean(per_sample)
+            metrics.update(psrl_metrics)
+        return total, (batch_stats, metrics)
+
+    def update(self, state: SACState, batch: SequenceBatch):
+        """One SAC (+ PSRL) update. Returns (new state, metrics)."""
+        a = self.config.agent
+        key, k_aug, k_aug_next, k_next, k_actor, k_psrl = jax.random.split(state.key, 6)
+        critic = self.critic
+        alpha = jnp.exp(state.log_alpha)
+        frames = batch.obs.shape[1]
+
+        future_obs = None
+        if self.psrl is not None and self.config.psrl.shared_shift:
+            # o_k and o_{k+1..k+K} share one crop and translation (as on Atari), so flows see true motion.
+            future = batch.future_obs.reshape(batch.obs.shape[:1] + (-1,) + batch.obs.shape[2:])
+            both = self._augment(k_aug, jnp.concatenate([batch.obs, future], axis=1))
+            obs, future_obs = both[:, :frames], both[:, frames:].reshape(batch.future_obs.shape[:3] + both.shape[2:])
+        else:
+            obs = self._augment(k_aug, batch.obs)
+            if self.psrl is not None:
+                future = batch.future_obs.reshape((-1,) + batch.future_obs.shape[2:])
+                future_obs = self._augment(k_psrl, future).reshape(batch.future_obs.shape[:3] + obs.shape[2:])
+        next_obs = self._augment(k_aug_next, batch.next_obs)
+
+        # Soft target: a' from the current actor on the online encoder's detached maps of o_{k+n}.
+        with jax.named_scope("soft_target"):
+            next_maps = critic.apply(state.critic_params, next_obs, method="encode")
+            policy, _ = self._policy(state.actor_params, next_maps)
+            next_action, next_log_prob = policy.sample_and_log_prob(seed=k_next)
+            next_q1, next_q2 = critic.apply(state.critic_target, next_obs, next_action)
+            target = sac_losses.soft_target(
+                batch.n_step_return, batch.bootstrap_discount, next_q1, next_q2, next_log_prob, alpha
+            )
+
+        with jax.named_scope("critic"):
+            trainable = {"critic": state.critic_params, "aux": state.aux_params}
+            grads, (batch_stats, metrics) = jax.grad(self.critic_loss, has_aux=True)(
+                trainable, state, batch, obs, future_obs, target
+            )
+            updates, critic_opt_state = self.critic_optimizer.update(grads, state.critic_opt_state, trainable)
+            trainable = optax.apply_updates(trainable, updates)
+        critic_params, aux_params = trainable["critic"], trainable["aux"]
+
+        step = state.update_step + 1
+        with jax.named_scope("actor"):
+            maps = jax.lax.stop_gradient(critic.apply(critic_params, obs, method="encode"))
+
+            def actor_loss(actor_params):
+                policy, _ = self._policy(actor_params, maps)
+                action, log_prob = policy.sample_and_log_prob(seed=k_actor)
+                q1, q2 = critic.apply(critic_params, maps, action, method="q_from_maps")
+                return sac_losses.masked_mean(sac_losses.actor_loss(log_prob, q1, q2, alpha), batch.valid), log_prob
+
+            (loss_actor, log_prob), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor_params)
+            updates, actor_opt_state = self.actor_optimizer.update(actor_grads, state.actor_opt_state)
+            actor_params = optax.apply_updates(state.actor_params, updates)
+
+            def alpha_loss(log_alpha):
+                per_sample = sac_losses.temperature_loss(log_alpha, log_prob, self.target_entropy)
+                return sac_losses.masked_mean(per_sample, batch.valid)
+
+            loss_alpha, alpha_grad = jax.value_and_grad(alpha_loss)(state.log_alpha)
+            updates, alpha_opt_state = self.alpha_optimizer.update(alpha_grad, state.alpha_opt_state)
+            log_alpha = optax.apply_updates(state.log_alpha, updates)
+            actor_due = step % a.actor_update_every == 0
+            actor_params, actor_opt_state, log_alpha, alpha_opt_state = _where(
+                actor_due,
+                (actor_params, actor_opt_state, log_alpha, alpha_opt_state),
+                (state.actor_params, state.actor_opt_state, state.log_alpha, state.alpha_opt_state),
+            )
+
+        target_due = step % a.critic_target_update_every == 0
+        new_target = {
+            "params": {
+                name: optax.incremental_update(
+                    critic_params["params"][name],
+                    state.critic_target["params"][name],
+                    a.encoder_tau if name == "torso" else a.critic_tau,
+                )
+                for name in critic_params["params"]
+            }
+        }
+        critic_target = _where(target_due, new_target, state.critic_target)
+        ema_params = state.ema_params
+        if self.psrl is not None:
+            decay = self.config.psrl.target_ema_decay
+            ema_params = optax.incremental_update(ema_source(critic_params, aux_params), ema_params, 1.0 - decay)
+
+        metrics = dict(
+            metrics,
+            **{
+                "loss/actor": loss_actor,
+                "loss/temperature": loss_alpha,
+                "alpha": jnp.exp(log_alpha),
+                "policy/entropy": -sac_losses.masked_mean(log_prob, batch.valid),
+                "replay/valid_fraction": jnp.mean(batch.valid),
+                "optim/critic_grad_norm": optax.global_norm(grads),
+            },
+        )
+        new_state = SACState(
+            critic_params=critic_params,
+            critic_target=critic_target,
+            actor_params=actor_params,
+            log_alpha=log_alpha,
+            aux_params=aux_params,
+            ema_params=ema_params,
+            batch_stats=batch_stats,
+            critic_opt_state=critic_opt_state,
+            actor_opt_state=actor_opt_state,
+            alpha_opt_state=alpha_opt_state,
+            key=key,
+            update_step=step,
+        )
+        return new_state, metrics
+
+    def update_many(self, state: SACState, replay, replay_state, num_updates: int, unroll: int = 1):
+        """`num_updates` sample-and-update steps in one dispatch (uniform replay: no priorities)."""
+
+        def one_update(agent_state, _):
+            key, k_sample = jax.random.split(agent_state.key)
+            batch = replay.sample(replay_state, k_sample, 0.0)
+            return self.update(agent_state.replace(key=key), batch)
+
+        if num_updates == 1:  # a length-1 scan is slower on XLA:CPU (agents/rainbow.py update_many)
+            state, metrics = one_update(state, None)
+        else:
+            state, metrics = jax.lax.scan(one_update, state, None, length=num_updates, unroll=unroll)
+        return state, replay_state, jax.tree.map(jnp.mean, metrics)

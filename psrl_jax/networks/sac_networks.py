@@ -1,0 +1,156 @@
+"""SAC networks for DeepMind Control from pixels (DESIGN.md 2, supplementary Table 2; CURL / SAC-AE).
+
+Observations are stacks of RGB frames, float32 [B, F, H, W, 3] in [0, 1] (84x84 after the crop).
+
+  PixelEncoder   4 convs of 32 filters, 3x3, strides 2, 1, 1, 1, ReLU, VALID: 84 -> 41 -> 39 -> 37 -> 35.
+                 "stacked" (CURL, the SAC baseline): the 3F colour channels of the stack are one
+                 image's channels -> [B, 35, 35, 32]. "framewise" (PSRL, Table 3): the same convs
+                 with shared weights on each frame -> per-frame maps [B, F, 35, 35, 32]; the RL heads
+                 see their channel concatenation (DESIGN.md 1).
+  Trunk          flatten -> Linear(latent 50) -> LayerNorm -> tanh (Table 2's latent dimension).
+  SACCritic      encoder + trunk + twin Q MLPs (1024, 1024) on [latent, action].
+  SACActor       its own trunk (the conv encoder is the critic's, fed detached maps, as in CURL)
+                 + MLP (1024, 1024) -> mean and log-std of a tanh-squashed Gaussian.
+
+Parameters of the critic live under "torso" (the conv encoder), "trunk", "q1", "q2", so PSRL's
+EMA target encoder (losses/psrl.py) and the critic target can read the encoder alone.
+`dtype` is the compute dtype (None: float32; bfloat16 for mixed precision); parameters are
+float32 and the encoder's maps, Q values and actor outputs leave the modules in float32.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from psrl_jax.networks.encoders import concat_frames
+
+ENCODERS = ("stacked", "framewise")
+
+
+class PixelEncoder(nn.Module):
+    """CURL's conv stack on [B, F, H, W, 3]; see the module docstring for the two layouts.
+
+    return_skip=True also returns the previous layer's maps (37x37 at 84 px), the skip input of
+    the correspondence module's finest refinement level.
+    """
+
+    channels: Sequence[int] = (32, 32, 32, 32)
+    strides: Sequence[int] = (2, 1, 1, 1)
+    framewise: bool = False
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, return_skip: bool = False):
+        if obs.ndim != 5:
+            raise ValueError(f"expected [B, F, H, W, C], got shape {obs.shape}")
+        batch, frames, height, width, colours = obs.shape
+        if self.framewise:
+            h = obs.reshape(batch * frames, height, width, colours)
+        else:
+            h = jnp.moveaxis(obs, 1, 3).reshape(batch, height, width, frames * colours)  # frame-major channels
+        outputs = []
+        for channels, stride in zip(self.channels, self.strides, strict=True):
+            h = nn.relu(nn.Conv(channels, (3, 3), (stride, stride), padding="VALID", dtype=self.dtype)(h))
+            outputs.append(h)
+        if self.framewise:
+            outputs = [o.reshape((batch, frames) + o.shape[1:]) for o in outputs]
+        outputs = [o.astype(jnp.float32) for o in outputs]
+        return (outputs[-1], outputs[-2]) if return_skip else outputs[-1]
+
+
+def flatten_maps(maps: jax.Array, framewise: bool) -> jax.Array:
+    """Encoder maps -> [B, D]; per-frame maps are channel-concatenated first (frame-major)."""
+    if framewise:
+        maps = concat_frames(maps)
+    return maps.reshape(maps.shape[0], -1)
+
+
+class Trunk(nn.Module):
+    """flatten -> Linear(latent) -> LayerNorm -> tanh (SAC-AE / CURL)."""
+
+    latent_dim: int = 50
+    framewise: bool = False
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, maps: jax.Array) -> jax.Array:
+        x = nn.Dense(self.latent_dim, dtype=self.dtype)(flatten_maps(maps, self.framewise))
+        return jnp.tanh(nn.LayerNorm(dtype=jnp.float32)(x.astype(jnp.float32)))
+
+
+class MLP(nn.Module):
+    """Dense-ReLU layers, then a linear output. Flax's default (LeCun normal) init: SAC-AE's orthogonal
+    init made jit(vmap(init)) hang on XLA:CPU with 2 cores (batched QR custom calls; measured)."""
+
+    hidden: Sequence[int]
+    out: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+        return nn.Dense(self.out, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class SACCritic(nn.Module):
+    """(obs, action) -> (Q1, Q2), each [B]. `encode` / `q_from_maps` split the pass so the maps of
+    one encoder call serve the critic, the actor (detached) and the PSRL losses."""
+
+    encoder: str = "stacked"
+    encoder_channels: Sequence[int] = (32, 32, 32, 32)
+    encoder_strides: Sequence[int] = (2, 1, 1, 1)
+    latent_dim: int = 50
+    hidden: Sequence[int] = (1024, 1024)
+    dtype: Any = None
+
+    def setup(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        framewise = self.encoder == "framewise"
+        self.torso = PixelEncoder(self.encoder_channels, self.encoder_strides, framewise, self.dtype)
+        self.trunk = Trunk(self.latent_dim, framewise, self.dtype)
+        self.q1 = MLP(tuple(self.hidden), 1, self.dtype)
+        self.q2 = MLP(tuple(self.hidden), 1, self.dtype)
+
+    def encode(self, obs: jax.Array, train: bool = True, return_skip: bool = False):
+        """Encoder maps of `obs` (train is accepted for the PSRL modules' interface; no dropout here)."""
+        del train
+        return self.torso(obs, return_skip)
+
+    def q_from_maps(self, maps: jax.Array, action: jax.Array):
+        x = jnp.concatenate([self.trunk(maps), action.astype(jnp.float32)], axis=-1)
+        return self.q1(x)[:, 0], self.q2(x)[:, 0]
+
+    def __call__(self, obs: jax.Array, action: jax.Array):
+        return self.q_from_maps(self.encode(obs), action)
+
+
+class SACActor(nn.Module):
+    """Encoder maps (detached by the caller) -> (mean [B, A], log_std [B, A]) of the pre-tanh Gaussian."""
+
+    action_dim: int
+    framewise: bool = False
+    latent_dim: int = 50
+    hidden: Sequence[int] = (1024, 1024)
+    log_std_min: float = -10.0
+    log_std_max: float = 2.0
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, maps: jax.Array):
+        latent = Trunk(self.latent_dim, self.framewise, self.dtype, name="trunk")(maps)
+        out = MLP(tuple(self.hidden), 2 * self.action_dim, self.dtype, name="mlp")(latent)
+        mean, log_std = jnp.split(out, 2, axis=-1)
+        # SAC-AE / CURL: squash log_std into [min, max] with tanh (bounded, smooth).
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (jnp.tanh(log_std) + 1.0)
+        return mean, log_std
+
+
+def tanh_gaussian(mean: jax.Array, log_std: jax.Array) -> distrax.Distribution:
+    """The policy: a diagonal Gaussian squashed by tanh into (-1, 1)^A (distrax's stable log-det)."""
+    return distrax.Transformed(distrax.MultivariateNormalDiag(mean, jnp.exp(log_std)), distrax.Block(distrax.Tanh(), 1))

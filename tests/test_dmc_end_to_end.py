@@ -1,0 +1,144 @@
+"""DMC smoke runs through launch/dmc.py with 2 vmapped seeds: SAC trains, evaluates, checkpoints, is
+killed, resumes and finishes; SAC + PSRL logs every PSRL term. The smoke configs render with the
+dm_control backend (configs/sac.py says why); tests/test_dmc_env.py checks envpool's pixel pool
+against it (same specs, same rewards from the same physics start)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+REPEAT = 8  # cartpole_swingup's PlaNet action repeat (the smoke configs leave it unset)
+EPISODE_AGENT_STEPS = 1000 // REPEAT  # 125
+
+
+def _command(run_dir, *extra, config="configs/sac.py:smoke"):
+    return [
+        sys.executable,
+        "launch/dmc.py",
+        "--config",
+        config,
+        "--config.num_seeds=2",
+        f"--config.run_dir={run_dir}",
+        "--config.log.progress_bar=False",
+        *extra,
+    ]
+
+
+def _records(run_dir, seed, kind):
+    with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def _checkpoint_steps(run_dir):
+    path = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def _train_until_first_checkpoint_then_kill(command, run_dir):
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not _checkpoint_steps(run_dir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert process.poll() is None, process.stdout.read().decode()[-3000:]
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)  # an interrupted run: no clean shutdown
+    process.wait()
+    return _checkpoint_steps(run_dir)[-1]
+
+
+def _finite(record, name):
+    return name in record and math.isfinite(record[name])
+
+
+def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
+    run_dir = str(tmp_path / "sac")
+    first_checkpoint = _train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
+    assert first_checkpoint == 1200  # checkpoint.every_steps of the smoke config
+
+    resumed = subprocess.run(
+        _command(run_dir, "--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["env"]["task"] == "cartpole_swingup"
+    assert config["env"]["action_repeat"] == REPEAT  # resolved from the task and recorded
+    assert config["num_seeds"] == 2
+    total = config["total_env_steps"]
+    with open(os.path.join(run_dir, "final_eval.json")) as f:
+        final = json.load(f)
+    assert final["env_step"] == total
+    assert len(final["return_mean_per_seed"]) == 2 and all(map(math.isfinite, final["return_mean_per_seed"]))
+    assert _checkpoint_steps(run_dir)[-1] == total
+
+    learning_starts = config["replay"]["min_size"] * REPEAT
+    per_seed = []
+    for seed in (0, 1):
+        records = {kind: _records(run_dir, seed, kind) for kind in ("update", "train_episode", "eval", "final_eval")}
+        for kind, rows in records.items():
+            steps = [r["env_step"] for r in rows]
+            assert all(s % REPEAT == 0 and 0 < s <= total for s in steps), (kind, steps)
+            # Nothing is logged twice across the kill and resume.
+            assert steps == sorted(steps) and len(steps) == len(set(steps)), (kind, steps)
+        updates = records["update"]
+        assert updates[-1]["env_step"] == total
+        late = [r for r in updates if r["env_step"] > learning_starts]
+        assert late and all(_finite(r, "loss/critic") and _finite(r, "loss/actor") for r in late), late
+        assert late[-1]["updates_per_seed"] > 0
+        episodes = records["train_episode"]
+        assert episodes and all(r["length"] == EPISODE_AGENT_STEPS for r in episodes), episodes
+        assert all(math.isfinite(r["return"]) for r in episodes)
+        evals = records["eval"]
+        assert evals and all(r["episodes"] == config["eval"]["episodes"] for r in evals)
+        assert all(len(r["returns"]) == r["episodes"] for r in evals)
+        (final_record,) = records["final_eval"]
+        assert final_record["episodes"] == config["eval"]["final_episodes"]
+        assert all(map(math.isfinite, final_record["returns"]))
+        assert final_record["return_mean"] == pytest.approx(final["return_mean_per_seed"][seed])
+        per_seed.append(records)
+
+    # The two vmapped seeds are different agents: their losses (and returns) are not copies.
+    losses = [[r["loss/critic"] for r in s["update"] if "loss/critic" in r] for s in per_seed]
+    returns = [[x for r in s["eval"] + s["final_eval"] for x in r["returns"]] for s in per_seed]
+    assert losses[0] != losses[1] and returns[0] != returns[1]
+
+
+def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
+    run_dir = str(tmp_path / "psrl")
+    run = subprocess.run(
+        _command(run_dir, config="configs/sac_psrl.py:smoke"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["env"]["backend"] == "dm_control" and config["agent"]["encoder"] == "framewise"
+    terms = ("loss/psrl", "loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
+    per_seed = []
+    for seed in (0, 1):
+        updates = [r for r in _records(run_dir, seed, "update") if r["updates_per_seed"] > 0 and "loss/critic" in r]
+        assert updates and updates[-1]["env_step"] == config["total_env_steps"]
+        for record in updates:
+            for name in (*terms, "loss/critic", "psrl/flow_magnitude"):
+                assert _finite(record, name), (name, record)
+        assert updates[-1]["psrl/flow_magnitude"] > 0
+        (final,) = _records(run_dir, seed, "final_eval")
+        assert all(map(math.isfinite, final["returns"]))
+        per_seed.append([r["loss/psrl"] for r in updates])
+    assert per_seed[0] != per_seed[1]  # independent seeds
+    assert os.path.exists(os.path.join(run_dir, "final_eval.json"))
