@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds .whl/site.tar.xz: the Python packages this project needs that the lent GPU machine's image
 # lacks (it has JAX 0.11 + CUDA, flax, optax, chex, orbax, numpy, scipy, matplotlib, pandas, tqdm, but
-# no package registry). cp312 x86-64 wheels, unpacked; envpool slimmed to its Atari and MuJoCo/DMC
+# no package registry). cp312 x86-64 wheels, unpacked (dm_control + mujoco included for DMC's
+# pure-Python backend; rendering also needs an EGL vendor library on that machine, e.g. NVIDIA's); envpool slimmed to its Atari and MuJoCo/DMC
 # parts so that the bundle fits the device tool's 64 MiB carry. On the device:
 #   mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -19,7 +20,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   "${PLATFORMS[@]}" -d "$OUT/download" \
   envpool==1.2.5 envpool-assets==0.3.0 rlax==0.1.9 distrax==0.1.9 dm-env==1.6 dm-tree==0.1.10 \
   flashbax==0.1.3 ml-collections==1.1.0 tensorboardX==2.6.5 gymnasium==1.4.0 farama-notifications \
-  optree==0.20.0 types-protobuf tfp-nightly==0.26.0.dev20261027
+  optree==0.20.0 types-protobuf tfp-nightly==0.26.0.dev20261027 \
+  dm-control==1.0.50 mujoco==3.17.0 PyOpenGL==3.1.10 glfw lxml pyparsing
 for wheel in "$OUT"/download/*.whl; do
   python3 -m zipfile -e "$wheel" "$OUT/site"
 done
@@ -30,6 +32,12 @@ for env in box2d classic_control gfootball highway jumanji minigrid pgx procgen 
   # its __init__ imports the deleted binary; registration only needs the package to exist
   echo '"""Left out of this bundle (scripts/gpu_bundle.sh)."""' >"$OUT/site/envpool/$env/__init__.py"
 done
+# dm_control: the suite needs neither locomotion's 83 MB of assets nor the manipulation/blender parts
+rm -rf "$OUT/site/dm_control/locomotion" "$OUT/site/dm_control/manipulation" "$OUT/site/dm_control/blender"
+# nor the dog domain's 20 MB of meshes (the dog tasks then fail to load; no PlaNet task uses them),
+# nor mujoco's studio/experimental extras (the suite uses mujoco's core bindings and renderer only)
+find "$OUT/site/dm_control/suite/dog_assets" -type f -delete
+rm -rf "$OUT/site/mujoco/studio" "$OUT/site/mujoco/experimental"
 for assets in gfootball procgen vizdoom; do
   # registration lists some of these folders at import: keep the folders, drop the files
   find "$OUT/site/envpool_assets/$assets" -type f -delete

@@ -111,3 +111,16 @@ def _normalise(value):
     if isinstance(value, dict):
         return {k: _normalise(v) for k, v in value.items()}
     return value
+
+
+def checkpoint_header(env_step, config_dict, episode_counts, updates_per_seed, last_eval, eval_index) -> dict:
+    """The JSON saved next to a checkpoint's arrays: where the run stands, and the config fields a
+    resume must match."""
+    return {
+        "env_step": int(env_step),
+        "compatibility": compatibility_header(config_dict),
+        "episode_counts": [int(c) for c in episode_counts],
+        "updates_per_seed": int(updates_per_seed),
+        "last_eval": last_eval,
+        "eval_index": eval_index,
+    }

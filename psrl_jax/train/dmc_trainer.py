@@ -30,8 +30,16 @@ from psrl_jax.envs.dmc import DMCEpisodeStats, action_repeat_for, make_dmc_envs,
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay, sequence_length
 from psrl_jax.train import sharding
 from psrl_jax.train.atari_trainer import MULTI_PROCESS_MISSING, push_frames, resolve_scan_unroll
-from psrl_jax.train.checkpoint import Checkpointer, compatibility_header
-from psrl_jax.train.run_dir import MetricsLogger, set_aside_previous_attempt, truncate_metrics_after, write_run_info
+from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
+from psrl_jax.train.run_dir import (
+    MetricsLogger,
+    set_aside_previous_attempt,
+    truncate_metrics_after,
+    write_episode_records,
+    write_eval_records,
+    write_run_info,
+    write_update_records,
+)
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
 
@@ -286,20 +294,7 @@ class DMCTrainer:
             env_step = (iteration + 1) * step_size
             window_steps += step_size
             progress.update(step_size)
-            for episode in episodes.update(arrays):
-                seed_index = episode.env_index // E
-                episode_counts[seed_index] += 1
-                logger.write(
-                    seed_index,
-                    "train_episode",
-                    env_step,
-                    {
-                        "return": episode.episode_return,
-                        "length": episode.length,
-                        "truncated": bool(episode.truncated),
-                        "episode": int(episode_counts[seed_index]),
-                    },
-                )
+            write_episode_records(logger, episodes.update(arrays), episode_counts, E, env_step)
             done = iteration + 1 == self.total_iterations
 
             if crossed(env_step, step_size, cfg.log.every_steps) or done:
@@ -310,14 +305,7 @@ class DMCTrainer:
                     "updates_per_s_all_seeds": window_updates * S / elapsed,
                     "updates_per_seed": updates_done,
                 }
-                means = (
-                    sharding.to_host(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
-                    if window_metrics
-                    else {}
-                )
-                for i in range(S):
-                    logger.write(i, "update", env_step, {**rates, **{k: float(v[i]) for k, v in means.items()}})
-                logger.flush()
+                write_update_records(logger, env_step, rates, window_metrics)
                 progress.set_postfix(
                     sps=f"{rates['env_steps_per_s_all_seeds']:.0f}",
                     ups=f"{rates['updates_per_s_all_seeds']:.1f}",
@@ -351,32 +339,12 @@ class DMCTrainer:
     def _log_eval(self, logger, state, env_step, episodes, eval_index, kind):
         start = time.time()
         returns = self.evaluate(state.agent, episodes, eval_index)
-        for i in range(self.num_seeds):
-            logger.write(
-                i,
-                kind,
-                env_step,
-                {
-                    "return_mean": float(np.mean(returns[i])),
-                    "return_std": float(np.std(returns[i])),
-                    "episodes": int(returns.shape[1]),
-                    "returns": returns[i].tolist(),
-                    "seconds": time.time() - start,
-                },
-            )
-        logger.flush()
+        write_eval_records(logger, kind, env_step, returns, time.time() - start)
         tqdm.write(f"[{kind}] env_step={env_step} return per seed: {np.round(returns.mean(1), 1).tolist()}")
         return returns
 
     def _save(self, state, env_step, config_dict, episode_counts, updates_done, last_eval, eval_index):
-        header = {
-            "env_step": int(env_step),
-            "compatibility": compatibility_header(config_dict),
-            "episode_counts": [int(c) for c in episode_counts],
-            "updates_per_seed": int(updates_done),
-            "last_eval": last_eval,
-            "eval_index": eval_index,
-        }
+        header = checkpoint_header(env_step, config_dict, episode_counts, updates_done, last_eval, eval_index)
         self.checkpointer.save(env_step, state, header)
 
 

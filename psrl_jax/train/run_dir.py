@@ -107,6 +107,7 @@ class MetricsLogger:
     """Appends one JSON line per record to each seed's file, and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir: str, num_seeds: int, tensorboard: bool):
+        self.num_seeds = num_seeds
         os.makedirs(os.path.join(run_dir, "metrics"), exist_ok=True)
         self._files = [open(metrics_path(run_dir, i), "a") for i in range(num_seeds)]
         self._writers = None
@@ -144,3 +145,61 @@ def _to_python(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
+
+
+# ----- records both trainers write (psrl_jax/train/atari_trainer.py, dmc_trainer.py) ----------------
+
+
+def write_episode_records(logger: MetricsLogger, finished, episode_counts, envs_per_seed: int, env_step: int) -> None:
+    """One "train_episode" record per finished episode (FinishedEpisode of envs/atari.py), in the
+    seed that owns its env; `episode_counts` [S] is advanced in place."""
+    for episode in finished:
+        seed_index = episode.env_index // envs_per_seed
+        episode_counts[seed_index] += 1
+        logger.write(
+            seed_index,
+            "train_episode",
+            env_step,
+            {
+                "return": episode.episode_return,
+                "length": episode.length,
+                "truncated": bool(episode.truncated),
+                "episode": int(episode_counts[seed_index]),
+            },
+        )
+
+
+def write_update_records(logger: MetricsLogger, env_step: int, rates: dict, window_metrics: list) -> None:
+    """One "update" record per seed: the rates plus each metric averaged over the window's dispatches
+    (each a dict of [S] device arrays; empty during the warm-up)."""
+    means = {}
+    if window_metrics:
+        import jax
+        import jax.numpy as jnp
+
+        from psrl_jax.train import sharding
+
+        means = sharding.to_host(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
+    for i in range(logger.num_seeds):
+        logger.write(i, "update", env_step, {**rates, **{k: float(v[i]) for k, v in means.items()}})
+    logger.flush()
+
+
+def write_eval_records(logger: MetricsLogger, kind: str, env_step: int, returns, seconds: float) -> None:
+    """One "eval" / "final_eval" record per seed from returns [S, episodes]."""
+    import numpy as np
+
+    for i in range(returns.shape[0]):
+        logger.write(
+            i,
+            kind,
+            env_step,
+            {
+                "return_mean": float(np.mean(returns[i])),
+                "return_std": float(np.std(returns[i])),
+                "episodes": int(returns.shape[1]),
+                "returns": returns[i].tolist(),
+                "seconds": seconds,
+            },
+        )
+    logger.flush()
