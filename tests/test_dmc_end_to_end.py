@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,3 +143,15 @@ def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
         per_seed.append([r["loss/psrl"] for r in updates])
     assert per_seed[0] != per_seed[1]  # independent seeds
     assert os.path.exists(os.path.join(run_dir, "final_eval.json"))
+
+    # The report reads the DMC trainer's own run directory (env.task, env_step in environment steps):
+    # mean ± std over the two seeds' final evaluations at the run's budget.
+    from psrl_jax.analysis.report import ReportOptions, build_report
+
+    budget = config["total_env_steps"]
+    report, warnings = build_report([run_dir], str(tmp_path / "report"), ReportOptions(reps=20, dmc_budgets=(budget,)))
+    assert warnings == []
+    with open(report) as f:
+        text = f.read()
+    finals = [np.mean(_records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
+    assert f"| cartpole_swingup | {np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2) |" in text
