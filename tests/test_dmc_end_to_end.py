@@ -6,15 +6,12 @@ against it (same specs, same rewards from the same physics start)."""
 import json
 import math
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
+from run_helpers import ROOT, checkpoint_steps, launch_command, records, train_until_first_checkpoint_then_kill
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 REPEAT = 8  # cartpole_swingup's PlaNet action repeat (the smoke configs leave it unset)
@@ -22,40 +19,7 @@ EPISODE_AGENT_STEPS = 1000 // REPEAT  # 125
 
 
 def _command(run_dir, *extra, config="configs/sac.py:smoke"):
-    return [
-        sys.executable,
-        "launch/dmc.py",
-        "--config",
-        config,
-        "--config.num_seeds=2",
-        f"--config.run_dir={run_dir}",
-        "--config.log.progress_bar=False",
-        *extra,
-    ]
-
-
-def _records(run_dir, seed, kind):
-    with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
-
-
-def _checkpoint_steps(run_dir):
-    path = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(path):
-        return []
-    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
-
-
-def _train_until_first_checkpoint_then_kill(command, run_dir):
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    while not _checkpoint_steps(run_dir) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    assert process.poll() is None, process.stdout.read().decode()[-3000:]
-    time.sleep(1.0)
-    process.send_signal(signal.SIGKILL)  # an interrupted run: no clean shutdown
-    process.wait()
-    return _checkpoint_steps(run_dir)[-1]
+    return launch_command("dmc.py", run_dir, *extra, config=config)
 
 
 def _finite(record, name):
@@ -64,7 +28,7 @@ def _finite(record, name):
 
 def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
     run_dir = str(tmp_path / "sac")
-    first_checkpoint = _train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
+    first_checkpoint = train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
     assert first_checkpoint == 1200  # checkpoint.every_steps of the smoke config
 
     resumed = subprocess.run(
@@ -82,12 +46,12 @@ def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
         final = json.load(f)
     assert final["env_step"] == total
     assert len(final["return_mean_per_seed"]) == 2 and all(map(math.isfinite, final["return_mean_per_seed"]))
-    assert _checkpoint_steps(run_dir)[-1] == total
+    assert checkpoint_steps(run_dir)[-1] == total
 
     learning_starts = config["replay"]["min_size"] * REPEAT
     per_seed = []
     for seed in (0, 1):
-        records = {kind: _records(run_dir, seed, kind) for kind in ("update", "train_episode", "eval", "final_eval")}
+        records = {kind: records(run_dir, seed, kind) for kind in ("update", "train_episode", "eval", "final_eval")}
         for kind, rows in records.items():
             steps = [r["env_step"] for r in rows]
             assert all(s % REPEAT == 0 and 0 < s <= total for s in steps), (kind, steps)
@@ -132,13 +96,13 @@ def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
     terms = ("loss/psrl", "loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
     per_seed = []
     for seed in (0, 1):
-        updates = [r for r in _records(run_dir, seed, "update") if r["updates_per_seed"] > 0 and "loss/critic" in r]
+        updates = [r for r in records(run_dir, seed, "update") if r["updates_per_seed"] > 0 and "loss/critic" in r]
         assert updates and updates[-1]["env_step"] == config["total_env_steps"]
         for record in updates:
             for name in (*terms, "loss/critic", "psrl/flow_magnitude"):
                 assert _finite(record, name), (name, record)
         assert updates[-1]["psrl/flow_magnitude"] > 0
-        (final,) = _records(run_dir, seed, "final_eval")
+        (final,) = records(run_dir, seed, "final_eval")
         assert all(map(math.isfinite, final["returns"]))
         per_seed.append([r["loss/psrl"] for r in updates])
     assert per_seed[0] != per_seed[1]  # independent seeds
@@ -153,5 +117,5 @@ def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
     assert warnings == []
     with open(report) as f:
         text = f.read()
-    finals = [np.mean(_records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
+    finals = [np.mean(records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
     assert f"| cartpole_swingup | {np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2) |" in text

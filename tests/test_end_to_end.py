@@ -4,58 +4,23 @@ import functools
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from run_helpers import ROOT, checkpoint_steps, launch_command, records, train_until_first_checkpoint_then_kill
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
 def _command(run_dir, *extra, config="configs/rainbow.py:smoke"):
-    return [
-        sys.executable,
-        "launch/atari.py",
-        "--config",
-        config,
-        "--config.num_seeds=2",
-        f"--config.run_dir={run_dir}",
-        "--config.log.progress_bar=False",
-        *extra,
-    ]
-
-
-def _records(run_dir, seed, kind):
-    with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
-
-
-def _checkpoint_steps(run_dir):
-    path = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(path):
-        return []
-    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
-
-
-def _train_until_first_checkpoint_then_kill(command, run_dir):
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    while not _checkpoint_steps(run_dir) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    assert process.poll() is None, process.stdout.read().decode()[-3000:]
-    time.sleep(1.0)
-    process.send_signal(signal.SIGKILL)  # an interrupted run: no clean shutdown
-    process.wait()
-    return _checkpoint_steps(run_dir)[-1]
+    return launch_command("atari.py", run_dir, *extra, config=config)
 
 
 def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     run_dir = str(tmp_path / "run")
-    first_checkpoint = _train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
+    first_checkpoint = train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
     assert 0 < first_checkpoint < 1200
 
     resumed = subprocess.run(
@@ -64,24 +29,24 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     for seed in (0, 1):
-        updates = _records(run_dir, seed, "update")
+        updates = records(run_dir, seed, "update")
         steps = [r["env_step"] for r in updates]
         assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated records after resume
         assert steps[-1] == 1200
         assert all(r["updates_per_seed"] >= 0 for r in updates)
         late = [r for r in updates if r["env_step"] > 400]
         assert late and all("loss/rl" in r and r["loss/rl"] == r["loss/rl"] for r in late)  # finite, present
-        assert _records(run_dir, seed, "train_episode"), "training episodes are logged per seed"
-        evals = _records(run_dir, seed, "eval")
+        assert records(run_dir, seed, "train_episode"), "training episodes are logged per seed"
+        evals = records(run_dir, seed, "eval")
         assert evals and all(r["episodes"] == 2 for r in evals)
-        final = _records(run_dir, seed, "final_eval")
+        final = records(run_dir, seed, "final_eval")
         assert len(final) == 1 and final[0]["episodes"] == 4 and len(final[0]["returns"]) == 4
         assert os.path.isdir(os.path.join(run_dir, "tensorboard", f"seed_{seed}"))
     for name in ("config.json", "versions.json", "final_eval.json"):
         assert os.path.exists(os.path.join(run_dir, name))
     with open(os.path.join(run_dir, "config.json")) as f:
         assert json.load(f)["num_seeds"] == 2
-    assert _checkpoint_steps(run_dir)[-1] == 1200
+    assert checkpoint_steps(run_dir)[-1] == 1200
 
     # A finished run's latest checkpoint can be evaluated on its own.
     evaluation = subprocess.run(
@@ -107,7 +72,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     with open(report) as f:
         text = f.read()
     assert "| 2/2 | 1,200 | 1,200 | complete |" in text
-    finals = [np.mean(_records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
+    finals = [np.mean(records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
     assert f"{np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2)" in text
 
     # Starting again without resume must not overwrite the run.
@@ -150,20 +115,20 @@ def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
     statistics, EMA target and PSRL modules survive a kill and resume."""
     run_dir = str(tmp_path / "psrl")
     command = functools.partial(_command, run_dir, config="configs/rainbow_psrl.py:smoke")
-    first_checkpoint = _train_until_first_checkpoint_then_kill(command(), run_dir)
+    first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
     assert 0 < first_checkpoint < 800
     resumed = subprocess.run(command("--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     terms = ("loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
     for seed in (0, 1):
-        updates = [r for r in _records(run_dir, seed, "update") if r["updates_per_seed"] > 0]
+        updates = [r for r in records(run_dir, seed, "update") if r["updates_per_seed"] > 0]
         assert updates and updates[-1]["env_step"] == 800
         for record in updates:
             for name in (*terms, "loss/psrl", "loss/rl", "psrl/flow_magnitude", "psrl/internal_flow_magnitude"):
                 assert name in record and math.isfinite(record[name]), (name, record)
         assert updates[-1]["psrl/flow_magnitude"] > 0  # the correspondence module has learned something
-        assert len(_records(run_dir, seed, "final_eval")) == 1
-    assert _checkpoint_steps(run_dir)[-1] == 800
+        assert len(records(run_dir, seed, "final_eval")) == 1
+    assert checkpoint_steps(run_dir)[-1] == 800
 
     # The learned correspondences of seed 1 can be drawn from the latest checkpoint.
     figure_path = str(tmp_path / "fig.png")

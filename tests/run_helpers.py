@@ -1,0 +1,49 @@
+"""Helpers of the end-to-end tests: launch a training script, read its run directory, kill it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch_command(script, run_dir, *extra, config):
+    """`python launch/<script> --config <config>` with 2 seeds into run_dir, no progress bar."""
+    return [
+        sys.executable,
+        f"launch/{script}",
+        "--config",
+        config,
+        "--config.num_seeds=2",
+        f"--config.run_dir={run_dir}",
+        "--config.log.progress_bar=False",
+        *extra,
+    ]
+
+
+def records(run_dir, seed, kind):
+    with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def checkpoint_steps(run_dir):
+    path = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def train_until_first_checkpoint_then_kill(command, run_dir):
+    """Start `command`, SIGKILL it once its first checkpoint is complete; return that step."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not checkpoint_steps(run_dir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert process.poll() is None, process.stdout.read().decode()[-3000:]
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)  # an interrupted run: no clean shutdown
+    process.wait()
+    return checkpoint_steps(run_dir)[-1]
