@@ -51,28 +51,28 @@ def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
     learning_starts = config["replay"]["min_size"] * REPEAT
     per_seed = []
     for seed in (0, 1):
-        records = {kind: records(run_dir, seed, kind) for kind in ("update", "train_episode", "eval", "final_eval")}
-        for kind, rows in records.items():
+        by_kind = {kind: records(run_dir, seed, kind) for kind in ("update", "train_episode", "eval", "final_eval")}
+        for kind, rows in by_kind.items():
             steps = [r["env_step"] for r in rows]
             assert all(s % REPEAT == 0 and 0 < s <= total for s in steps), (kind, steps)
             # Nothing is logged twice across the kill and resume.
             assert steps == sorted(steps) and len(steps) == len(set(steps)), (kind, steps)
-        updates = records["update"]
+        updates = by_kind["update"]
         assert updates[-1]["env_step"] == total
         late = [r for r in updates if r["env_step"] > learning_starts]
         assert late and all(_finite(r, "loss/critic") and _finite(r, "loss/actor") for r in late), late
         assert late[-1]["updates_per_seed"] > 0
-        episodes = records["train_episode"]
+        episodes = by_kind["train_episode"]
         assert episodes and all(r["length"] == EPISODE_AGENT_STEPS for r in episodes), episodes
         assert all(math.isfinite(r["return"]) for r in episodes)
-        evals = records["eval"]
+        evals = by_kind["eval"]
         assert evals and all(r["episodes"] == config["eval"]["episodes"] for r in evals)
         assert all(len(r["returns"]) == r["episodes"] for r in evals)
-        (final_record,) = records["final_eval"]
+        (final_record,) = by_kind["final_eval"]
         assert final_record["episodes"] == config["eval"]["final_episodes"]
         assert all(map(math.isfinite, final_record["returns"]))
         assert final_record["return_mean"] == pytest.approx(final["return_mean_per_seed"][seed])
-        per_seed.append(records)
+        per_seed.append(by_kind)
 
     # The two vmapped seeds are different agents: their losses (and returns) are not copies.
     losses = [[r["loss/critic"] for r in s["update"] if "loss/critic" in r] for s in per_seed]
