@@ -20,6 +20,25 @@ def _require(condition: bool, message: str):
         raise ConfigError(message)
 
 
+def _require_integers(fields: dict, minimum: int) -> None:
+    """Every value of {"path.in.config": value} is an int >= minimum."""
+    for name, value in fields.items():
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        _require(isinstance(value, int) and value >= minimum, f"config.{name} must be {kind}, got {value!r}")
+
+
+def _require_even_eval_split(ev) -> None:
+    """Evaluation episodes split evenly over the evaluation envs."""
+    for name in ("episodes", "final_episodes"):
+        episodes = ev[name]
+        envs = min(episodes, ev.max_parallel_envs)
+        _require(
+            episodes % envs == 0,
+            f"config.eval.{name}={episodes} must be a multiple of min({name}, eval.max_parallel_envs)={envs} "
+            "so that every evaluation env plays the same number of episodes (no bias to short episodes)",
+        )
+
+
 def sequence_length(config) -> int:
     """Rows per replayed sequence: the anchor's stack history, then max(n, K) steps ahead."""
     r = config.replay
@@ -52,16 +71,17 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
         "eval.max_episode_frames": ev.max_episode_frames,
         "log.every_steps": config.log.every_steps,
     }
-    for name, value in positive.items():
-        _require(isinstance(value, int) and value >= 1, f"config.{name} must be a positive integer, got {value!r}")
-    for name, value in {
-        "replay.prediction_steps": replay.prediction_steps,
-        "env.num_threads": env.num_threads,
-        "eval.every_steps": ev.every_steps,
-        "checkpoint.every_steps": config.checkpoint.every_steps,
-        "update_scan_unroll": config.update_scan_unroll,
-    }.items():
-        _require(isinstance(value, int) and value >= 0, f"config.{name} must be an integer >= 0, got {value!r}")
+    _require_integers(positive, minimum=1)
+    _require_integers(
+        {
+            "replay.prediction_steps": replay.prediction_steps,
+            "env.num_threads": env.num_threads,
+            "eval.every_steps": ev.every_steps,
+            "checkpoint.every_steps": config.checkpoint.every_steps,
+            "update_scan_unroll": config.update_scan_unroll,
+        },
+        minimum=0,
+    )
     _require(env.image_size >= 36, f"config.env.image_size must be >= 36 (three VALID convs), got {env.image_size}")
     _require(config.checkpoint.keep >= 1, f"config.checkpoint.keep must be >= 1, got {config.checkpoint.keep}")
     _require(0.0 <= env.sticky_action_prob <= 1.0, "config.env.sticky_action_prob must be in [0, 1]")
@@ -122,14 +142,7 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
         config.total_env_steps % env.envs_per_seed == 0,
         f"config.total_env_steps={config.total_env_steps} must be a multiple of env.envs_per_seed={env.envs_per_seed}",
     )
-    for name in ("episodes", "final_episodes"):
-        episodes = ev[name]
-        envs = min(episodes, ev.max_parallel_envs)
-        _require(
-            episodes % envs == 0,
-            f"config.eval.{name}={episodes} must be a multiple of min({name}, eval.max_parallel_envs)={envs} "
-            "so that every evaluation env plays the same number of episodes (no bias to short episodes)",
-        )
+    _require_even_eval_split(ev)
     _require(ev.max_episode_frames >= env.frame_skip, "config.eval.max_episode_frames must be >= env.frame_skip")
     validate_psrl_config(config)
 
@@ -159,17 +172,18 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         "eval.max_parallel_envs": ev.max_parallel_envs,
         "log.every_steps": config.log.every_steps,
     }
-    for name, value in positive.items():
-        _require(isinstance(value, int) and value >= 1, f"config.{name} must be a positive integer, got {value!r}")
-    for name, value in {
-        "replay.prediction_steps": replay.prediction_steps,
-        "env.num_threads": env.num_threads,
-        "env.camera_id": env.camera_id,
-        "eval.every_steps": ev.every_steps,
-        "checkpoint.every_steps": config.checkpoint.every_steps,
-        "update_scan_unroll": config.update_scan_unroll,
-    }.items():
-        _require(isinstance(value, int) and value >= 0, f"config.{name} must be an integer >= 0, got {value!r}")
+    _require_integers(positive, minimum=1)
+    _require_integers(
+        {
+            "replay.prediction_steps": replay.prediction_steps,
+            "env.num_threads": env.num_threads,
+            "env.camera_id": env.camera_id,
+            "eval.every_steps": ev.every_steps,
+            "checkpoint.every_steps": config.checkpoint.every_steps,
+            "update_scan_unroll": config.update_scan_unroll,
+        },
+        minimum=0,
+    )
     _require(
         env.crop_size <= env.image_size,
         f"config.env.image_size={env.image_size} (the rendered size) is smaller than config.env.crop_size="
@@ -236,13 +250,7 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         f"config.total_env_steps={config.total_env_steps} is {config.total_env_steps // env.action_repeat} agent "
         f"steps, not more than replay.min_size={replay.min_size}: no update would ever run",
     )
-    for name in ("episodes", "final_episodes"):
-        episodes = ev[name]
-        envs = min(episodes, ev.max_parallel_envs)
-        _require(
-            episodes % envs == 0,
-            f"config.eval.{name}={episodes} must be a multiple of min({name}, eval.max_parallel_envs)={envs}",
-        )
+    _require_even_eval_split(ev)
     validate_psrl_config(config)
 
 
