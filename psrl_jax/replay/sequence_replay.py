@@ -184,7 +184,9 @@ class SequenceReplay:
         )
 
     def init(self) -> ReplayState:
-        return self.buffer.init(self.example_step())
+        # flashbax's sum tree starts with a weakly typed max priority that its first add makes
+        # strong: without the cast every jitted function taking the state compiles twice.
+        return jax.tree.map(lambda x: x.astype(x.dtype), self.buffer.init(self.example_step()))
 
     def add(self, state: ReplayState, steps: Step) -> ReplayState:
         """Append one time step for each of the E environments (leading axis [E])."""
