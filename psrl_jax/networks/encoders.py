@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from psrl_jax.ops.conv import Conv
+
 
 def concat_frames(maps: jax.Array) -> jax.Array:
     """Per-frame maps [B, F, h, w, C] -> channel concatenation [B, h, w, F*C] (frame-major)."""
@@ -46,7 +48,7 @@ class AtariEncoder(nn.Module):
             h = jnp.moveaxis(x, 1, -1)  # NHWC with frames as channels
         layer_outputs = []
         for channels, kernel, stride in zip(self.channels, self.kernels, self.strides, strict=True):
-            h = nn.Conv(channels, (kernel, kernel), (stride, stride), padding="VALID", dtype=self.dtype)(h)
+            h = Conv(channels, (kernel, kernel), (stride, stride), padding="VALID", dtype=self.dtype)(h)
             h = nn.relu(h)
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from psrl_jax.networks.encoders import concat_frames
+from psrl_jax.ops.conv import Conv
 
 ENCODERS = ("stacked", "framewise")
 
@@ -54,7 +55,7 @@ class PixelEncoder(nn.Module):
             h = jnp.moveaxis(obs, 1, 3).reshape(batch, height, width, frames * colours)  # frame-major channels
         outputs = []
         for channels, stride in zip(self.channels, self.strides, strict=True):
-            h = nn.relu(nn.Conv(channels, (3, 3), (stride, stride), padding="VALID", dtype=self.dtype)(h))
+            h = nn.relu(Conv(channels, (3, 3), (stride, stride), padding="VALID", dtype=self.dtype)(h))
             outputs.append(h)
         if self.framewise:
             outputs = [o.reshape((batch, frames) + o.shape[1:]) for o in outputs]
