@@ -112,6 +112,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # lax.scan unroll of the updates in one dispatch; 0 = auto (full unroll on CPU, where XLA runs
     # convolutions inside loops ~6x slower; no unroll on GPU/TPU).
     c.update_scan_unroll = 0
+    # "host": a Python loop, one collect dispatch and one envpool step per env step (the default; every
+    # platform). "fused": acting, envpool's XLA step, replay insert and updates of log.every_steps env
+    # steps in one compiled lax.scan (psrl_jax/train/fused_loop.py; one device, and log.every_steps
+    # must divide replay.min_size, eval/checkpoint intervals and total_env_steps). Ours.
+    c.loop = "host"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 10_000  # periodic evaluation interval in env steps (0: only final)

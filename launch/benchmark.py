@@ -12,8 +12,11 @@ counts one after another in this process and adds the speed-up of S vmapped seed
 updates run one after another; `--updates_per_dispatch_list=1,2,8` does the same for U updates per
 dispatch (one lax.scan) against one dispatch per update. `--trace_dir` writes a jax.profiler trace
 of a few update dispatches (named scopes: encoder, correspondence, warp, aat, distributional_loss,
-optimizer, ...) for TensorBoard's profile plugin or Perfetto. The replay is filled with random frames (no training), so
-numbers measure the machinery, not learning.
+optimizer, ...) for TensorBoard's profile plugin or Perfetto. `--loops` measures the training loops
+themselves instead: agent env steps/s of the host loop and of the fused loop (config.loop="fused")
+after the warm-up and during it (acting only: the per-step overhead the fused loop removes), and raw
+envpool steps/s with random actions, on the same envs. The replay is filled with random frames (no
+training), so numbers measure the machinery, not learning.
 """
 
 import json
@@ -39,6 +42,13 @@ _DISPATCH_LIST = flags.DEFINE_string(
     "Comma-separated U to measure: U updates per seed in one dispatch (update_every=U, updates_per_step=1)",
 )
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "Write a jax.profiler trace of update dispatches here")
+_LOOPS = flags.DEFINE_bool(
+    "loops",
+    False,
+    "Measure the training loops instead: the host loop and the fused loop (config.loop) after the warm-up, "
+    "and raw envpool with random actions, one after another on the same envs (chunk = config.log.every_steps)",
+)
+_CHUNKS = flags.DEFINE_integer("chunks", 2, "With --loops: timed chunks of log.every_steps env steps per loop")
 flags.mark_flags_as_required(["config"])
 
 
@@ -176,6 +186,91 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     return results
 
 
+def measure_loops(config, chunks: int) -> dict:
+    """Agent env steps/s of the host loop and of the fused loop, and raw envpool steps/s, after the
+    warm-up (replay.min_size random steps, run by the fused warm-up chunks), on the same envs."""
+    import jax
+    import numpy as np
+
+    from psrl_jax.envs.atari import EpisodeStats, convert_timestep
+    from psrl_jax.train.atari_trainer import AtariTrainer
+
+    config.loop = "fused"
+    trainer = AtariTrainer(config)
+    fused, envs = trainer.fused, trainer.envs
+    S, E, L = config.num_seeds, config.env.envs_per_seed, config.log.every_steps
+    life_loss = config.env.terminal_on_life_loss
+    results = {"config": config.name, "game": trainer.task_id, "num_seeds": S, "envs_per_seed": E}
+    results["device"] = str(jax.devices()[0])
+    results["chunk_env_steps"] = L
+    results["updates_per_dispatch"] = trainer.updates_per_dispatch
+
+    state = trainer.init_fn(trainer.seed_keys())
+    env = fused.reset(*convert_timestep(envs.reset(), None, life_loss))
+    start, step = time.perf_counter(), 0
+    while step < config.replay.min_size:
+        state, env, _, _ = fused.advance(state, env, step)
+        step += L
+    jax.block_until_ready(state)
+    results["fused_warmup_seconds_incl_compile"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(chunks):  # more warm-up chunks (env_step 0: random actions, no updates)
+        state, env, _, _ = fused.advance(state, env, 0)
+    jax.block_until_ready(state)
+    results["fused_warmup_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    state, env, _, _ = fused.advance(state, env, step)
+    jax.block_until_ready(state)
+    results["fused_first_training_chunk_seconds_incl_compile"] = time.perf_counter() - start
+    step += L
+    start = time.perf_counter()
+    for _ in range(chunks):
+        state, env, _, _ = fused.advance(state, env, step)
+        step += L
+    jax.block_until_ready(state)
+    results["fused_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
+
+    arrays, lives = convert_timestep(envs.reset(), None, life_loss)
+    episodes = EpisodeStats(S * E)
+    state, arrays, lives, _ = trainer._host_iteration(state, arrays, lives, 0)  # compile the random collect
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(chunks * L // E):
+        state, arrays, lives, _ = trainer._host_iteration(state, arrays, lives, 0)
+        episodes.update(arrays)
+    jax.block_until_ready(state)
+    results["host_warmup_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
+    for _ in range(config.update_every):  # compile the host loop's collect and update first
+        state, arrays, lives, _ = trainer._host_iteration(state, arrays, lives, step)
+        step += E
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(chunks * L // E):
+        state, arrays, lives, _ = trainer._host_iteration(state, arrays, lives, step)
+        episodes.update(arrays)
+        step += E
+    jax.block_until_ready(state)
+    results["host_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
+
+    rng = np.random.default_rng(0)
+    timestep, lives = envs.reset(), None
+    start = time.perf_counter()
+    for _ in range(chunks * L // E):
+        timestep = envs.step(rng.integers(0, trainer.num_actions, S * E).astype(np.int32), trainer.env_ids)
+        arrays, lives = convert_timestep(timestep, lives, life_loss)
+    results["raw_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
+    results["fused_vs_host_warmup"] = (
+        results["fused_warmup_env_steps_per_s_all_seeds"] / results["host_warmup_env_steps_per_s_all_seeds"]
+    )
+    results["fused_vs_host"] = results["fused_env_steps_per_s_all_seeds"] / results["host_env_steps_per_s_all_seeds"]
+    results["host_vs_raw_env"] = results["host_env_steps_per_s_all_seeds"] / results["raw_env_steps_per_s_all_seeds"]
+    results["fused_vs_raw_env"] = results["fused_env_steps_per_s_all_seeds"] / results["raw_env_steps_per_s_all_seeds"]
+    envs.close()
+    trainer.checkpointer.close()
+    return results
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -185,7 +280,14 @@ def main(argv):
     if _SEEDS_LIST.value and _DISPATCH_LIST.value:
         sys.exit("error: vary one thing per benchmark: --seeds_list or --updates_per_dispatch_list")
     runs = []
-    if _DISPATCH_LIST.value:
+    if _LOOPS.value:
+        seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
+        for num_seeds in seeds_list:
+            config.num_seeds = num_seeds
+            runs.append(measure_loops(config, _CHUNKS.value))
+            print(f"measured loops, num_seeds={num_seeds}: fused/host {runs[-1]['fused_vs_host']:.2f}x", flush=True)
+        results = runs[0] if len(runs) == 1 else {"runs": runs}
+    elif _DISPATCH_LIST.value:
         # same replay ratio (1 update per env step), U of them per dispatch every U env steps
         for u in (int(n) for n in _DISPATCH_LIST.value.split(",")):
             config.update_every, config.updates_per_step = u, 1

@@ -144,7 +144,37 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
     )
     _require_even_eval_split(ev)
     _require(ev.max_episode_frames >= env.frame_skip, "config.eval.max_episode_frames must be >= env.frame_skip")
+    loop = config.get("loop", "host")  # run dirs written before the field existed: the host loop
+    _require(loop in ("host", "fused"), f"config.loop must be 'host' or 'fused', got {loop!r}")
+    if loop == "fused":
+        validate_fused_loop_config(config)
     validate_psrl_config(config)
+
+
+def validate_fused_loop_config(config) -> None:
+    """The host comes back every log.every_steps env steps: everything the host does must fall on
+    those boundaries. Cheap; called before any env or compile."""
+    chunk = config.log.every_steps
+    E, update_every = config.env.envs_per_seed, config.update_every
+    problems = []
+    if chunk % (E * update_every):
+        problems.append(
+            f"log.every_steps={chunk} must be a multiple of env.envs_per_seed * update_every = {E * update_every}"
+        )
+    for name, value in (
+        ("replay.min_size", config.replay.min_size),
+        ("eval.every_steps", config.eval.every_steps),
+        ("checkpoint.every_steps", config.checkpoint.every_steps),
+        ("total_env_steps", config.total_env_steps),
+    ):
+        if value % chunk:
+            problems.append(f"{name}={value} must be a multiple of log.every_steps={chunk}")
+    if problems:
+        raise ConfigError(
+            "config.loop='fused' runs log.every_steps env steps per compiled chunk: "
+            + "; ".join(problems)
+            + " (or use config.loop='host')"
+        )
 
 
 def validate_dmc_config(config: ml_collections.ConfigDict) -> None:

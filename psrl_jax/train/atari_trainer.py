@@ -42,6 +42,7 @@ from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_seq
 from psrl_jax.schedules import LinearSchedule
 from psrl_jax.train import sharding
 from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
+from psrl_jax.train.fused_loop import FusedLoop
 from psrl_jax.train.run_dir import (
     MetricsLogger,
     set_aside_previous_attempt,
@@ -140,7 +141,9 @@ class AtariTrainer:
         )
         self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
         self.scan_unroll = resolve_scan_unroll(config.update_scan_unroll, self.updates_per_dispatch)
+        self.env_ids = np.arange(self.num_seeds * self.envs_per_seed, dtype=np.int32)
         self._compile()
+        self.fused = FusedLoop(self) if config.get("loop", "host") == "fused" else None
 
     # ----- jitted, vmapped pieces ---------------------------------------------------------------
     def _init_single(self, key):
@@ -180,18 +183,20 @@ class AtariTrainer:
             kwargs["out_shardings"] = self.seed_sharding
         return jax.jit(fn, **kwargs)
 
+    def vmapped_collect(self, random_actions: bool):
+        """collect over the seed axis: (state, frame, reward, discount, first) -> (state, actions [S, E])."""
+        return jax.vmap(functools.partial(self._collect_single, random_actions=random_actions))
+
+    @property
+    def vmapped_update(self):
+        """One update dispatch over the seed axis: (state, beta) -> (state, metrics [S])."""
+        return jax.vmap(self._update_single, in_axes=(0, None))
+
     def _compile(self):
         self.init_fn = self._jit(jax.vmap(self._init_single))
-        collect_axes = (0, 0, 0, 0, 0)
-        self.collect_random = self._jit(
-            jax.vmap(functools.partial(self._collect_single, random_actions=True), in_axes=collect_axes),
-            donate_argnums=0,
-        )
-        self.collect_policy = self._jit(
-            jax.vmap(functools.partial(self._collect_single, random_actions=False), in_axes=collect_axes),
-            donate_argnums=0,
-        )
-        self.update_fn = self._jit(jax.vmap(self._update_single, in_axes=(0, None)), donate_argnums=0)
+        self.collect_random = self._jit(self.vmapped_collect(random_actions=True), donate_argnums=0)
+        self.collect_policy = self._jit(self.vmapped_collect(random_actions=False), donate_argnums=0)
+        self.update_fn = self._jit(self.vmapped_update, donate_argnums=0)
         self.eval_act = self._jit(jax.vmap(self._eval_act_single))
 
     def put(self, tree):
@@ -272,13 +277,15 @@ class AtariTrainer:
 
         timestep = self.envs.reset()
         arrays, lives = convert_timestep(timestep, None, cfg.env.terminal_on_life_loss)
+        env_carry = self.fused.reset(arrays, lives) if self.fused is not None else None
         total = cfg.total_env_steps
         progress = tqdm(
             total=total,
             initial=start_step,
             unit="step",
             desc=f"{cfg.name} {self.game} x{S}"
-            + (f" on {placement['seed_devices']} devices" if self.seed_sharding is not None else ""),
+            + (f" on {placement['seed_devices']} devices" if self.seed_sharding is not None else "")
+            + (" fused" if self.fused is not None else ""),
             disable=not cfg.log.progress_bar,
             mininterval=1.0 if os.isatty(2) else 30.0,
             miniters=1,  # else tqdm adapts to the fast random warm-up and then barely prints
@@ -286,33 +293,26 @@ class AtariTrainer:
         )
         window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
         env_step = start_step
-        env_ids = np.arange(S * E, dtype=np.int32)
-
-        def to_seed_axis(x):
-            return self.put(np.asarray(x).reshape(S, E, *x.shape[1:]))
 
         while env_step < total:
-            warmup = env_step < cfg.replay.min_size
-            collect = self.collect_random if warmup else self.collect_policy
-            state, actions = collect(
-                state,
-                to_seed_axis(arrays.frame),
-                to_seed_axis(arrays.reward),
-                to_seed_axis(arrays.discount),
-                to_seed_axis(arrays.first),
-            )
-            iteration = env_step // E
-            if not warmup and (iteration + 1) % cfg.update_every == 0:
-                state, metrics = self.update_fn(state, jnp.float32(self.beta(env_step)))
+            if self.fused is not None:  # log.every_steps env steps in one compiled chunk
+                state, env_carry, metrics, finished = self.fused.advance(state, env_carry, env_step)
+                steps = self.fused.chunk_steps
+                dispatches = steps // E // cfg.update_every if metrics is not None else 0
+            else:  # one iteration: E env steps per seed
+                state, arrays, lives, metrics = self._host_iteration(state, arrays, lives, env_step)
+                steps = E
+                dispatches = int(metrics is not None)
+                finished = [(env_step + E, episodes.update(arrays))]
+            if metrics is not None:
                 window_metrics.append(metrics)
-                window_updates += self.updates_per_dispatch
-                updates_done += self.updates_per_dispatch
-            timestep = self.envs.step(np.asarray(sharding.to_host(actions)).reshape(-1), env_ids)
-            arrays, lives = convert_timestep(timestep, lives, cfg.env.terminal_on_life_loss)
-            env_step += E
-            window_steps += E
-            progress.update(E)
-            write_episode_records(logger, episodes.update(arrays), episode_counts, E, env_step)
+            window_updates += dispatches * self.updates_per_dispatch
+            updates_done += dispatches * self.updates_per_dispatch
+            env_step += steps
+            window_steps += steps
+            progress.update(steps)
+            for step_at, finished_episodes in finished:
+                write_episode_records(logger, finished_episodes, episode_counts, E, step_at)
 
             if env_step % cfg.log.every_steps == 0 or env_step >= total:
                 elapsed = max(time.time() - window_start, 1e-9)
@@ -352,6 +352,29 @@ class AtariTrainer:
         self.checkpointer.close()
         self.envs.close()
         return self.run_dir
+
+    def _host_iteration(self, state, arrays, lives, env_step):
+        """collect, maybe an update dispatch, and envpool's step: (state, arrays, lives, metrics or None)."""
+        cfg, S, E = self.config, self.num_seeds, self.envs_per_seed
+
+        def to_seed_axis(x):
+            return self.put(np.asarray(x).reshape(S, E, *x.shape[1:]))
+
+        warmup = env_step < cfg.replay.min_size
+        collect = self.collect_random if warmup else self.collect_policy
+        state, actions = collect(
+            state,
+            to_seed_axis(arrays.frame),
+            to_seed_axis(arrays.reward),
+            to_seed_axis(arrays.discount),
+            to_seed_axis(arrays.first),
+        )
+        metrics = None
+        if not warmup and (env_step // E + 1) % cfg.update_every == 0:
+            state, metrics = self.update_fn(state, jnp.float32(self.beta(env_step)))
+        timestep = self.envs.step(np.asarray(sharding.to_host(actions)).reshape(-1), self.env_ids)
+        arrays, lives = convert_timestep(timestep, lives, cfg.env.terminal_on_life_loss)
+        return state, arrays, lives, metrics
 
     def _log_eval(self, logger, state, env_step, episodes, eval_index, kind):
         start = time.time()
