@@ -11,7 +11,7 @@ num_seeds is a multiple of their count (--config.shard_seeds=auto|on|off, config
 Multi-host: --coordinator=host:port --num_processes=N --process_id=i call jax.distributed.initialize
 before anything else touches JAX, so that jax.devices() spans every host. The Atari trainer does not
 yet split envpool, evaluation, logging and checkpoints by process: it stops with a ConfigError that
-lists what is missing (psrl_jax/train/atari_trainer.py MULTI_PROCESS_MISSING).
+lists what is missing (psrl_jax/train/common.py MULTI_PROCESS_MISSING).
 """
 
 import os

@@ -82,7 +82,7 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     results["compute_dtype"] = config.agent.get("compute_dtype", "float32")
 
     start = time.perf_counter()
-    state = jax.block_until_ready(trainer.init_fn(trainer.seed_keys()))
+    state = jax.block_until_ready(trainer.init_fn(trainer.seeds.keys()))
     results["init_seconds"] = time.perf_counter() - start
     results["replay_bytes_per_transition"] = float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay)))
 
@@ -205,7 +205,7 @@ def measure_loops(config, chunks: int) -> dict:
     results["chunk_env_steps"] = L
     results["updates_per_dispatch"] = trainer.updates_per_dispatch
 
-    state = trainer.init_fn(trainer.seed_keys())
+    state = trainer.init_fn(trainer.seeds.keys())
     env = fused.reset(*convert_timestep(envs.reset(), None, life_loss))
     start, step = time.perf_counter(), 0
     while step < config.replay.min_size:

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psrl_jax.replay.sequence_replay import make_stack
-from psrl_jax.train.atari_trainer import push_frames
+from psrl_jax.train.common import push_frames
 
 
 def test_actor_stack_equals_replay_stack_across_episode_starts():

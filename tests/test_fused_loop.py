@@ -156,7 +156,7 @@ def test_fused_loop_says_why_when_the_chunk_cannot_compile(tmp_path):
         raise RuntimeError("no registered implementation for custom call on platform CUDA")
 
     trainer.fused._xla_step = no_kernel
-    state = trainer.init_fn(trainer.seed_keys())
+    state = trainer.init_fn(trainer.seeds.keys())
     env = trainer.fused.reset(*convert_timestep(trainer.envs.reset(), None, True))
     with pytest.raises(ConfigError, match="could not compile envpool's XLA step.*CUDA.*config.loop='host'"):
         trainer.fused.advance(state, env, 0)

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from psrl_jax.agents.rainbow import RainbowAgent, RainbowState
 from psrl_jax.config import (
     ConfigError,
-    check_writable_directory,
     config_to_dict,
     save_json_atomic,
     validate_atari_config,
@@ -41,7 +40,8 @@ from psrl_jax.envs.atari import (
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay
 from psrl_jax.schedules import LinearSchedule
 from psrl_jax.train import sharding
-from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
+from psrl_jax.train.checkpoint import checkpoint_header
+from psrl_jax.train.common import SeedAxis, open_run_dir, push_frames, resolve_scan_unroll
 from psrl_jax.train.fused_loop import FusedLoop
 from psrl_jax.train.run_dir import (
     MetricsLogger,
@@ -64,67 +64,21 @@ class TrainState:
     key: jax.Array  # acting key
 
 
-MULTI_PROCESS_MISSING = (
-    "this process is one of {processes} (jax.distributed is initialised), but the Atari trainer runs "
-    "in one process only. Missing for multi-host training: (1) each process builds envpool for its own "
-    "num_seeds / process_count seeds (env seeds and PRNG keys offset by its first seed) and feeds them "
-    "with jax.make_array_from_process_local_data; (2) actions go back to the local envs from the "
-    "addressable shards only; (3) evaluation envs per process, returns gathered with process_allgather; "
-    "(4) per-seed metrics, TensorBoard and final_eval.json written by the process that owns the seed "
-    "(or by process 0 after a gather); (5) checkpoints: every process calls orbax save/restore on a "
-    "run_dir on a shared filesystem, the JSON header from process 0. Run one process per host with "
-    "--config.shard_seeds over its local devices and its own --config.seed range instead (independent "
-    "runs, no jax.distributed)."
-)
-
-
-def default_run_dir(config, game: str) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{config.name}-{game}-s{config.seed}x{config.num_seeds}-{stamp}")
-
-
-def push_frames(frame_stack, frames, first):
-    """Append the newest frame; an episode's first frame clears the older ones (zeros, as replay does)."""
-    shifted = jnp.concatenate([frame_stack[:, 1:], frames[:, None]], axis=1)
-    keep_history = jnp.arange(frame_stack.shape[1]) == frame_stack.shape[1] - 1
-    mask = jnp.logical_or(~first[:, None], keep_history[None, :])
-    mask = mask.reshape(mask.shape + (1,) * (frame_stack.ndim - 2))  # any frame shape: [H, W] or [H, W, 3]
-    return jnp.where(mask, shifted, jnp.zeros_like(shifted))
-
-
-def resolve_scan_unroll(requested: int, updates_per_dispatch: int) -> int:
-    """0 = auto: unroll the update scan fully on CPU (XLA:CPU loops are slow), not at all elsewhere."""
-    if requested > 0:
-        return requested
-    return updates_per_dispatch if jax.default_backend() == "cpu" else 1
-
-
 class AtariTrainer:
     """Builds everything from a validated config; `run()` trains, evaluates and checkpoints."""
 
     def __init__(self, config):
         validate_atari_config(config)  # cheap checks first: no env, no compile
-        if jax.process_count() > 1:
-            raise ConfigError(MULTI_PROCESS_MISSING.format(processes=jax.process_count()))
-        if sharding.use_seed_sharding(config.get("shard_seeds", "auto"), config.num_seeds, jax.device_count()):
-            self.seed_sharding = sharding.seed_sharding(sharding.seed_mesh())
-        else:
-            self.seed_sharding = None  # the default device
+        self.seeds = SeedAxis.for_config(config)
+        self.seed_sharding = self.seeds.sharding  # None: every seed on the default device
         try:
             self.task_id = resolve_game(config.env.game)
         except ValueError as error:
             raise ConfigError(f"config.env.game: {error}") from error
         self.game = self.task_id.split("-")[0]
-        if config.resume and not config.run_dir:
-            raise ConfigError("config.resume=True needs config.run_dir pointing at the run to continue")
-        self.run_dir = config.run_dir or default_run_dir(config, self.game)
-        check_writable_directory(self.run_dir)
-        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint.keep)
-        if not config.resume and self.checkpointer.latest_step() is not None:
-            raise ConfigError(
-                f"{self.run_dir} already holds checkpoints; pass --config.resume=True to continue it, "
-                "or choose another --config.run_dir (nothing was overwritten)"
-            )
+        self.run_dir, self.checkpointer = open_run_dir(
+            config, f"{config.name}-{self.game}-s{config.seed}x{config.num_seeds}"
+        )
         self.config = config
         self.num_seeds = config.num_seeds
         self.envs_per_seed = config.env.envs_per_seed
@@ -176,13 +130,6 @@ class AtariTrainer:
     def _eval_act_single(self, params, obs, key):
         return self.agent.act(params, obs, key, self.config.eval.epsilon, noisy_sample=False)
 
-    def _jit(self, fn, **kwargs):
-        """jax.jit; sharded, every output (all have the leading seed axis) is pinned to the seed
-        sharding, so the state stays split across steps, checkpoints and restores."""
-        if self.seed_sharding is not None:
-            kwargs["out_shardings"] = self.seed_sharding
-        return jax.jit(fn, **kwargs)
-
     def vmapped_collect(self, random_actions: bool):
         """collect over the seed axis: (state, frame, reward, discount, first) -> (state, actions [S, E])."""
         return jax.vmap(functools.partial(self._collect_single, random_actions=random_actions))
@@ -193,18 +140,11 @@ class AtariTrainer:
         return jax.vmap(self._update_single, in_axes=(0, None))
 
     def _compile(self):
-        self.init_fn = self._jit(jax.vmap(self._init_single))
-        self.collect_random = self._jit(self.vmapped_collect(random_actions=True), donate_argnums=0)
-        self.collect_policy = self._jit(self.vmapped_collect(random_actions=False), donate_argnums=0)
-        self.update_fn = self._jit(self.vmapped_update, donate_argnums=0)
-        self.eval_act = self._jit(jax.vmap(self._eval_act_single))
-
-    def put(self, tree):
-        """Host arrays with a leading seed axis onto the seeds' devices."""
-        return sharding.put_seed_axis(tree, self.seed_sharding)
-
-    def seed_keys(self):
-        return self.put(np.stack([jax.random.PRNGKey(self.config.seed + i) for i in range(self.num_seeds)]))
+        self.init_fn = self.seeds.jit(jax.vmap(self._init_single))
+        self.collect_random = self.seeds.jit(self.vmapped_collect(random_actions=True), donate_argnums=0)
+        self.collect_policy = self.seeds.jit(self.vmapped_collect(random_actions=False), donate_argnums=0)
+        self.update_fn = self.seeds.jit(self.vmapped_update, donate_argnums=0)
+        self.eval_act = self.seeds.jit(jax.vmap(self._eval_act_single))
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, params, episodes: int, eval_index: int) -> np.ndarray:
@@ -225,8 +165,8 @@ class AtariTrainer:
         def policy(stacked_obs, first):
             del first
             counter[0] += 1
-            keys = self.put(jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds))
-            obs = self.put(np.asarray(stacked_obs).reshape(self.num_seeds, envs_per_seed, *stacked_obs.shape[1:]))
+            keys = self.seeds.put(jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds))
+            obs = self.seeds.put_env_rows(stacked_obs)
             return np.asarray(sharding.to_host(self.eval_act(params, obs, keys))).reshape(-1)
 
         returns = run_evaluation_episodes(envs, policy, episodes // envs_per_seed, num_envs, cfg.env.frame_stack)
@@ -236,8 +176,7 @@ class AtariTrainer:
     def restore_latest(self):
         """(state, header) of the run's latest checkpoint, restored into shapes only (no second
         full-size replay in memory); sharded runs restore every array straight onto its devices."""
-        template = sharding.with_sharding(jax.eval_shape(self.init_fn, self.seed_keys()), self.seed_sharding)
-        return self.checkpointer.restore(template, config_to_dict(self.config))
+        return self.checkpointer.restore(self.seeds.state_template(self.init_fn), config_to_dict(self.config))
 
     # ----- main loop ----------------------------------------------------------------------------
     def run(self) -> str:
@@ -251,7 +190,7 @@ class AtariTrainer:
         else:
             for path in set_aside_previous_attempt(self.run_dir):
                 tqdm.write(f"a previous attempt's logs (no checkpoint) were moved to {path}")
-            state = self.init_fn(self.seed_keys())
+            state = self.init_fn(self.seeds.keys())
         placement = sharding.describe(self.seed_sharding)
         write_run_info(self.run_dir, cfg, seed_placement=placement)
         logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
@@ -355,11 +294,8 @@ class AtariTrainer:
 
     def _host_iteration(self, state, arrays, lives, env_step):
         """collect, maybe an update dispatch, and envpool's step: (state, arrays, lives, metrics or None)."""
-        cfg, S, E = self.config, self.num_seeds, self.envs_per_seed
-
-        def to_seed_axis(x):
-            return self.put(np.asarray(x).reshape(S, E, *x.shape[1:]))
-
+        cfg, E = self.config, self.envs_per_seed
+        to_seed_axis = self.seeds.put_env_rows
         warmup = env_step < cfg.replay.min_size
         collect = self.collect_random if warmup else self.collect_policy
         state, actions = collect(

@@ -24,13 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from psrl_jax.agents.sac import SACAgent, SACState, learning_rate
-from psrl_jax.config import ConfigError, check_writable_directory, config_to_dict, save_json_atomic
+from psrl_jax.config import ConfigError, config_to_dict, save_json_atomic
 from psrl_jax.config import validate_dmc_config as validate_config
 from psrl_jax.envs.dmc import DMCEpisodeStats, action_repeat_for, make_dmc_envs, resolve_task, run_dmc_evaluation
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay, sequence_length
 from psrl_jax.train import sharding
-from psrl_jax.train.atari_trainer import MULTI_PROCESS_MISSING, push_frames, resolve_scan_unroll
-from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
+from psrl_jax.train.checkpoint import checkpoint_header
+from psrl_jax.train.common import SeedAxis, open_run_dir, push_frames, resolve_scan_unroll
 from psrl_jax.train.run_dir import (
     MetricsLogger,
     set_aside_previous_attempt,
@@ -84,25 +84,11 @@ class DMCTrainer:
         self.task, repeat = resolve_dmc_env(config)  # cheap checks first: no env, no compile
         config.env.action_repeat = repeat  # resolved, so config.json records the repeat used
         validate_config(config)
-        if jax.process_count() > 1:
-            raise ConfigError(MULTI_PROCESS_MISSING.format(processes=jax.process_count()))
-        if sharding.use_seed_sharding(config.get("shard_seeds", "auto"), config.num_seeds, jax.device_count()):
-            self.seed_sharding = sharding.seed_sharding(sharding.seed_mesh())
-        else:
-            self.seed_sharding = None
-        if config.resume and not config.run_dir:
-            raise ConfigError("config.resume=True needs config.run_dir pointing at the run to continue")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir = config.run_dir or os.path.join(
-            "runs", f"{config.name}-{self.task.name}-s{config.seed}x{config.num_seeds}-{stamp}"
+        self.seeds = SeedAxis.for_config(config)
+        self.seed_sharding = self.seeds.sharding  # None: every seed on the default device
+        self.run_dir, self.checkpointer = open_run_dir(
+            config, f"{config.name}-{self.task.name}-s{config.seed}x{config.num_seeds}"
         )
-        check_writable_directory(self.run_dir)
-        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint.keep)
-        if not config.resume and self.checkpointer.latest_step() is not None:
-            raise ConfigError(
-                f"{self.run_dir} already holds checkpoints; pass --config.resume=True to continue it, "
-                "or choose another --config.run_dir (nothing was overwritten)"
-            )
         self.config = config
         self.num_seeds, self.envs_per_seed = config.num_seeds, config.env.envs_per_seed
         self.action_repeat = repeat
@@ -173,27 +159,16 @@ class DMCTrainer:
     def _eval_act_single(self, agent_state, obs, key):
         return self.agent.act(agent_state, obs, key, deterministic=True)
 
-    def _jit(self, fn, **kwargs):
-        if self.seed_sharding is not None:
-            kwargs["out_shardings"] = self.seed_sharding
-        return jax.jit(fn, **kwargs)
-
     def _compile(self):
-        self.init_fn = self._jit(jax.vmap(self._init_single))
-        self.collect_random = self._jit(
+        self.init_fn = self.seeds.jit(jax.vmap(self._init_single))
+        self.collect_random = self.seeds.jit(
             jax.vmap(functools.partial(self._collect_single, random_actions=True)), donate_argnums=0
         )
-        self.collect_policy = self._jit(
+        self.collect_policy = self.seeds.jit(
             jax.vmap(functools.partial(self._collect_single, random_actions=False)), donate_argnums=0
         )
-        self.update_fn = self._jit(jax.vmap(self._update_single), donate_argnums=0)
-        self.eval_act = self._jit(jax.vmap(self._eval_act_single))
-
-    def put(self, tree):
-        return sharding.put_seed_axis(tree, self.seed_sharding)
-
-    def seed_keys(self):
-        return self.put(np.stack([jax.random.PRNGKey(self.config.seed + i) for i in range(self.num_seeds)]))
+        self.update_fn = self.seeds.jit(jax.vmap(self._update_single), donate_argnums=0)
+        self.eval_act = self.seeds.jit(jax.vmap(self._eval_act_single))
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, agent_state, episodes: int, eval_index: int) -> np.ndarray:
@@ -208,8 +183,8 @@ class DMCTrainer:
         def policy(stacked_obs, first):
             del first
             counter[0] += 1
-            keys = self.put(jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds))
-            obs = self.put(np.asarray(stacked_obs).reshape(self.num_seeds, envs_per_seed, *stacked_obs.shape[1:]))
+            keys = self.seeds.put(jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds))
+            obs = self.seeds.put_env_rows(stacked_obs)
             actions = sharding.to_host(self.eval_act(agent_state, obs, keys))
             return np.asarray(actions).reshape(num_envs, self.action_dim)
 
@@ -218,8 +193,7 @@ class DMCTrainer:
         return np.asarray(returns).reshape(self.num_seeds, episodes)
 
     def restore_latest(self):
-        template = sharding.with_sharding(jax.eval_shape(self.init_fn, self.seed_keys()), self.seed_sharding)
-        return self.checkpointer.restore(template, config_to_dict(self.config))
+        return self.checkpointer.restore(self.seeds.state_template(self.init_fn), config_to_dict(self.config))
 
     # ----- main loop ----------------------------------------------------------------------------
     def run(self) -> str:
@@ -233,7 +207,7 @@ class DMCTrainer:
         else:
             for path in set_aside_previous_attempt(self.run_dir):
                 tqdm.write(f"a previous attempt's logs (no checkpoint) were moved to {path}")
-            state = self.init_fn(self.seed_keys())
+            state = self.init_fn(self.seeds.keys())
         placement = sharding.describe(self.seed_sharding)
         write_run_info(self.run_dir, cfg, seed_placement=placement)
         logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
@@ -272,9 +246,7 @@ class DMCTrainer:
         )
         window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
 
-        def to_seed_axis(x):
-            return self.put(np.asarray(x).reshape(S, E, *x.shape[1:]))
-
+        to_seed_axis = self.seeds.put_env_rows
         for iteration in range(start_iteration, self.total_iterations):
             warmup = iteration * E < cfg.replay.min_size
             collect = self.collect_random if warmup else self.collect_policy
