@@ -233,21 +233,21 @@ def measure_loops(config, chunks: int) -> dict:
 
     arrays, lives = convert_timestep(envs.reset(), None, life_loss)
     episodes = EpisodeStats(S * E)
-    state, arrays, lives, _ = trainer._host_iteration(state, arrays, lives, 0)  # compile the random collect
+    state, arrays, lives, _ = trainer.host_iteration(state, arrays, lives, 0)  # compile the random collect
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(chunks * L // E):
-        state, arrays, lives, _ = trainer._host_iteration(state, arrays, lives, 0)
+        state, arrays, lives, _ = trainer.host_iteration(state, arrays, lives, 0)
         episodes.update(arrays)
     jax.block_until_ready(state)
     results["host_warmup_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
     for _ in range(config.update_every):  # compile the host loop's collect and update first
-        state, arrays, lives, _ = trainer._host_iteration(state, arrays, lives, step)
+        state, arrays, lives, _ = trainer.host_iteration(state, arrays, lives, step)
         step += E
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(chunks * L // E):
-        state, arrays, lives, _ = trainer._host_iteration(state, arrays, lives, step)
+        state, arrays, lives, _ = trainer.host_iteration(state, arrays, lives, step)
         episodes.update(arrays)
         step += E
     jax.block_until_ready(state)

@@ -20,6 +20,7 @@ Flax's nn.Conv takes it as `conv_general_dilated=`; `Conv` below is nn.Conv with
 import functools
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -127,6 +128,4 @@ def conv_general_dilated(
 
 def Conv(*args, **kwargs):  # noqa: N802 - a drop-in for the nn.Conv class
     """flax nn.Conv with the convolution above; same parameters, names and values as nn.Conv."""
-    from flax import linen as nn
-
     return nn.Conv(*args, conv_general_dilated=conv_general_dilated, **kwargs)

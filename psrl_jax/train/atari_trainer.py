@@ -239,7 +239,7 @@ class AtariTrainer:
                 steps = self.fused.chunk_steps
                 dispatches = steps // E // cfg.update_every if metrics is not None else 0
             else:  # one iteration: E env steps per seed
-                state, arrays, lives, metrics = self._host_iteration(state, arrays, lives, env_step)
+                state, arrays, lives, metrics = self.host_iteration(state, arrays, lives, env_step)
                 steps = E
                 dispatches = int(metrics is not None)
                 finished = [(env_step + E, episodes.update(arrays))]
@@ -292,7 +292,7 @@ class AtariTrainer:
         self.envs.close()
         return self.run_dir
 
-    def _host_iteration(self, state, arrays, lives, env_step):
+    def host_iteration(self, state, arrays, lives, env_step):
         """collect, maybe an update dispatch, and envpool's step: (state, arrays, lives, metrics or None)."""
         cfg, E = self.config, self.envs_per_seed
         to_seed_axis = self.seeds.put_env_rows

@@ -135,12 +135,8 @@ class FusedLoop:
     # ----- host side ----------------------------------------------------------------------------
     def reset(self, arrays, lives) -> EnvCarry:
         """The env carry after the host's `envs.reset()` (converted with convert_timestep)."""
-        S, E = self.S, self.E
-
-        def seeds(x):
-            return jnp.asarray(np.asarray(x).reshape(S, E, *x.shape[1:]))
-
-        n = S * E
+        seeds = self.trainer.seeds.put_env_rows
+        n = self.S * self.E
         return EnvCarry(
             handle=jnp.asarray(self.handle),
             frame=seeds(arrays.frame),
