@@ -41,7 +41,7 @@ from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_seq
 from psrl_jax.schedules import LinearSchedule
 from psrl_jax.train import sharding
 from psrl_jax.train.checkpoint import checkpoint_header
-from psrl_jax.train.common import SeedAxis, open_run_dir, push_frames, resolve_scan_unroll
+from psrl_jax.train.common import EVAL_SEED_OFFSET, SeedAxis, open_run_dir, push_frames, resolve_scan_unroll
 from psrl_jax.train.fused_loop import FusedLoop
 from psrl_jax.train.run_dir import (
     MetricsLogger,
@@ -52,8 +52,6 @@ from psrl_jax.train.run_dir import (
     write_run_info,
     write_update_records,
 )
-
-EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
 
 
 @flax.struct.dataclass
@@ -70,7 +68,6 @@ class AtariTrainer:
     def __init__(self, config):
         validate_atari_config(config)  # cheap checks first: no env, no compile
         self.seeds = SeedAxis.for_config(config)
-        self.seed_sharding = self.seeds.sharding  # None: every seed on the default device
         try:
             self.task_id = resolve_game(config.env.game)
         except ValueError as error:
@@ -191,7 +188,7 @@ class AtariTrainer:
             for path in set_aside_previous_attempt(self.run_dir):
                 tqdm.write(f"a previous attempt's logs (no checkpoint) were moved to {path}")
             state = self.init_fn(self.seeds.keys())
-        placement = sharding.describe(self.seed_sharding)
+        placement = sharding.describe(self.seeds.sharding)
         write_run_info(self.run_dir, cfg, seed_placement=placement)
         logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
         replay_bytes = float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay)))
@@ -223,7 +220,7 @@ class AtariTrainer:
             initial=start_step,
             unit="step",
             desc=f"{cfg.name} {self.game} x{S}"
-            + (f" on {placement['seed_devices']} devices" if self.seed_sharding is not None else "")
+            + (f" on {placement['seed_devices']} devices" if self.seeds.sharding is not None else "")
             + (" fused" if self.fused is not None else ""),
             disable=not cfg.log.progress_bar,
             mininterval=1.0 if os.isatty(2) else 30.0,

@@ -15,6 +15,8 @@ from psrl_jax.config import ConfigError, check_writable_directory
 from psrl_jax.train import sharding
 from psrl_jax.train.checkpoint import Checkpointer
 
+EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
+
 MULTI_PROCESS_MISSING = (
     "this process is one of {processes} (jax.distributed is initialised), but the trainers run "
     "in one process only. Missing for multi-host training: (1) each process builds envpool for its own "

@@ -30,7 +30,7 @@ from psrl_jax.envs.dmc import DMCEpisodeStats, action_repeat_for, make_dmc_envs,
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay, sequence_length
 from psrl_jax.train import sharding
 from psrl_jax.train.checkpoint import checkpoint_header
-from psrl_jax.train.common import SeedAxis, open_run_dir, push_frames, resolve_scan_unroll
+from psrl_jax.train.common import EVAL_SEED_OFFSET, SeedAxis, open_run_dir, push_frames, resolve_scan_unroll
 from psrl_jax.train.run_dir import (
     MetricsLogger,
     set_aside_previous_attempt,
@@ -40,8 +40,6 @@ from psrl_jax.train.run_dir import (
     write_run_info,
     write_update_records,
 )
-
-EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
 
 
 @flax.struct.dataclass
@@ -85,7 +83,6 @@ class DMCTrainer:
         config.env.action_repeat = repeat  # resolved, so config.json records the repeat used
         validate_config(config)
         self.seeds = SeedAxis.for_config(config)
-        self.seed_sharding = self.seeds.sharding  # None: every seed on the default device
         self.run_dir, self.checkpointer = open_run_dir(
             config, f"{config.name}-{self.task.name}-s{config.seed}x{config.num_seeds}"
         )
@@ -208,7 +205,7 @@ class DMCTrainer:
             for path in set_aside_previous_attempt(self.run_dir):
                 tqdm.write(f"a previous attempt's logs (no checkpoint) were moved to {path}")
             state = self.init_fn(self.seeds.keys())
-        placement = sharding.describe(self.seed_sharding)
+        placement = sharding.describe(self.seeds.sharding)
         write_run_info(self.run_dir, cfg, seed_placement=placement)
         logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
         if not cfg.resume:

@@ -115,7 +115,7 @@ class FusedLoop:
     """
 
     def __init__(self, trainer):
-        if trainer.seed_sharding is not None:
+        if trainer.seeds.sharding is not None:
             raise ConfigError(
                 "config.loop='fused' runs on one device: envpool's XLA step takes every env's action "
                 "on one device. Pass --config.shard_seeds=off, or use config.loop='host' to shard seeds."
