@@ -8,6 +8,7 @@ python launch/dmc.py --config configs/sac.py --config.run_dir=runs/X --config.re
 Rendering needs an OpenGL platform (EGL or OSMesa; --config.env.gl=auto|egl|osmesa). On Debian or
 Ubuntu: apt-get install -y libegl1 libgl1-mesa-dri libosmesa6 (scripts/setup.sh does it).
 --config.env.backend=dm_control runs the pure-Python dm_control suite where envpool cannot.
+Multi-host: --coordinator=host:port --num_processes=N --process_id=i, as launch/atari.py.
 """
 
 import os
@@ -20,15 +21,18 @@ from ml_collections import config_flags  # noqa: E402
 
 from psrl_jax.config import ConfigError  # noqa: E402
 from psrl_jax.envs.gl import GLError  # noqa: E402
+from psrl_jax.train import multihost  # noqa: E402
 from psrl_jax.train.checkpoint import CheckpointError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sac_psrl.py[:smoke]")
 flags.mark_flags_as_required(["config"])
+_INITIALIZE_DISTRIBUTED = multihost.define_flags()  # --coordinator --num_processes --process_id
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    _INITIALIZE_DISTRIBUTED()  # before anything else touches JAX
     from psrl_jax.train.dmc_trainer import train
 
     try:

@@ -9,7 +9,9 @@ seed s + i does.
 
 With config.shard_seeds on (psrl_jax/train/sharding.py) the seed axis of every state and per-step
 array is split over all devices (each device holds whole seeds: no collectives); off, everything
-stays on the default device. The jitted functions are the same in both cases.
+stays on the default device. The jitted functions are the same in both cases. With several
+processes (psrl_jax/train/multihost.py) each process steps the envs of its own seeds only
+(`self.seeds.local_rows`) and the same jitted calls run on the global seed axis.
 """
 
 import functools
@@ -20,15 +22,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from psrl_jax.agents.rainbow import RainbowAgent, RainbowState
-from psrl_jax.config import (
-    ConfigError,
-    config_to_dict,
-    save_json_atomic,
-    validate_atari_config,
-)
+from psrl_jax.config import ConfigError, config_to_dict, validate_atari_config
 from psrl_jax.envs.atari import (
     EpisodeStats,
     convert_timestep,
@@ -40,18 +36,16 @@ from psrl_jax.envs.atari import (
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay
 from psrl_jax.schedules import LinearSchedule
 from psrl_jax.train import sharding
-from psrl_jax.train.checkpoint import checkpoint_header
-from psrl_jax.train.common import EVAL_SEED_OFFSET, SeedAxis, open_run_dir, push_frames, resolve_scan_unroll
-from psrl_jax.train.fused_loop import FusedLoop
-from psrl_jax.train.run_dir import (
-    MetricsLogger,
-    set_aside_previous_attempt,
-    truncate_metrics_after,
-    write_episode_records,
-    write_eval_records,
-    write_run_info,
-    write_update_records,
+from psrl_jax.train.common import (
+    EVAL_SEED_OFFSET,
+    RunRecords,
+    SeedAxis,
+    open_run_dir,
+    progress_bar,
+    push_frames,
+    resolve_scan_unroll,
 )
+from psrl_jax.train.fused_loop import FusedLoop
 
 
 @flax.struct.dataclass
@@ -68,6 +62,7 @@ class AtariTrainer:
     def __init__(self, config):
         validate_atari_config(config)  # cheap checks first: no env, no compile
         self.seeds = SeedAxis.for_config(config)
+        self.local_seeds = self.seeds.local()  # this process's seeds on its devices: evaluation
         try:
             self.task_id = resolve_game(config.env.game)
         except ValueError as error:
@@ -79,9 +74,10 @@ class AtariTrainer:
         self.config = config
         self.num_seeds = config.num_seeds
         self.envs_per_seed = config.env.envs_per_seed
-        self.envs = make_atari_envs(
-            config.env, self.num_seeds * self.envs_per_seed, seed=config.seed * self.envs_per_seed, train=True
-        )
+        # This process's seeds' envs only; agent i's envs are seeded from seed + i as in a 1-seed run.
+        self.num_envs = self.seeds.num_local * self.envs_per_seed
+        first_env_seed = self.local_seeds.first_seed * self.envs_per_seed
+        self.envs = make_atari_envs(config.env, self.num_envs, seed=first_env_seed, train=True)
         self.num_actions = num_actions(self.envs)
         size = config.env.image_size
         self.frame_shape = (size, size)
@@ -92,7 +88,7 @@ class AtariTrainer:
         )
         self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
         self.scan_unroll = resolve_scan_unroll(config.update_scan_unroll, self.updates_per_dispatch)
-        self.env_ids = np.arange(self.num_seeds * self.envs_per_seed, dtype=np.int32)
+        self.env_ids = np.arange(self.num_envs, dtype=np.int32)
         self._compile()
         self.fused = FusedLoop(self) if config.get("loop", "host") == "fused" else None
 
@@ -141,34 +137,38 @@ class AtariTrainer:
         self.collect_random = self.seeds.jit(self.vmapped_collect(random_actions=True), donate_argnums=0)
         self.collect_policy = self.seeds.jit(self.vmapped_collect(random_actions=False), donate_argnums=0)
         self.update_fn = self.seeds.jit(self.vmapped_update, donate_argnums=0)
-        self.eval_act = self.seeds.jit(jax.vmap(self._eval_act_single))
+        self.eval_act = self.local_seeds.jit(jax.vmap(self._eval_act_single))  # process-local
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, params, episodes: int, eval_index: int) -> np.ndarray:
-        """Returns [S, episodes] full-episode returns (no reward clipping, no life-loss terminals)."""
-        cfg = self.config
+        """Returns [local seeds, episodes] full-episode returns (no reward clipping, no life-loss
+        terminals). Each process evaluates its own seeds on its own devices: episodes end at
+        different steps, so no call here may wait for another process."""
+        cfg, seeds = self.config, self.local_seeds
         envs_per_seed = min(episodes, cfg.eval.max_parallel_envs)
-        num_envs = self.num_seeds * envs_per_seed
+        num_envs = seeds.num_seeds * envs_per_seed
         envs = make_atari_envs(
             cfg.env,
             num_envs,
-            seed=EVAL_SEED_OFFSET + cfg.seed * envs_per_seed,
+            seed=EVAL_SEED_OFFSET + seeds.first_seed * envs_per_seed,
             train=False,
             max_episode_frames=cfg.eval.max_episode_frames,
         )
+        params = self.seeds.to_local(params)
         base_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET), eval_index)
         counter = [0]
 
         def policy(stacked_obs, first):
             del first
             counter[0] += 1
-            keys = self.seeds.put(jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds))
-            obs = self.seeds.put_env_rows(stacked_obs)
-            return np.asarray(sharding.to_host(self.eval_act(params, obs, keys))).reshape(-1)
+            all_keys = jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds)
+            keys = seeds.put(np.asarray(all_keys)[self.seeds.local_rows])  # the 1-process run's keys
+            obs = seeds.put_env_rows(stacked_obs)
+            return np.asarray(seeds.to_host(self.eval_act(params, obs, keys))).reshape(-1)
 
         returns = run_evaluation_episodes(envs, policy, episodes // envs_per_seed, num_envs, cfg.env.frame_stack)
         envs.close()
-        return np.asarray(returns).reshape(self.num_seeds, episodes)
+        return np.asarray(returns).reshape(seeds.num_seeds, episodes)
 
     def restore_latest(self):
         """(state, header) of the run's latest checkpoint, restored into shapes only (no second
@@ -178,55 +178,29 @@ class AtariTrainer:
     # ----- main loop ----------------------------------------------------------------------------
     def run(self) -> str:
         cfg, S, E = self.config, self.num_seeds, self.envs_per_seed
-        config_dict = config_to_dict(cfg)
-        start_step, header = 0, {}
+        start_step, header = 0, None
         if cfg.resume:
             state, header = self.restore_latest()
             start_step = int(header["env_step"])
-            truncate_metrics_after(self.run_dir, S, start_step)
         else:
-            for path in set_aside_previous_attempt(self.run_dir):
-                tqdm.write(f"a previous attempt's logs (no checkpoint) were moved to {path}")
             state = self.init_fn(self.seeds.keys())
         placement = sharding.describe(self.seeds.sharding)
-        write_run_info(self.run_dir, cfg, seed_placement=placement)
-        logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
-        replay_bytes = float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay)))
-        if not cfg.resume:
-            for i in range(S):
-                logger.write(
-                    i,
-                    "run_info",
-                    0,
-                    {
-                        "replay_bytes_per_transition": replay_bytes,
-                        "task_id": self.task_id,
-                        "seed_devices": placement["seed_devices"],
-                    },
-                )
-
-        episodes = EpisodeStats(S * E)
-        episode_counts = np.asarray(header.get("episode_counts", [0] * S), np.int64)
-        updates_done = int(header.get("updates_per_seed", 0))
-        last_eval = header.get("last_eval")
-        eval_index = int(header.get("eval_index", 0))
+        info = {
+            "replay_bytes_per_transition": float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay))),
+            "task_id": self.task_id,
+            "seed_devices": placement["seed_devices"],
+        }
+        records = RunRecords(self.run_dir, cfg, self.seeds, E, header, info)
+        episodes = EpisodeStats(self.num_envs)
 
         timestep = self.envs.reset()
         arrays, lives = convert_timestep(timestep, None, cfg.env.terminal_on_life_loss)
         env_carry = self.fused.reset(arrays, lives) if self.fused is not None else None
         total = cfg.total_env_steps
-        progress = tqdm(
-            total=total,
-            initial=start_step,
-            unit="step",
-            desc=f"{cfg.name} {self.game} x{S}"
-            + (f" on {placement['seed_devices']} devices" if self.seeds.sharding is not None else "")
-            + (" fused" if self.fused is not None else ""),
-            disable=not cfg.log.progress_bar,
-            mininterval=1.0 if os.isatty(2) else 30.0,
-            miniters=1,  # else tqdm adapts to the fast random warm-up and then barely prints
-            dynamic_ncols=True,
-        )
+        desc = f"{cfg.name} {self.game} x{S}"
+        if self.seeds.sharding is not None:
+            desc += f" on {placement['seed_devices']} devices"
+        progress = progress_bar(cfg, total, start_step, desc + (" fused" if self.fused is not None else ""))
         window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
         env_step = start_step
 
@@ -243,48 +217,47 @@ class AtariTrainer:
             if metrics is not None:
                 window_metrics.append(metrics)
             window_updates += dispatches * self.updates_per_dispatch
-            updates_done += dispatches * self.updates_per_dispatch
+            records.updates_done += dispatches * self.updates_per_dispatch
             env_step += steps
             window_steps += steps
             progress.update(steps)
             for step_at, finished_episodes in finished:
-                write_episode_records(logger, finished_episodes, episode_counts, E, step_at)
+                records.episodes(finished_episodes, step_at)
 
             if env_step % cfg.log.every_steps == 0 or env_step >= total:
                 elapsed = max(time.time() - window_start, 1e-9)
                 rates = {
                     "env_steps_per_s_all_seeds": window_steps * S / elapsed,
                     "updates_per_s_all_seeds": window_updates * S / elapsed,
-                    "updates_per_seed": updates_done,
+                    "updates_per_seed": records.updates_done,
                     "beta": float(self.beta(env_step)),
                 }
-                write_update_records(logger, env_step, rates, window_metrics)
+                records.update(env_step, rates, window_metrics)
                 progress.set_postfix(
                     sps=f"{rates['env_steps_per_s_all_seeds']:.0f}",
                     ups=f"{rates['updates_per_s_all_seeds']:.0f}",
-                    eval="-" if last_eval is None else f"{last_eval:.1f}",
+                    eval="-" if records.last_eval is None else f"{records.last_eval:.1f}",
                     refresh=False,
                 )
                 window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
 
             if cfg.eval.every_steps and env_step % cfg.eval.every_steps == 0 and env_step < total:
-                eval_index += 1
-                returns = self._log_eval(logger, state, env_step, cfg.eval.episodes, eval_index, "eval")
-                last_eval = float(np.mean(returns))
+                records.evaluate(
+                    functools.partial(self.evaluate, state.agent.params), "eval", env_step, cfg.eval.episodes
+                )
                 window_start = time.time()  # keep evaluation time out of training throughput
             if cfg.checkpoint.every_steps and env_step % cfg.checkpoint.every_steps == 0 and env_step < total:
-                self._save(state, env_step, config_dict, episode_counts, updates_done, last_eval, eval_index)
+                records.save(self.checkpointer, state, env_step)
                 window_start = time.time()
         progress.close()
 
-        done_path = os.path.join(self.run_dir, "final_eval.json")
-        if start_step < total or not os.path.exists(done_path):
+        if start_step < total or not os.path.exists(records.final_eval_path):
             if start_step < total:  # a checkpoint before the (long) final evaluation
-                self._save(state, total, config_dict, episode_counts, updates_done, last_eval, eval_index)
-            eval_index += 1
-            returns = self._log_eval(logger, state, total, cfg.eval.final_episodes, eval_index, "final_eval")
-            save_json_atomic(done_path, {"env_step": total, "return_mean_per_seed": returns.mean(1).tolist()})
-        logger.close()
+                records.save(self.checkpointer, state, total)
+            records.evaluate(
+                functools.partial(self.evaluate, state.agent.params), "final_eval", total, cfg.eval.final_episodes
+            )
+        records.close()
         self.checkpointer.close()
         self.envs.close()
         return self.run_dir
@@ -305,20 +278,9 @@ class AtariTrainer:
         metrics = None
         if not warmup and (env_step // E + 1) % cfg.update_every == 0:
             state, metrics = self.update_fn(state, jnp.float32(self.beta(env_step)))
-        timestep = self.envs.step(np.asarray(sharding.to_host(actions)).reshape(-1), self.env_ids)
+        timestep = self.envs.step(np.asarray(self.seeds.to_host(actions)).reshape(-1), self.env_ids)
         arrays, lives = convert_timestep(timestep, lives, cfg.env.terminal_on_life_loss)
         return state, arrays, lives, metrics
-
-    def _log_eval(self, logger, state, env_step, episodes, eval_index, kind):
-        start = time.time()
-        returns = self.evaluate(state.agent.params, episodes, eval_index)
-        write_eval_records(logger, kind, env_step, returns, time.time() - start)
-        tqdm.write(f"[{kind}] env_step={env_step} return per seed: {np.round(returns.mean(1), 1).tolist()}")
-        return returns
-
-    def _save(self, state, env_step, config_dict, episode_counts, updates_done, last_eval, eval_index):
-        header = checkpoint_header(env_step, config_dict, episode_counts, updates_done, last_eval, eval_index)
-        self.checkpointer.save(env_step, state, header)
 
 
 def train(config) -> str:

@@ -10,46 +10,79 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
+from tqdm import tqdm
 
-from psrl_jax.config import ConfigError, check_writable_directory
-from psrl_jax.train import sharding
-from psrl_jax.train.checkpoint import Checkpointer
+from psrl_jax.config import ConfigError, check_writable_directory, config_to_dict, save_json_atomic
+from psrl_jax.train import multihost, sharding
+from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
+from psrl_jax.train.run_dir import (
+    MetricsLogger,
+    set_aside_previous_attempt,
+    truncate_metrics_after,
+    write_episode_records,
+    write_eval_records,
+    write_run_info,
+    write_update_records,
+)
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
-
-MULTI_PROCESS_MISSING = (
-    "this process is one of {processes} (jax.distributed is initialised), but the trainers run "
-    "in one process only. Missing for multi-host training: (1) each process builds envpool for its own "
-    "num_seeds / process_count seeds (env seeds and PRNG keys offset by its first seed) and feeds them "
-    "with jax.make_array_from_process_local_data; (2) actions go back to the local envs from the "
-    "addressable shards only; (3) evaluation envs per process, returns gathered with process_allgather; "
-    "(4) per-seed metrics, TensorBoard and final_eval.json written by the process that owns the seed "
-    "(or by process 0 after a gather); (5) checkpoints: every process calls orbax save/restore on a "
-    "run_dir on a shared filesystem, the JSON header from process 0. Run one process per host with "
-    "--config.shard_seeds over its local devices and its own --config.seed range instead (independent "
-    "runs, no jax.distributed)."
-)
 
 
 @dataclasses.dataclass(frozen=True)
 class SeedAxis:
     """The leading seed axis of every per-seed array: S seeds starting at `first_seed`, split over
-    all devices by `sharding` (psrl_jax/train/sharding.py) or, when it is None, on the default device."""
+    all devices by `sharding` (psrl_jax/train/sharding.py) or, when it is None, on the default device.
+
+    With several processes (jax.distributed, psrl_jax/train/multihost.py) the sharding spans every
+    process's devices and this process owns the contiguous seeds `local_rows`: it steps only their
+    envs, passes only their rows in (`put`, `put_env_rows`) and gets only their rows back
+    (`to_host`). With one process `local_rows` is every seed and these are plain transfers."""
 
     num_seeds: int
     first_seed: int
     sharding: NamedSharding | None
+    local_rows: slice
 
     @classmethod
     def for_config(cls, config) -> "SeedAxis":
-        """config.num_seeds from config.seed, sharded as config.shard_seeds says. One process only."""
-        if jax.process_count() > 1:
-            raise ConfigError(MULTI_PROCESS_MISSING.format(processes=jax.process_count()))
+        """config.num_seeds from config.seed, sharded as config.shard_seeds says (always, across
+        processes, with several processes)."""
         mode = config.get("shard_seeds", "auto")  # run dirs written before the field existed: "auto"
+        if jax.process_count() > 1:
+            if mode == "off":
+                raise ConfigError(
+                    f"config.shard_seeds='off' keeps every seed on one device, but this run spans "
+                    f"{jax.process_count()} processes (jax.distributed): use 'auto' or 'on'"
+                )
+            mode = "on"  # every process must own whole seeds: refuse a num_seeds that does not divide
         placed = None
         if sharding.use_seed_sharding(mode, config.num_seeds, jax.device_count()):
             placed = sharding.seed_sharding(sharding.seed_mesh())
-        return cls(config.num_seeds, config.seed, placed)
+        return cls(config.num_seeds, config.seed, placed, sharding.local_rows(placed, config.num_seeds))
+
+    @property
+    def num_local(self) -> int:
+        """How many seeds this process owns (all of them with one process)."""
+        return self.local_rows.stop - self.local_rows.start
+
+    @property
+    def seed_indices(self) -> range:
+        """The indices (0..S-1) of this process's seeds: its metrics files are seed_<i>.jsonl."""
+        return range(self.local_rows.start, self.local_rows.stop)
+
+    def local(self) -> "SeedAxis":
+        """This process's seeds on its own devices: for work whose length differs between processes
+        (evaluation episodes end when they end). With one process, the axis itself."""
+        if jax.process_count() == 1:
+            return self
+        placed = sharding.seed_sharding(sharding.seed_mesh(jax.local_devices()))
+        return SeedAxis(self.num_local, self.first_seed + self.local_rows.start, placed, slice(0, self.num_local))
+
+    def to_local(self, tree):
+        """Arrays on this axis as arrays on `local()` (a host round trip; the same arrays with one process)."""
+        if jax.process_count() == 1:
+            return tree
+        return self.local().put(self.to_host(tree))
 
     def jit(self, fn, **kwargs):
         """jax.jit; sharded, every output (all have the leading seed axis) is pinned to the seed
@@ -59,21 +92,31 @@ class SeedAxis:
         return jax.jit(fn, **kwargs)
 
     def put(self, tree):
-        """Host arrays with a leading seed axis onto the seeds' devices."""
+        """Host arrays holding this process's seed rows onto the seeds' devices (the global arrays)."""
         return sharding.put_seed_axis(tree, self.sharding)
 
     def put_env_rows(self, x):
-        """A host array over all S * E envs (seed-major) as [S, E, ...] on the seeds' devices."""
+        """A host array over this process's envs (seed-major) as [S, E, ...] on the seeds' devices."""
         x = np.asarray(x)
-        return self.put(x.reshape(self.num_seeds, x.shape[0] // self.num_seeds, *x.shape[1:]))
+        return self.put(x.reshape(self.num_local, x.shape[0] // self.num_local, *x.shape[1:]))
+
+    def to_host(self, tree):
+        """numpy copies of this process's seed rows of (possibly sharded) arrays."""
+        return sharding.local_rows_to_host(tree)
+
+    def gather(self, tree):
+        """Host arrays of this process's seed rows -> every seed's rows, on every process (a
+        collective: every process calls it at the same point)."""
+        return sharding.gather_rows(tree)
 
     def keys(self):
         """PRNGKey(first_seed + i) for agent i: the key a single-seed run with that seed uses."""
-        return self.put(np.stack([jax.random.PRNGKey(self.first_seed + i) for i in range(self.num_seeds)]))
+        return self.put(np.stack([jax.random.PRNGKey(self.first_seed + i) for i in self.seed_indices]))
 
     def state_template(self, init_fn):
         """The shapes (and placement) of init_fn's state, without computing it: for checkpoint restore."""
-        return sharding.with_sharding(jax.eval_shape(init_fn, self.keys()), self.sharding)
+        keys = jax.ShapeDtypeStruct((self.num_seeds, *jax.random.PRNGKey(0).shape), jnp.uint32)
+        return sharding.with_sharding(jax.eval_shape(init_fn, keys), self.sharding)
 
 
 def open_run_dir(config, default_name: str) -> tuple[str, Checkpointer]:
@@ -81,7 +124,8 @@ def open_run_dir(config, default_name: str) -> tuple[str, Checkpointer]:
     to resume without a run_dir, and to start afresh over checkpoints (nothing is overwritten)."""
     if config.resume and not config.run_dir:
         raise ConfigError("config.resume=True needs config.run_dir pointing at the run to continue")
-    run_dir = config.run_dir or os.path.join("runs", f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(multihost.shared_time()))  # process 0's clock
+    run_dir = config.run_dir or os.path.join("runs", f"{default_name}-{stamp}")
     check_writable_directory(run_dir)
     checkpointer = Checkpointer(run_dir, config.checkpoint.keep)
     if not config.resume and checkpointer.latest_step() is not None:
@@ -90,6 +134,100 @@ def open_run_dir(config, default_name: str) -> tuple[str, Checkpointer]:
             "or choose another --config.run_dir (nothing was overwritten)"
         )
     return run_dir, checkpointer
+
+
+class RunRecords:
+    """What a run writes besides its state, and the counters its checkpoint header carries.
+
+    Per-seed records (metrics/seed_<i>.jsonl, TensorBoard) go to this process's seeds only; run-wide
+    files (config.json, versions.json, final_eval.json) are written by process 0 from values gathered
+    over every process. With one process that is simply everything. Start-up: a resumed run drops its
+    records after the checkpoint (kept aside, run_dir.py); a fresh start moves a killed attempt's logs
+    aside. Both trainers (atari_trainer.py, dmc_trainer.py) keep one of these through `run()`."""
+
+    def __init__(self, run_dir: str, config, seeds: SeedAxis, envs_per_seed: int, header: dict | None, info: dict):
+        self.run_dir, self.config, self.seeds, self.envs_per_seed = run_dir, config, seeds, envs_per_seed
+        if header is not None:
+            truncate_metrics_after(run_dir, seeds.seed_indices, int(header["env_step"]))
+        elif multihost.is_main():
+            for path in set_aside_previous_attempt(run_dir):
+                log(f"a previous attempt's logs (no checkpoint) were moved to {path}")
+        multihost.barrier("run_dir_ready")  # no process opens its logs before the old ones are moved
+        if multihost.is_main():
+            write_run_info(run_dir, config, seed_placement=sharding.describe(seeds.sharding))
+        self.logger = MetricsLogger(run_dir, seeds.seed_indices, config.log.tensorboard)
+        if header is None:
+            for i in seeds.seed_indices:
+                self.logger.write(i, "run_info", 0, info)
+        header = header or {}
+        self.episode_counts = np.asarray(header.get("episode_counts", [0] * seeds.num_seeds), np.int64)[
+            seeds.local_rows
+        ]
+        self.updates_done = int(header.get("updates_per_seed", 0))
+        self.last_eval = header.get("last_eval")
+        self.eval_index = int(header.get("eval_index", 0))
+
+    def episodes(self, finished, env_step: int) -> None:
+        """Finished episodes of this process's envs (FinishedEpisode, env_index local)."""
+        write_episode_records(self.logger, finished, self.episode_counts, self.envs_per_seed, env_step)
+
+    def update(self, env_step: int, rates: dict, window_metrics: list) -> None:
+        """The rates plus each metric averaged over the window's dispatches ([S] device arrays each)."""
+        means = {}
+        if window_metrics:
+            means = self.seeds.to_host(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
+        write_update_records(self.logger, env_step, rates, means)
+
+    def evaluate(self, evaluate_fn, kind: str, env_step: int, episodes: int) -> np.ndarray:
+        """evaluate_fn(episodes, eval_index) -> this process's returns [local seeds, episodes]; records
+        them and returns every seed's (gathered). For "final_eval" process 0 writes final_eval.json."""
+        self.eval_index += 1
+        start = time.time()
+        returns = evaluate_fn(episodes, self.eval_index)
+        write_eval_records(self.logger, kind, env_step, returns, time.time() - start)
+        returns = self.seeds.gather(np.asarray(returns))
+        self.last_eval = float(np.mean(returns))
+        log(f"[{kind}] env_step={env_step} return per seed: {np.round(returns.mean(1), 1).tolist()}")
+        if kind == "final_eval" and multihost.is_main():
+            save_json_atomic(
+                self.final_eval_path, {"env_step": env_step, "return_mean_per_seed": returns.mean(1).tolist()}
+            )
+        return returns
+
+    @property
+    def final_eval_path(self) -> str:
+        return os.path.join(self.run_dir, "final_eval.json")
+
+    def save(self, checkpointer: Checkpointer, state, env_step: int) -> None:
+        """A checkpoint of `state` with the header of where the run stands (every process calls it)."""
+        episode_counts = self.seeds.gather(self.episode_counts)
+        header = checkpoint_header(
+            env_step, config_to_dict(self.config), episode_counts, self.updates_done, self.last_eval, self.eval_index
+        )
+        checkpointer.save(env_step, state, header)
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def log(message: str) -> None:
+    """A line above the progress bar, from process 0 only."""
+    if multihost.is_main():
+        tqdm.write(message)
+
+
+def progress_bar(config, total: int, initial: int, desc: str) -> tqdm:
+    """The run's progress bar (rate and ETA), on process 0 only; sparse when stderr is a file."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        desc=desc,
+        disable=not config.log.progress_bar or not multihost.is_main(),
+        mininterval=1.0 if os.isatty(2) else 30.0,
+        miniters=1,  # else tqdm adapts to the fast random warm-up and then barely prints
+        dynamic_ncols=True,
+    )
 
 
 def push_frames(frame_stack, frames, first):

@@ -21,24 +21,21 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from psrl_jax.agents.sac import SACAgent, SACState, learning_rate
-from psrl_jax.config import ConfigError, config_to_dict, save_json_atomic
+from psrl_jax.config import ConfigError, config_to_dict
 from psrl_jax.config import validate_dmc_config as validate_config
 from psrl_jax.envs.dmc import DMCEpisodeStats, action_repeat_for, make_dmc_envs, resolve_task, run_dmc_evaluation
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay, sequence_length
 from psrl_jax.train import sharding
-from psrl_jax.train.checkpoint import checkpoint_header
-from psrl_jax.train.common import EVAL_SEED_OFFSET, SeedAxis, open_run_dir, push_frames, resolve_scan_unroll
-from psrl_jax.train.run_dir import (
-    MetricsLogger,
-    set_aside_previous_attempt,
-    truncate_metrics_after,
-    write_episode_records,
-    write_eval_records,
-    write_run_info,
-    write_update_records,
+from psrl_jax.train.common import (
+    EVAL_SEED_OFFSET,
+    RunRecords,
+    SeedAxis,
+    open_run_dir,
+    progress_bar,
+    push_frames,
+    resolve_scan_unroll,
 )
 
 
@@ -83,6 +80,7 @@ class DMCTrainer:
         config.env.action_repeat = repeat  # resolved, so config.json records the repeat used
         validate_config(config)
         self.seeds = SeedAxis.for_config(config)
+        self.local_seeds = self.seeds.local()  # this process's seeds on its devices: evaluation
         self.run_dir, self.checkpointer = open_run_dir(
             config, f"{config.name}-{self.task.name}-s{config.seed}x{config.num_seeds}"
         )
@@ -91,7 +89,9 @@ class DMCTrainer:
         self.action_repeat = repeat
         self.env_steps_per_iteration = self.envs_per_seed * repeat  # per seed
         self.total_iterations = config.total_env_steps // self.env_steps_per_iteration
-        self.envs = self._make_envs(self.num_seeds * self.envs_per_seed, config.seed * self.envs_per_seed)
+        # This process's seeds' envs only; agent i's envs are seeded from seed + i as in a 1-seed run.
+        self.num_envs = self.seeds.num_local * self.envs_per_seed
+        self.envs = self._make_envs(self.num_envs, self.local_seeds.first_seed * self.envs_per_seed)
         self.action_dim = int(self.envs.action_dim)
         size = config.env.image_size
         self.frame_shape = (size, size, 3)
@@ -165,29 +165,31 @@ class DMCTrainer:
             jax.vmap(functools.partial(self._collect_single, random_actions=False)), donate_argnums=0
         )
         self.update_fn = self.seeds.jit(jax.vmap(self._update_single), donate_argnums=0)
-        self.eval_act = self.seeds.jit(jax.vmap(self._eval_act_single))
+        self.eval_act = self.local_seeds.jit(jax.vmap(self._eval_act_single))  # process-local
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, agent_state, episodes: int, eval_index: int) -> np.ndarray:
-        """[S, episodes] returns of the deterministic policy (tanh of the mean action)."""
-        cfg = self.config
+        """[local seeds, episodes] returns of the deterministic policy (tanh of the mean action), on
+        this process's devices only (as on Atari)."""
+        cfg, seeds = self.config, self.local_seeds
         envs_per_seed = min(episodes, cfg.eval.max_parallel_envs)
-        num_envs = self.num_seeds * envs_per_seed
-        envs = self._make_envs(num_envs, EVAL_SEED_OFFSET + cfg.seed * envs_per_seed)
+        num_envs = seeds.num_seeds * envs_per_seed
+        envs = self._make_envs(num_envs, EVAL_SEED_OFFSET + seeds.first_seed * envs_per_seed)
+        agent_state = self.seeds.to_local(agent_state)
         base_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET), eval_index)
         counter = [0]
 
         def policy(stacked_obs, first):
             del first
             counter[0] += 1
-            keys = self.seeds.put(jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds))
-            obs = self.seeds.put_env_rows(stacked_obs)
-            actions = sharding.to_host(self.eval_act(agent_state, obs, keys))
+            all_keys = jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds)
+            keys = seeds.put(np.asarray(all_keys)[self.seeds.local_rows])  # the 1-process run's keys
+            actions = seeds.to_host(self.eval_act(agent_state, seeds.put_env_rows(stacked_obs), keys))
             return np.asarray(actions).reshape(num_envs, self.action_dim)
 
         returns = run_dmc_evaluation(envs, policy, episodes // envs_per_seed, cfg.env.frame_stack)
         envs.close()
-        return np.asarray(returns).reshape(self.num_seeds, episodes)
+        return np.asarray(returns).reshape(seeds.num_seeds, episodes)
 
     def restore_latest(self):
         return self.checkpointer.restore(self.seeds.state_template(self.init_fn), config_to_dict(self.config))
@@ -195,52 +197,28 @@ class DMCTrainer:
     # ----- main loop ----------------------------------------------------------------------------
     def run(self) -> str:
         cfg, S, E = self.config, self.num_seeds, self.envs_per_seed
-        config_dict = config_to_dict(cfg)
-        start_iteration, header = 0, {}
+        start_iteration, header = 0, None
         if cfg.resume:
             state, header = self.restore_latest()
             start_iteration = int(header["env_step"]) // self.env_steps_per_iteration
-            truncate_metrics_after(self.run_dir, S, int(header["env_step"]))
         else:
-            for path in set_aside_previous_attempt(self.run_dir):
-                tqdm.write(f"a previous attempt's logs (no checkpoint) were moved to {path}")
             state = self.init_fn(self.seeds.keys())
-        placement = sharding.describe(self.seeds.sharding)
-        write_run_info(self.run_dir, cfg, seed_placement=placement)
-        logger = MetricsLogger(self.run_dir, S, cfg.log.tensorboard)
-        if not cfg.resume:
-            replay_bytes = float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay)))
-            info = {
-                "replay_bytes_per_transition": replay_bytes,
-                "replay_capacity": self.replay_capacity,
-                "task": self.task.name,
-                "action_repeat": self.action_repeat,
-                "learning_rate": learning_rate(cfg),
-                "backend": cfg.env.backend,
-                "seed_devices": placement["seed_devices"],
-            }
-            for i in range(S):
-                logger.write(i, "run_info", 0, info)
-
-        episodes = DMCEpisodeStats(S * E)
-        episode_counts = np.asarray(header.get("episode_counts", [0] * S), np.int64)
-        updates_done = int(header.get("updates_per_seed", 0))
-        last_eval = header.get("last_eval")
-        eval_index = int(header.get("eval_index", 0))
+        info = {
+            "replay_bytes_per_transition": float(bytes_per_transition(jax.tree.map(lambda x: x[0], state.replay))),
+            "replay_capacity": self.replay_capacity,
+            "task": self.task.name,
+            "action_repeat": self.action_repeat,
+            "learning_rate": learning_rate(cfg),
+            "backend": cfg.env.backend,
+            "seed_devices": sharding.describe(self.seeds.sharding)["seed_devices"],
+        }
+        records = RunRecords(self.run_dir, cfg, self.seeds, E, header, info)
+        episodes = DMCEpisodeStats(self.num_envs)
 
         arrays = self.envs.reset()
         total_env_steps = self.total_iterations * self.env_steps_per_iteration
         step_size = self.env_steps_per_iteration
-        progress = tqdm(
-            total=total_env_steps,
-            initial=start_iteration * step_size,
-            unit="step",
-            desc=f"{cfg.name} {self.task.name} x{S}",
-            disable=not cfg.log.progress_bar,
-            mininterval=1.0 if os.isatty(2) else 30.0,
-            miniters=1,
-            dynamic_ncols=True,
-        )
+        progress = progress_bar(cfg, total_env_steps, start_iteration * step_size, f"{cfg.name} {self.task.name} x{S}")
         window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
 
         to_seed_axis = self.seeds.put_env_rows
@@ -258,12 +236,12 @@ class DMCTrainer:
                 state, metrics = self.update_fn(state)
                 window_metrics.append(metrics)
                 window_updates += self.updates_per_dispatch
-                updates_done += self.updates_per_dispatch
-            arrays = self.envs.step(np.asarray(sharding.to_host(actions)).reshape(S * E, self.action_dim))
+                records.updates_done += self.updates_per_dispatch
+            arrays = self.envs.step(np.asarray(self.seeds.to_host(actions)).reshape(self.num_envs, self.action_dim))
             env_step = (iteration + 1) * step_size
             window_steps += step_size
             progress.update(step_size)
-            write_episode_records(logger, episodes.update(arrays), episode_counts, E, env_step)
+            records.episodes(episodes.update(arrays), env_step)
             done = iteration + 1 == self.total_iterations
 
             if crossed(env_step, step_size, cfg.log.every_steps) or done:
@@ -272,49 +250,35 @@ class DMCTrainer:
                     "env_steps_per_s_all_seeds": window_steps * S / elapsed,
                     "agent_steps_per_s_all_seeds": window_steps * S / self.action_repeat / elapsed,
                     "updates_per_s_all_seeds": window_updates * S / elapsed,
-                    "updates_per_seed": updates_done,
+                    "updates_per_seed": records.updates_done,
                 }
-                write_update_records(logger, env_step, rates, window_metrics)
+                records.update(env_step, rates, window_metrics)
                 progress.set_postfix(
                     sps=f"{rates['env_steps_per_s_all_seeds']:.0f}",
                     ups=f"{rates['updates_per_s_all_seeds']:.1f}",
-                    eval="-" if last_eval is None else f"{last_eval:.1f}",
+                    eval="-" if records.last_eval is None else f"{records.last_eval:.1f}",
                     refresh=False,
                 )
                 window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
 
             if not done and crossed(env_step, step_size, cfg.eval.every_steps):
-                eval_index += 1
-                returns = self._log_eval(logger, state, env_step, cfg.eval.episodes, eval_index, "eval")
-                last_eval = float(np.mean(returns))
+                records.evaluate(functools.partial(self.evaluate, state.agent), "eval", env_step, cfg.eval.episodes)
                 window_start = time.time()
             if not done and crossed(env_step, step_size, cfg.checkpoint.every_steps):
-                self._save(state, env_step, config_dict, episode_counts, updates_done, last_eval, eval_index)
+                records.save(self.checkpointer, state, env_step)
                 window_start = time.time()
         progress.close()
 
-        done_path = os.path.join(self.run_dir, "final_eval.json")
-        if start_iteration < self.total_iterations or not os.path.exists(done_path):
+        if start_iteration < self.total_iterations or not os.path.exists(records.final_eval_path):
             if start_iteration < self.total_iterations:
-                self._save(state, total_env_steps, config_dict, episode_counts, updates_done, last_eval, eval_index)
-            eval_index += 1
-            returns = self._log_eval(logger, state, total_env_steps, cfg.eval.final_episodes, eval_index, "final_eval")
-            save_json_atomic(done_path, {"env_step": total_env_steps, "return_mean_per_seed": returns.mean(1).tolist()})
-        logger.close()
+                records.save(self.checkpointer, state, total_env_steps)
+            records.evaluate(
+                functools.partial(self.evaluate, state.agent), "final_eval", total_env_steps, cfg.eval.final_episodes
+            )
+        records.close()
         self.checkpointer.close()
         self.envs.close()
         return self.run_dir
-
-    def _log_eval(self, logger, state, env_step, episodes, eval_index, kind):
-        start = time.time()
-        returns = self.evaluate(state.agent, episodes, eval_index)
-        write_eval_records(logger, kind, env_step, returns, time.time() - start)
-        tqdm.write(f"[{kind}] env_step={env_step} return per seed: {np.round(returns.mean(1), 1).tolist()}")
-        return returns
-
-    def _save(self, state, env_step, config_dict, episode_counts, updates_done, last_eval, eval_index):
-        header = checkpoint_header(env_step, config_dict, episode_counts, updates_done, last_eval, eval_index)
-        self.checkpointer.save(env_step, state, header)
 
 
 def train(config) -> str:

@@ -115,6 +115,11 @@ class FusedLoop:
     """
 
     def __init__(self, trainer):
+        if jax.process_count() > 1:
+            raise ConfigError(
+                "config.loop='fused' runs in one process: envpool's XLA step takes every env's action on "
+                "one device. Use config.loop='host' for a run over several processes (jax.distributed)."
+            )
         if trainer.seeds.sharding is not None:
             raise ConfigError(
                 "config.loop='fused' runs on one device: envpool's XLA step takes every env's action "

@@ -68,10 +68,10 @@ def read_metrics(run_dir: str, seed_index: int) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def truncate_metrics_after(run_dir: str, num_seeds: int, env_step: int) -> None:
-    """On resume from a checkpoint at `env_step`, drop records written after it (they will be
-    produced again); the dropped lines are kept in seed_<i>.jsonl.after_<step> so nothing is lost."""
-    for i in range(num_seeds):
+def truncate_metrics_after(run_dir: str, seed_indices, env_step: int) -> None:
+    """On resume from a checkpoint at `env_step`, drop the records of these seeds written after it
+    (they will be produced again); the dropped lines are kept in seed_<i>.jsonl.after_<step>."""
+    for i in seed_indices:
         path = metrics_path(run_dir, i)
         if not os.path.exists(path):
             continue
@@ -104,17 +104,22 @@ def set_aside_previous_attempt(run_dir: str) -> list:
 
 
 class MetricsLogger:
-    """Appends one JSON line per record to each seed's file, and mirrors scalars to TensorBoard."""
+    """Appends one JSON line per record to each seed's file, and mirrors scalars to TensorBoard.
 
-    def __init__(self, run_dir: str, num_seeds: int, tensorboard: bool):
-        self.num_seeds = num_seeds
+    `seeds`: how many seeds (files seed_0 ... seed_<n-1>), or the indices of the seeds this process
+    owns (multi-process runs: each process writes its own seeds' files)."""
+
+    def __init__(self, run_dir: str, seeds, tensorboard: bool):
+        self.seed_indices = list(range(seeds) if isinstance(seeds, int) else seeds)
         os.makedirs(os.path.join(run_dir, "metrics"), exist_ok=True)
-        self._files = [open(metrics_path(run_dir, i), "a") for i in range(num_seeds)]
+        self._files = {i: open(metrics_path(run_dir, i), "a") for i in self.seed_indices}
         self._writers = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._writers = [SummaryWriter(os.path.join(run_dir, "tensorboard", f"seed_{i}")) for i in range(num_seeds)]
+            self._writers = {
+                i: SummaryWriter(os.path.join(run_dir, "tensorboard", f"seed_{i}")) for i in self.seed_indices
+            }
 
     def write(self, seed_index: int, kind: str, env_step: int, values: dict) -> None:
         record = {"kind": kind, "env_step": int(env_step)}
@@ -126,18 +131,18 @@ class MetricsLogger:
                     self._writers[seed_index].add_scalar(f"{kind}/{name}", value, env_step)
 
     def flush(self) -> None:
-        for f in self._files:
+        for f in self._files.values():
             f.flush()
         if self._writers is not None:
-            for w in self._writers:
+            for w in self._writers.values():
                 w.flush()
 
     def close(self) -> None:
         self.flush()
-        for f in self._files:
+        for f in self._files.values():
             f.close()
         if self._writers is not None:
-            for w in self._writers:
+            for w in self._writers.values():
                 w.close()
 
 
@@ -152,53 +157,46 @@ def _to_python(value):
 
 def write_episode_records(logger: MetricsLogger, finished, episode_counts, envs_per_seed: int, env_step: int) -> None:
     """One "train_episode" record per finished episode (FinishedEpisode of envs/atari.py), in the
-    seed that owns its env; `episode_counts` [S] is advanced in place."""
+    seed that owns its env (env_index counts the logger's envs, seed-major); `episode_counts` (one
+    per logger seed) is advanced in place."""
     for episode in finished:
-        seed_index = episode.env_index // envs_per_seed
-        episode_counts[seed_index] += 1
+        row = episode.env_index // envs_per_seed
+        episode_counts[row] += 1
         logger.write(
-            seed_index,
+            logger.seed_indices[row],
             "train_episode",
             env_step,
             {
                 "return": episode.episode_return,
                 "length": episode.length,
                 "truncated": bool(episode.truncated),
-                "episode": int(episode_counts[seed_index]),
+                "episode": int(episode_counts[row]),
             },
         )
 
 
-def write_update_records(logger: MetricsLogger, env_step: int, rates: dict, window_metrics: list) -> None:
-    """One "update" record per seed: the rates plus each metric averaged over the window's dispatches
-    (each a dict of [S] device arrays; empty during the warm-up)."""
-    means = {}
-    if window_metrics:
-        import jax
-        import jax.numpy as jnp
-
-        from psrl_jax.train import sharding
-
-        means = sharding.to_host(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
-    for i in range(logger.num_seeds):
-        logger.write(i, "update", env_step, {**rates, **{k: float(v[i]) for k, v in means.items()}})
+def write_update_records(logger: MetricsLogger, env_step: int, rates: dict, means: dict) -> None:
+    """One "update" record per logger seed: the rates plus each metric's window mean (host arrays,
+    one row per logger seed; empty during the warm-up)."""
+    for row, seed_index in enumerate(logger.seed_indices):
+        logger.write(seed_index, "update", env_step, {**rates, **{k: float(v[row]) for k, v in means.items()}})
     logger.flush()
 
 
 def write_eval_records(logger: MetricsLogger, kind: str, env_step: int, returns, seconds: float) -> None:
-    """One "eval" / "final_eval" record per seed from returns [S, episodes]."""
+    """One "eval" / "final_eval" record per logger seed from returns [logger seeds, episodes]."""
     import numpy as np
 
-    for i in range(returns.shape[0]):
+    for row, seed_index in enumerate(logger.seed_indices):
         logger.write(
-            i,
+            seed_index,
             kind,
             env_step,
             {
-                "return_mean": float(np.mean(returns[i])),
-                "return_std": float(np.std(returns[i])),
+                "return_mean": float(np.mean(returns[row])),
+                "return_std": float(np.std(returns[row])),
                 "episodes": int(returns.shape[1]),
-                "returns": returns[i].tolist(),
+                "returns": returns[row].tolist(),
                 "seconds": seconds,
             },
         )

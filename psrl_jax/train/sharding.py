@@ -5,11 +5,11 @@ Every per-seed array of the trainer has a leading seed axis S. With sharding on,
 each device holds S / num_devices whole seeds, so the vmapped computation of one seed never leaves
 its device and no collective is needed. Sharding off (None below) keeps the default-device code.
 
-Host data enters with `put_seed_axis` and leaves with `to_host`. With one process these are
-`jax.device_put` / `jax.device_get`. With several processes each passes only its own rows of the
-seed axis (`jax.make_array_from_process_local_data`) and `to_host` gathers every process's rows
-(`multihost_utils.process_allgather`); the trainer itself refuses multi-process runs for now
-(AtariTrainer.__init__ says what is missing).
+Host data enters with `put_seed_axis` and leaves with `local_rows_to_host`. With one process these
+are `jax.device_put` / `jax.device_get`. With several processes (jax.distributed) each process owns
+the contiguous seeds its devices hold (`local_rows`): it passes in only those rows
+(`jax.make_array_from_process_local_data`), reads back only those rows (its addressable shards),
+and `gather_rows` exchanges host rows between processes (`multihost_utils.process_allgather`).
 """
 
 import jax
@@ -69,11 +69,47 @@ def put_seed_axis(tree, sharding: NamedSharding | None):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
-def to_host(tree):
-    """numpy copies of (possibly sharded) arrays, every seed's rows on every process."""
+def local_rows(sharding: NamedSharding | None, num_seeds: int) -> slice:
+    """The seed rows whose shards live on this process's devices: every row with one process. A
+    ConfigError if they are not one contiguous block (a mesh whose device order interleaves processes)."""
+    if sharding is None or jax.process_count() == 1:
+        return slice(0, num_seeds)
+    starts = sorted(index[0].start or 0 for index in sharding.addressable_devices_indices_map((num_seeds,)).values())
+    per_device = num_seeds // len(sharding.mesh.devices.flat)
+    if starts != list(range(starts[0], starts[0] + per_device * len(starts), per_device)):
+        raise ConfigError(
+            f"process {jax.process_index()} holds non-contiguous seed rows {starts}: "
+            "the device mesh interleaves processes"
+        )
+    return slice(starts[0], starts[0] + per_device * len(starts))
+
+
+def local_rows_to_host(tree):
+    """numpy copies of this process's seed rows: everything with one process, else the addressable
+    shards of each array in seed order (no communication)."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+
+    def local(x):
+        shards = sorted(x.addressable_shards, key=lambda shard: shard.index[0].start or 0)
+        return np.concatenate([np.asarray(shard.data) for shard in shards])
+
+    return jax.tree.map(local, tree)
+
+
+def gather_rows(tree):
+    """Host arrays of this process's seed rows -> every process's rows in process order, on every
+    process. A collective: every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return tree
+
+    def gather(x):
+        # As bytes: JAX would carry float64/int64 as 32-bit values (x64 is off); rows stay on axis 0.
+        x = np.ascontiguousarray(x)
+        raw = multihost_utils.process_allgather(x.reshape(x.shape[0], -1).view(np.uint8), tiled=True)
+        return np.asarray(raw).view(x.dtype).reshape(-1, *x.shape[1:])
+
+    return jax.tree.map(gather, tree)
 
 
 def with_sharding(abstract_tree, sharding: NamedSharding | None):
