@@ -16,7 +16,10 @@ optimizer, ...) for TensorBoard's profile plugin or Perfetto. `--loops` measures
 themselves instead: agent env steps/s of the host loop and of the fused loop (config.loop="fused")
 after the warm-up and during it (acting only: the per-step overhead the fused loop removes), and raw
 envpool steps/s with random actions, on the same envs. The replay is filled with random frames (no
-training), so numbers measure the machinery, not learning.
+training), so numbers measure the machinery, not learning. `--sharding` (more than one device, e.g.
+XLA_FLAGS=--xla_force_host_platform_device_count=2) times the sharded update dispatch as the
+trainers run it (shard_map: each device its own seeds) against the same vmapped update left to XLA's
+SPMD partitioner, and counts the collectives in each compiled program.
 """
 
 import json
@@ -47,6 +50,11 @@ _LOOPS = flags.DEFINE_bool(
     False,
     "Measure the training loops instead: the host loop and the fused loop (config.loop) after the warm-up, "
     "and raw envpool with random actions, one after another on the same envs (chunk = config.log.every_steps)",
+)
+_SHARDING = flags.DEFINE_bool(
+    "sharding",
+    False,
+    "Measure the sharded update instead: shard_map (the trainers' SeedAxis.jit) vs XLA's SPMD partitioner",
 )
 _CHUNKS = flags.DEFINE_integer("chunks", 2, "With --loops: timed chunks of log.every_steps env steps per loop")
 flags.mark_flags_as_required(["config"])
@@ -130,7 +138,10 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     results["updates_per_dispatch"] = U
     # XLA's cost analysis counts a rolled loop's body once: exact per-update FLOPs need a full unroll.
     counted_updates = U if trainer.scan_unroll >= U else 1
-    results["flops_per_update_per_seed"] = flops / (counted_updates * S)
+    # Sharded, the compiled program is one device's: its S / devices seeds (SeedAxis.jit).
+    seed_devices = len(trainer.seeds.sharding.device_set) if trainer.seeds.sharding is not None else 1
+    results["seed_devices"] = seed_devices
+    results["flops_per_update_per_seed"] = flops / (counted_updates * (S // seed_devices))
     results["flops_count_exact"] = trainer.scan_unroll >= U
 
     def update_once():
@@ -143,6 +154,8 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     results["updates_per_s_all_seeds"] = U * S / seconds
     results["achieved_flops_per_s"] = results["flops_per_update_per_seed"] * U * S / seconds
     peak, source = peak_flops(device, results["compute_dtype"])
+    if peak and device.platform != "cpu":  # forced CPU devices share the same cores
+        peak, source = peak * seed_devices, f"{source}, x{seed_devices} devices"
     results["device_peak_flops_per_s"] = peak
     results["device_peak_source"] = source
     results["mfu"] = results["achieved_flops_per_s"] / peak if peak else None
@@ -271,6 +284,62 @@ def measure_loops(config, chunks: int) -> dict:
     return results
 
 
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def measure_sharding(config, repeats: int) -> dict:
+    """ms per update dispatch, sharded over every device: shard_map vs the SPMD partitioner, timed
+    alternately on the same state; and the collectives XLA put into each compiled program."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from psrl_jax.train.atari_trainer import AtariTrainer
+
+    if jax.device_count() < 2:
+        sys.exit("error: --sharding needs more than one device (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+    config.shard_seeds = "on"
+    trainer = AtariTrainer(config)
+    seeds, S, E, size = trainer.seeds, config.num_seeds, config.env.envs_per_seed, config.env.image_size
+    state = trainer.init_fn(seeds.keys())
+    rng = np.random.default_rng(0)
+    for i in range(max(config.agent.batch_size, 64) + 16):  # enough rows to sample sequences from
+        frame = seeds.put(rng.integers(0, 255, (S, E, size, size), dtype=np.uint8))
+        reward = seeds.put(rng.random((S, E), dtype=np.float32))
+        state, _ = trainer.collect_random(
+            state, frame, reward, seeds.put(np.ones((S, E), np.float32)), seeds.put(np.full((S, E), i == 0))
+        )
+    beta = jnp.float32(0.4)
+    programs = {
+        "shard_map": trainer.update_fn,
+        "spmd_partitioner": jax.jit(trainer.vmapped_update, out_shardings=seeds.sharding, donate_argnums=0),
+    }
+    pattern = "(" + "|".join(COLLECTIVES) + r")(?:-start)?\("
+    results = {"config": config.name, "num_seeds": S, "devices": jax.device_count(), "device": str(jax.devices()[0])}
+    results["updates_per_dispatch"] = trainer.updates_per_dispatch
+    times = {name: [] for name in programs}
+    for name, fn in programs.items():
+        text = fn.lower(state, beta).compile().as_text()
+        results[f"{name}_collectives"] = len(re.findall(pattern, text))
+        state, metrics = fn(state, beta)  # compile and warm up
+        jax.block_until_ready(metrics)
+    for _ in range(3):  # alternate, keep each one's best
+        for name, fn in programs.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                state, metrics = fn(state, beta)
+            jax.block_until_ready(metrics)
+            times[name].append((time.perf_counter() - start) / repeats)
+    for name in programs:
+        results[f"{name}_ms_per_dispatch"] = 1000 * min(times[name])
+    results["speedup_shard_map_vs_spmd"] = min(times["spmd_partitioner"]) / min(times["shard_map"])
+    trainer.envs.close()
+    trainer.checkpointer.close()
+    return results
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -280,7 +349,14 @@ def main(argv):
     if _SEEDS_LIST.value and _DISPATCH_LIST.value:
         sys.exit("error: vary one thing per benchmark: --seeds_list or --updates_per_dispatch_list")
     runs = []
-    if _LOOPS.value:
+    if _SHARDING.value:
+        seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
+        for num_seeds in seeds_list:
+            config.num_seeds = num_seeds
+            runs.append(measure_sharding(config, _REPEATS.value))
+            print(f"measured sharding, num_seeds={num_seeds}: {runs[-1]['speedup_shard_map_vs_spmd']:.2f}x", flush=True)
+        results = runs[0] if len(runs) == 1 else {"runs": runs}
+    elif _LOOPS.value:
         seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
         for num_seeds in seeds_list:
             config.num_seeds = num_seeds

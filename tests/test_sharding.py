@@ -57,8 +57,9 @@ def test_launcher_refuses_indivisible_seeds_before_compiling(tmp_path):
 # Trains 4 seeds sharded ("on") and on one device ("off"), records the shardings of the state after
 # every collect/update dispatch, restores each run's final checkpoint and compares the two states.
 SCRIPT = """
-import json, sys
+import json, re, sys
 import jax
+import jax.numpy as jnp
 import numpy as np
 from configs import rainbow
 from psrl_jax.train.atari_trainer import AtariTrainer
@@ -96,6 +97,14 @@ for mode in ("on", "off"):
     trainer.run()
     restorer = AtariTrainer(config(mode, resume=True))
     state, _ = restorer.restore_latest()
+    if mode == "on":  # the collectives in the compiled per-step programs
+        put = restorer.seeds.put
+        step = [put(np.zeros((4, 1, 84, 84), np.uint8))]
+        step += [put(np.zeros((4, 1), t)) for t in (np.float32, np.float32, bool)]
+        programs = {"collect_policy": restorer.collect_policy.lower(state, *step),
+                    "update": restorer.update_fn.lower(state, jnp.float32(0.5))}
+        pattern = r"(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\\("
+        result["collectives"] = {name: re.findall(pattern, p.compile().as_text()) for name, p in programs.items()}
     restorer.envs.close()
     states[mode] = jax.device_get(state)
     result[mode] = {"during_training": sorted(seen), "restored": placement(state)}
@@ -137,6 +146,9 @@ def test_sharded_run_equals_unsharded_run(tmp_path):
     assert result["on"]["restored"] == [["seeds", 4]], result
     assert {n for _, n in result["off"]["during_training"]} == {1}, result
     assert {n for _, n in result["off"]["restored"]} == {1}, result
+    # Each device runs only its own seeds (SeedAxis.jit: shard_map): no collective in the compiled
+    # collect and update. Left to the SPMD partitioner, the vmapped convolutions were all-gathered.
+    assert result["collectives"] == {"collect_policy": [], "update": []}, result["collectives"]
     with open(tmp_path / "on" / "versions.json") as f:
         assert json.load(f)["seed_placement"]["seed_devices"] == 4
 

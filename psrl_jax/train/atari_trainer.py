@@ -136,7 +136,7 @@ class AtariTrainer:
         self.init_fn = self.seeds.jit(jax.vmap(self._init_single))
         self.collect_random = self.seeds.jit(self.vmapped_collect(random_actions=True), donate_argnums=0)
         self.collect_policy = self.seeds.jit(self.vmapped_collect(random_actions=False), donate_argnums=0)
-        self.update_fn = self.seeds.jit(self.vmapped_update, donate_argnums=0)
+        self.update_fn = self.seeds.jit(self.vmapped_update, replicated_argnums=(1,), donate_argnums=0)
         self.eval_act = self.local_seeds.jit(jax.vmap(self._eval_act_single))  # process-local
 
     # ----- evaluation ---------------------------------------------------------------------------

@@ -84,12 +84,23 @@ class SeedAxis:
             return tree
         return self.local().put(self.to_host(tree))
 
-    def jit(self, fn, **kwargs):
-        """jax.jit; sharded, every output (all have the leading seed axis) is pinned to the seed
-        sharding, so the state stays split across steps, checkpoints and restores."""
-        if self.sharding is not None:
-            kwargs["out_shardings"] = self.sharding
-        return jax.jit(fn, **kwargs)
+    def jit(self, fn, *, replicated_argnums=(), **kwargs):
+        """jax.jit of a function vmapped over the seed axis (every output has it; so has every
+        argument but `replicated_argnums`). Sharded, it runs under `jax.shard_map`: each device runs
+        `fn` on its own seeds and nothing else. Left to XLA's SPMD partitioner, the vmapped
+        convolutions (per-seed kernels become one grouped convolution) were all-gathered: every
+        device computed every seed's encoder (tests/test_sharding.py checks the compiled programs)."""
+        if self.sharding is None:
+            return jax.jit(fn, **kwargs)
+        mesh, seeds, whole = self.sharding.mesh, self.sharding.spec, jax.sharding.PartitionSpec()
+
+        def per_device(*args):
+            in_specs = tuple(whole if i in replicated_argnums else seeds for i in range(len(args)))
+            # check_vma=False: flashbax's sum-tree loop mixes per-seed and constant values, which the
+            # replication check rejects; fn has no collectives, so there is nothing for it to check.
+            return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=seeds, check_vma=False)(*args)
+
+        return jax.jit(per_device, out_shardings=self.sharding, **kwargs)
 
     def put(self, tree):
         """Host arrays holding this process's seed rows onto the seeds' devices (the global arrays)."""
