@@ -19,7 +19,7 @@ envpool steps/s with random actions, on the same envs. The replay is filled with
 training), so numbers measure the machinery, not learning. `--sharding` (more than one device, e.g.
 XLA_FLAGS=--xla_force_host_platform_device_count=2) times the sharded update dispatch as the
 trainers run it (shard_map: each device its own seeds) against the same vmapped update left to XLA's
-SPMD partitioner, and counts the collectives in each compiled program.
+SPMD partitioner, and counts the collectives in each compiled program (Atari or DMC configs).
 """
 
 import json
@@ -297,21 +297,24 @@ def measure_sharding(config, repeats: int) -> dict:
     import numpy as np
 
     from psrl_jax.train.atari_trainer import AtariTrainer
+    from psrl_jax.train.dmc_trainer import DMCTrainer
 
     if jax.device_count() < 2:
         sys.exit("error: --sharding needs more than one device (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
     config.shard_seeds = "on"
-    trainer = AtariTrainer(config)
-    seeds, S, E, size = trainer.seeds, config.num_seeds, config.env.envs_per_seed, config.env.image_size
+    dmc = "task" in config.env  # DMC configs (configs/sac*.py) name a task, Atari ones a game
+    trainer = (DMCTrainer if dmc else AtariTrainer)(config)
+    seeds, S, E = trainer.seeds, config.num_seeds, config.env.envs_per_seed
     state = trainer.init_fn(seeds.keys())
     rng = np.random.default_rng(0)
     for i in range(max(config.agent.batch_size, 64) + 16):  # enough rows to sample sequences from
-        frame = seeds.put(rng.integers(0, 255, (S, E, size, size), dtype=np.uint8))
+        frame = seeds.put(rng.integers(0, 255, (S, E, *trainer.frame_shape), dtype=np.uint8))
         reward = seeds.put(rng.random((S, E), dtype=np.float32))
         state, _ = trainer.collect_random(
             state, frame, reward, seeds.put(np.ones((S, E), np.float32)), seeds.put(np.full((S, E), i == 0))
         )
-    beta = jnp.float32(0.4)
+    # The Atari update takes the importance exponent beta; the DMC (SAC) update only the state.
+    args = () if dmc else (jnp.float32(0.4),)
     programs = {
         "shard_map": trainer.update_fn,
         "spmd_partitioner": jax.jit(trainer.vmapped_update, out_shardings=seeds.sharding, donate_argnums=0),
@@ -321,15 +324,15 @@ def measure_sharding(config, repeats: int) -> dict:
     results["updates_per_dispatch"] = trainer.updates_per_dispatch
     times = {name: [] for name in programs}
     for name, fn in programs.items():
-        text = fn.lower(state, beta).compile().as_text()
+        text = fn.lower(state, *args).compile().as_text()
         results[f"{name}_collectives"] = len(re.findall(pattern, text))
-        state, metrics = fn(state, beta)  # compile and warm up
+        state, metrics = fn(state, *args)  # compile and warm up
         jax.block_until_ready(metrics)
     for _ in range(3):  # alternate, keep each one's best
         for name, fn in programs.items():
             start = time.perf_counter()
             for _ in range(repeats):
-                state, metrics = fn(state, beta)
+                state, metrics = fn(state, *args)
             jax.block_until_ready(metrics)
             times[name].append((time.perf_counter() - start) / repeats)
     for name in programs:

@@ -156,6 +156,11 @@ class DMCTrainer:
     def _eval_act_single(self, agent_state, obs, key):
         return self.agent.act(agent_state, obs, key, deterministic=True)
 
+    @property
+    def vmapped_update(self):
+        """One update dispatch over the seed axis: state -> (state, metrics [S])."""
+        return jax.vmap(self._update_single)
+
     def _compile(self):
         self.init_fn = self.seeds.jit(jax.vmap(self._init_single))
         self.collect_random = self.seeds.jit(
@@ -164,7 +169,7 @@ class DMCTrainer:
         self.collect_policy = self.seeds.jit(
             jax.vmap(functools.partial(self._collect_single, random_actions=False)), donate_argnums=0
         )
-        self.update_fn = self.seeds.jit(jax.vmap(self._update_single), donate_argnums=0)
+        self.update_fn = self.seeds.jit(self.vmapped_update, donate_argnums=0)
         self.eval_act = self.local_seeds.jit(jax.vmap(self._eval_act_single))  # process-local
 
     # ----- evaluation ---------------------------------------------------------------------------
