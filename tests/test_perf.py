@@ -71,3 +71,38 @@ def test_benchmark_smoke_writes_json_and_trace(tmp_path):
     assert bench["update_memory_bytes"]["argument"] > 0 and bench["host_peak_rss_bytes"] > 0
     assert bench["replay_bytes_per_transition"] > 84 * 84
     assert glob.glob(str(trace / "seeds_1" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+
+
+def _benchmark(tmp_path, name, devices, *flags):
+    out = tmp_path / f"{name}.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/benchmark.py",
+            "--config=configs/rainbow.py:smoke",
+            "--config.num_seeds=2",
+            "--repeats=1",
+            f"--out={out}",
+            f"--config.run_dir={tmp_path / name}",
+            *flags,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_sharded_benchmark_counts_per_device_flops_and_no_collectives(tmp_path):
+    one = _benchmark(tmp_path, "one_device", 1)
+    two = _benchmark(tmp_path, "two_devices", 2)
+    assert one["seed_devices"] == 1 and two["seed_devices"] == 2
+    # Sharded, the compiled update is one device's (1 of the 2 seeds): per seed it is the same work.
+    assert two["flops_per_update_per_seed"] == pytest.approx(one["flops_per_update_per_seed"], rel=0.02)
+    sharding = _benchmark(tmp_path, "sharding", 2, "--sharding")
+    assert sharding["shard_map_collectives"] == 0  # each device its own seeds (SeedAxis.jit)
+    assert sharding["shard_map_ms_per_dispatch"] > 0 and sharding["spmd_partitioner_ms_per_dispatch"] > 0
