@@ -351,40 +351,50 @@ def main(argv):
     config.resume = False
     if _SEEDS_LIST.value and _DISPATCH_LIST.value:
         sys.exit("error: vary one thing per benchmark: --seeds_list or --updates_per_dispatch_list")
-    runs = []
     if _SHARDING.value:
-        seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
-        for num_seeds in seeds_list:
-            config.num_seeds = num_seeds
-            runs.append(measure_sharding(config, _REPEATS.value))
-            print(f"measured sharding, num_seeds={num_seeds}: {runs[-1]['speedup_shard_map_vs_spmd']:.2f}x", flush=True)
+        runs = _over_seed_counts(
+            config,
+            lambda c: measure_sharding(c, _REPEATS.value),
+            lambda r: f"shard_map {r['speedup_shard_map_vs_spmd']:.2f}x the SPMD partitioner",
+        )
         results = runs[0] if len(runs) == 1 else {"runs": runs}
     elif _LOOPS.value:
-        seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
-        for num_seeds in seeds_list:
-            config.num_seeds = num_seeds
-            runs.append(measure_loops(config, _CHUNKS.value))
-            print(f"measured loops, num_seeds={num_seeds}: fused/host {runs[-1]['fused_vs_host']:.2f}x", flush=True)
+        runs = _over_seed_counts(
+            config, lambda c: measure_loops(c, _CHUNKS.value), lambda r: f"fused/host {r['fused_vs_host']:.2f}x"
+        )
         results = runs[0] if len(runs) == 1 else {"runs": runs}
     elif _DISPATCH_LIST.value:
         # same replay ratio (1 update per env step), U of them per dispatch every U env steps
+        runs = []
         for u in (int(n) for n in _DISPATCH_LIST.value.split(",")):
             config.update_every, config.updates_per_step = u, 1
             runs.append(measure(config, _REPEATS.value, _TRACE_DIR.value))
             print(f"measured U={u}: {runs[-1]['updates_per_s_all_seeds']:.1f} updates/s", flush=True)
         results = {"runs": runs, "dispatch_scaling": _dispatch_scaling(runs)}
     else:
-        seeds_list = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
-        for num_seeds in seeds_list:
-            config.num_seeds = num_seeds
-            runs.append(measure(config, _REPEATS.value, _TRACE_DIR.value))
-            print(f"measured num_seeds={num_seeds}: {runs[-1]['updates_per_s_all_seeds']:.1f} updates/s", flush=True)
+        runs = _over_seed_counts(
+            config,
+            lambda c: measure(c, _REPEATS.value, _TRACE_DIR.value),
+            lambda r: f"{r['updates_per_s_all_seeds']:.1f} updates/s",
+        )
         results = runs[0] if len(runs) == 1 else {"runs": runs, "seed_scaling": _seed_scaling(runs)}
     text = json.dumps(results, indent=2)
     print(text)
     if _OUT.value:
         with open(_OUT.value, "w") as f:
             f.write(text + "\n")
+
+
+def _over_seed_counts(config, measure_one, summary) -> list:
+    """measure_one(config) for each --seeds_list count (default: config.num_seeds), one after another,
+    printing summary(result) as each finishes."""
+    counts = [int(n) for n in _SEEDS_LIST.value.split(",")] if _SEEDS_LIST.value else [config.num_seeds]
+    runs = []
+    for num_seeds in counts:
+        config.num_seeds = num_seeds
+        runs.append(measure_one(config))
+        print(f"measured num_seeds={num_seeds}: {summary(runs[-1])}", flush=True)
+    return runs
 
 
 def _seed_scaling(runs: list) -> list:

@@ -62,7 +62,6 @@ class AtariTrainer:
     def __init__(self, config):
         validate_atari_config(config)  # cheap checks first: no env, no compile
         self.seeds = SeedAxis.for_config(config)
-        self.local_seeds = self.seeds.local()  # this process's seeds on its devices: evaluation
         try:
             self.task_id = resolve_game(config.env.game)
         except ValueError as error:
@@ -76,7 +75,7 @@ class AtariTrainer:
         self.envs_per_seed = config.env.envs_per_seed
         # This process's seeds' envs only; agent i's envs are seeded from seed + i as in a 1-seed run.
         self.num_envs = self.seeds.num_local * self.envs_per_seed
-        first_env_seed = self.local_seeds.first_seed * self.envs_per_seed
+        first_env_seed = self.seeds.local.first_seed * self.envs_per_seed
         self.envs = make_atari_envs(config.env, self.num_envs, seed=first_env_seed, train=True)
         self.num_actions = num_actions(self.envs)
         size = config.env.image_size
@@ -137,14 +136,14 @@ class AtariTrainer:
         self.collect_random = self.seeds.jit(self.vmapped_collect(random_actions=True), donate_argnums=0)
         self.collect_policy = self.seeds.jit(self.vmapped_collect(random_actions=False), donate_argnums=0)
         self.update_fn = self.seeds.jit(self.vmapped_update, replicated_argnums=(1,), donate_argnums=0)
-        self.eval_act = self.local_seeds.jit(jax.vmap(self._eval_act_single))  # process-local
+        self.eval_act = self.seeds.local.jit(jax.vmap(self._eval_act_single))  # process-local
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, params, episodes: int, eval_index: int) -> np.ndarray:
         """Returns [local seeds, episodes] full-episode returns (no reward clipping, no life-loss
         terminals). Each process evaluates its own seeds on its own devices: episodes end at
         different steps, so no call here may wait for another process."""
-        cfg, seeds = self.config, self.local_seeds
+        cfg, seeds = self.config, self.seeds.local
         envs_per_seed = min(episodes, cfg.eval.max_parallel_envs)
         num_envs = seeds.num_seeds * envs_per_seed
         envs = make_atari_envs(

@@ -3,6 +3,7 @@ seeds live (`SeedAxis`), the run directory and its checkpointer, the actor's fra
 update scan's unroll. Plain functions and one small dataclass; each trainer reads top to bottom."""
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -70,6 +71,7 @@ class SeedAxis:
         """The indices (0..S-1) of this process's seeds: its metrics files are seed_<i>.jsonl."""
         return range(self.local_rows.start, self.local_rows.stop)
 
+    @functools.cached_property
     def local(self) -> "SeedAxis":
         """This process's seeds on its own devices: for work whose length differs between processes
         (evaluation episodes end when they end). With one process, the axis itself."""
@@ -79,10 +81,10 @@ class SeedAxis:
         return SeedAxis(self.num_local, self.first_seed + self.local_rows.start, placed, slice(0, self.num_local))
 
     def to_local(self, tree):
-        """Arrays on this axis as arrays on `local()` (a host round trip; the same arrays with one process)."""
+        """Arrays on this axis as arrays on `local` (a host round trip; the same arrays with one process)."""
         if jax.process_count() == 1:
             return tree
-        return self.local().put(self.to_host(tree))
+        return self.local.put(self.to_host(tree))
 
     def jit(self, fn, *, replicated_argnums=(), **kwargs):
         """jax.jit of a function vmapped over the seed axis (every output has it; so has every

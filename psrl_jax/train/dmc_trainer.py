@@ -80,7 +80,6 @@ class DMCTrainer:
         config.env.action_repeat = repeat  # resolved, so config.json records the repeat used
         validate_config(config)
         self.seeds = SeedAxis.for_config(config)
-        self.local_seeds = self.seeds.local()  # this process's seeds on its devices: evaluation
         self.run_dir, self.checkpointer = open_run_dir(
             config, f"{config.name}-{self.task.name}-s{config.seed}x{config.num_seeds}"
         )
@@ -91,7 +90,7 @@ class DMCTrainer:
         self.total_iterations = config.total_env_steps // self.env_steps_per_iteration
         # This process's seeds' envs only; agent i's envs are seeded from seed + i as in a 1-seed run.
         self.num_envs = self.seeds.num_local * self.envs_per_seed
-        self.envs = self._make_envs(self.num_envs, self.local_seeds.first_seed * self.envs_per_seed)
+        self.envs = self._make_envs(self.num_envs, self.seeds.local.first_seed * self.envs_per_seed)
         self.action_dim = int(self.envs.action_dim)
         size = config.env.image_size
         self.frame_shape = (size, size, 3)
@@ -170,13 +169,13 @@ class DMCTrainer:
             jax.vmap(functools.partial(self._collect_single, random_actions=False)), donate_argnums=0
         )
         self.update_fn = self.seeds.jit(self.vmapped_update, donate_argnums=0)
-        self.eval_act = self.local_seeds.jit(jax.vmap(self._eval_act_single))  # process-local
+        self.eval_act = self.seeds.local.jit(jax.vmap(self._eval_act_single))  # process-local
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, agent_state, episodes: int, eval_index: int) -> np.ndarray:
         """[local seeds, episodes] returns of the deterministic policy (tanh of the mean action), on
         this process's devices only (as on Atari)."""
-        cfg, seeds = self.config, self.local_seeds
+        cfg, seeds = self.config, self.seeds.local
         envs_per_seed = min(episodes, cfg.eval.max_parallel_envs)
         num_envs = seeds.num_seeds * envs_per_seed
         envs = self._make_envs(num_envs, EVAL_SEED_OFFSET + seeds.first_seed * envs_per_seed)
