@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from psrl_jax.ops.conv import Conv, conv_general_dilated, kernel_gradient
+from psrl_jax.ops.conv import Conv, conv_general_dilated, kernel_gradient, tracing_rolled_loop
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -89,3 +89,22 @@ def test_conv_module_is_nn_conv_with_the_same_parameters_and_outputs():
     assert jax.tree.structure(params) == jax.tree.structure(ref_params)  # names: Conv_0, head
     jax.tree.map(np.testing.assert_array_equal, params, ref_params)
     np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, "SAME"), (4, 2, "SAME"), (3, 2, ((1, 2), (0, 1)))])
+def test_padded_convolutions_take_the_fast_gradient_only_while_tracing_a_rolled_loop(kernel, stride, padding):
+    key = jax.random.PRNGKey(kernel * stride)
+    x = jax.random.normal(key, (2, 15, 15, 3))
+    w = 0.2 * jax.random.normal(jax.random.fold_in(key, 1), (kernel, kernel, 3, 6))
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)))
+
+    # A fresh function per trace: JAX caches traces by function, and the flag is read while tracing.
+    assert "custom_vjp" not in str(jax.make_jaxpr(loss(conv_general_dilated))(x, w))  # XLA's padded conv
+    with tracing_rolled_loop():
+        assert "custom_vjp" in str(jax.make_jaxpr(loss(conv_general_dilated))(x, w))  # pad + our VALID conv
+        got = jax.jit(jax.grad(loss(conv_general_dilated), argnums=(0, 1)))(x, w)
+    ref = jax.grad(loss(lax.conv_general_dilated), argnums=(0, 1))(x, w)
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)

@@ -52,6 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from psrl_jax.ops.conv import Conv
 from psrl_jax.ops.correlation import correlation_all_pairs, correlation_local
 from psrl_jax.ops.warp import resize_flow
 
@@ -160,7 +161,7 @@ class CorrespondenceNet(nn.Module):
 
         def conv_bn(x, channels, kernel, name):
             # No bias: BatchNorm's mean subtraction cancels it (its gradient is exactly zero).
-            x = nn.Conv(channels, (kernel, kernel), padding="SAME", use_bias=False, dtype=self.dtype, name=name)(x)
+            x = Conv(channels, (kernel, kernel), padding="SAME", use_bias=False, dtype=self.dtype, name=name)(x)
             # dtype is BatchNorm's output dtype; its statistics and running averages stay float32.
             x = nn.BatchNorm(
                 use_running_average=not train,
@@ -176,7 +177,7 @@ class CorrespondenceNet(nn.Module):
             return nn.leaky_relu(x, self.negative_slope)
 
         def flow_head(x, name):  # the flow (and its residual sums) in float32
-            return nn.Conv(
+            return Conv(
                 2,
                 (3, 3),
                 padding="SAME",

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from psrl_jax.networks.encoders import concat_frames
+from psrl_jax.ops.conv import Conv
 from psrl_jax.ops.normalize import minmax_normalize
 
 
@@ -41,8 +42,8 @@ class ActionAwareTransform(nn.Module):
             action = jax.nn.one_hot(action, self.num_actions, dtype=x.dtype)
         action = action.reshape(batch, 1, 1, -1).astype(x.dtype)
         x = jnp.concatenate([x, jnp.broadcast_to(action, (batch, h, w, action.shape[-1]))], axis=-1)
-        x = nn.relu(nn.Conv(self.hidden, (3, 3), padding="SAME", dtype=self.dtype, name="conv1t")(x))
-        x = nn.relu(nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype, name="conv2t")(x))
+        x = nn.relu(Conv(self.hidden, (3, 3), padding="SAME", dtype=self.dtype, name="conv1t")(x))
+        x = nn.relu(Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype, name="conv2t")(x))
         return minmax_normalize(x.astype(jnp.float32), num_feature_dims=3)
 
 

@@ -11,12 +11,17 @@ dy[b, p, q, o] is a stride-1 convolution of x^T [C, H, W, B] ("batch" = input ch
 [Ho, Wo, B, O] dilated by s as the kernel.
 
 Used only on the CPU backend (GPU convolutions go to cuDNN, which has its own kernel-gradient
-algorithms), only for VALID (unpadded) NHWC/HWIO convolutions without dilation or groups: the
-encoders' convolutions, Atari and DMC. Anything else is
-lax.conv_general_dilated unchanged, as is everything with PSRL_JAX_LAX_CONV=1 in the environment.
-Flax's nn.Conv takes it as `conv_general_dilated=`; `Conv` below is nn.Conv with it.
+algorithms), only for NHWC/HWIO convolutions without dilation or groups. VALID (unpadded) ones, the
+encoders' (Atari and DMC), always take it. Padded ones (the correspondence module's and the AAT's
+SAME convs, stride 1) take it as explicit pad + VALID conv only while `tracing_rolled_loop()` is
+active (the fused loop's chunk): there XLA's own kernel gradient ran 30x slower (a 3x3 conv over a
+[32, 11, 11, 64] batch: 128 vs 4.3 ms per step rolled vs unrolled; 5.2 ms padded here), while in
+unrolled code the explicit pad costs 1.2-1.4x. Anything else is lax.conv_general_dilated unchanged,
+as is everything with PSRL_JAX_LAX_CONV=1 in the environment. Flax's nn.Conv takes it as
+`conv_general_dilated=`; `Conv` below is nn.Conv with it.
 """
 
+import contextlib
 import functools
 import os
 
@@ -28,6 +33,22 @@ from jax import lax
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # PSRL_JAX_LAX_CONV=1 uses lax.conv_general_dilated everywhere (to measure what this module changes).
 _FORCE_LAX = os.environ.get("PSRL_JAX_LAX_CONV", "") not in ("", "0")
+
+
+_tracing_rolled_loop = False
+
+
+@contextlib.contextmanager
+def tracing_rolled_loop():
+    """Trace the body of a rolled loop in here: padded convolutions then take the fast kernel
+    gradient too (module docstring). Read at trace time: wrap the lowering of a freshly jitted
+    function (JAX reuses a function's cached trace, taken with or without this flag)."""
+    global _tracing_rolled_loop
+    previous, _tracing_rolled_loop = _tracing_rolled_loop, True
+    try:
+        yield
+    finally:
+        _tracing_rolled_loop = previous
 
 
 def _conv(x, w, strides, precision, preferred_element_type):
@@ -97,13 +118,15 @@ def conv_general_dilated(
     )
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    # Padded convolutions (the correspondence module's and the AAT's SAME convs) stay XLA's: written
-    # as pad + VALID conv here, the width-1/16 rainbow_psrl update was 1.4x slower (2,160 vs 1,527 ms).
+    # Padded convolutions (the correspondence module's and the AAT's SAME convs) stay XLA's outside
+    # rolled loops: written as pad + VALID conv, the width-1/16 rainbow_psrl update was 1.4x slower
+    # unrolled (2,160 vs 1,527 ms).
     valid = all(tuple(p) == (0, 0) for p in padding)
+    padded_in_loop = _tracing_rolled_loop and all(lo >= 0 and hi >= 0 for lo, hi in padding)
     if (
         _FORCE_LAX
         or jax.default_backend() != "cpu"
-        or not valid
+        or not (valid or padded_in_loop)
         or not undilated
         or not nhwc
         or feature_group_count != 1
@@ -122,6 +145,8 @@ def conv_general_dilated(
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
+    if not valid:
+        lhs = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     strides = tuple(int(s) for s in window_strides)
     return _valid_conv(lhs, rhs, strides, precision, preferred_element_type)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from psrl_jax.config import ConfigError
 from psrl_jax.envs.atari import FinishedEpisode
+from psrl_jax.ops import conv
 
 _FIRST, _LAST = 0, 2  # dm_env StepType values, as in envs/atari.py
 
@@ -178,7 +179,9 @@ class FusedLoop:
         if warmup not in self._programs:
             chunk = self._warmup_chunk if warmup else self._train_chunk
             try:
-                self._programs[warmup] = chunk.lower(state, env, env_step).compile()
+                with conv.tracing_rolled_loop():  # padded convs' fast kernel gradient (ops/conv.py)
+                    lowered = chunk.lower(state, env, env_step)
+                self._programs[warmup] = lowered.compile()
             except Exception as error:  # noqa: BLE001 - any compile failure: say what to do instead
                 raise ConfigError(
                     f"config.loop='fused' could not compile envpool's XLA step into the training loop on "
