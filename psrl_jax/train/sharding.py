@@ -52,11 +52,6 @@ def seed_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(SEED_AXIS))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    """The same full copy on every device of the mesh."""
-    return NamedSharding(mesh, P())
-
-
 def put_seed_axis(tree, sharding: NamedSharding | None):
     """Place host arrays with a leading seed axis; None: the default device (unsharded code path).
 
