@@ -2,7 +2,7 @@
 
 Layout (one directory per run):
     config.json            the resolved config (every field, after overrides)
-    versions.json          python, platform, jax backend/devices and package versions
+    versions.json          python, platform, jax backend/devices, XLA_FLAGS and package versions
     metrics/seed_<i>.jsonl one JSON record per line: {"kind": "train_episode"|"update"|"eval"|..., "env_step": ...}
     tensorboard/seed_<i>/  TensorBoard event files with the same scalars
     checkpoints/           orbax checkpoints (see checkpoint.py)
@@ -47,6 +47,7 @@ def package_versions() -> dict:
         "platform": platform.platform(),
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # e.g. psrl_jax/xla_cpu.py's convolution flag
         "packages": versions,
     }
 

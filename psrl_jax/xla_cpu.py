@@ -1,0 +1,67 @@
+"""XLA:CPU convolutions on Eigen instead of YNNPACK (set before JAX creates its CPU backend).
+
+jaxlib 0.9.2-0.10.x send every convolution to a YNNPACK fusion by default (the
+`xla_cpu_experimental_ynn_fusion_type` list holds `individual_convolution`). On the 2-core x86 CI
+machine (AVX-512, JAX 0.10.2) those run 4-10x slower than XLA's Eigen convolutions: a 3x3, 32->32
+conv over [64, 41, 41, 32] takes 55 ms forward and 120 ms forward + backward on YNNPACK, 6 and 26 ms
+on Eigen; the full-width SAC update goes from 1,039 to 308 ms (launch/compare_updates.py, same
+machine; openxla/xla#34273 reports the same kind of gap). Removing convolutions from that list
+gives them back to Eigen; dots and everything else keep XLA's defaults.
+
+`configure()` (called when psrl_jax is imported) appends the flag to XLA_FLAGS unless:
+- the jaxlib is not one it was checked on (the flag exists from 0.9.2; 0.11 is our GPU version,
+  where CPU convolutions do not matter and the flag is unverified; XLA aborts on unknown flags);
+- XLA_FLAGS already sets the YNN fusion types (the user's choice wins);
+- PSRL_JAX_XLA_CPU_DEFAULTS=1 is in the environment (keep XLA's defaults, e.g. to measure them).
+XLA reads XLA_FLAGS once, when the first backend is created: if JAX is already running, this warns
+and changes nothing. GPU and TPU programs are unaffected (the flag is a CPU-backend option).
+"""
+
+import importlib.metadata
+import logging
+import os
+
+FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+CHECKED_JAXLIB = ((0, 9, 2), (0, 11, 0))  # [first, last) jaxlib versions with the flag, checked
+
+
+def _jaxlib_version() -> tuple[int, ...] | None:
+    try:
+        text = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    parts = []
+    for part in text.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def wanted(environ=os.environ, jaxlib_version=None) -> bool:
+    """Whether `configure` would add FLAG, for this environment and jaxlib version."""
+    version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
+    first, last = CHECKED_JAXLIB
+    return (
+        version is not None
+        and first <= version < last
+        and "xla_cpu_experimental_ynn_fusion_type" not in environ.get("XLA_FLAGS", "")
+        and environ.get("PSRL_JAX_XLA_CPU_DEFAULTS", "") in ("", "0")
+    )
+
+
+def configure() -> None:
+    if not wanted():
+        return
+    import sys
+
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            logging.getLogger(__name__).warning(
+                "JAX was started before psrl_jax was imported: XLA:CPU keeps its YNNPACK "
+                "convolutions (4-10x slower here). Import psrl_jax first, or set XLA_FLAGS=%s",
+                FLAG,
+            )
+            return
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FLAG}".strip()

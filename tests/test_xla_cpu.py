@@ -1,0 +1,77 @@
+"""psrl_jax/xla_cpu.py: convolutions leave YNNPACK for Eigen on the checked jaxlibs, and only there."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from psrl_jax import xla_cpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+# YNNPACK's cost model leaves tiny convolutions to Eigen anyway: 32 -> 32 channels at 21x21 it takes.
+X_SHAPE, W_SHAPE = (8, 21, 21, 32), (3, 3, 32, 32)
+
+
+def compiled_conv_text() -> str:
+    x, w = jnp.ones(X_SHAPE), jnp.ones(W_SHAPE)
+    conv = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC))
+    return conv.lower(x, w).compile().as_text()
+
+
+@pytest.mark.parametrize(
+    "environ,version,expected",
+    [
+        ({}, (0, 10, 2), True),
+        ({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, (0, 10, 2), True),
+        ({}, (0, 9, 2), True),
+        ({}, (0, 9, 1), False),  # before the flag existed: XLA would abort on it
+        ({}, (0, 11, 0), False),  # unchecked (our GPU version)
+        ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}, (0, 10, 2), False),
+        ({"PSRL_JAX_XLA_CPU_DEFAULTS": "1"}, (0, 10, 2), False),
+        ({"PSRL_JAX_XLA_CPU_DEFAULTS": "0"}, (0, 10, 2), True),
+    ],
+)
+def test_wanted(environ, version, expected):
+    assert xla_cpu.wanted(environ, version) is expected
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu" or not xla_cpu.wanted({}), reason="CPU, checked jaxlib")
+def test_convolutions_compile_to_eigen_not_ynnpack():
+    # This process imported psrl_jax (above) before JAX started its backend: the flag is in force.
+    assert xla_cpu.FLAG in os.environ["XLA_FLAGS"]
+    text = compiled_conv_text()
+    assert "convolution(" in text and "ynn_fusion" not in text
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu" or not xla_cpu.wanted({}), reason="CPU, checked jaxlib")
+def test_defaults_kept_on_request_and_values_agree():
+    """With PSRL_JAX_XLA_CPU_DEFAULTS=1 the convolution stays XLA's YNNPACK fusion (so the flag above
+    is what changes it), and both compute the same values."""
+    script = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]);"
+        "import psrl_jax, jax, jax.numpy as jnp; from jax import lax;"
+        "from tests.test_xla_cpu import compiled_conv_text, NHWC, X_SHAPE, W_SHAPE;"
+        "x = jnp.asarray(np.random.default_rng(0).standard_normal(X_SHAPE), jnp.float32);"
+        "w = jnp.asarray(np.random.default_rng(1).standard_normal(W_SHAPE), jnp.float32);"
+        "y = lax.conv_general_dilated(x, w, (1, 1), 'VALID', dimension_numbers=NHWC);"
+        "print('ynn_fusion' in compiled_conv_text()); np.save(sys.argv[2], np.asarray(y))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PSRL_JAX_XLA_CPU_DEFAULTS="1", JAX_PLATFORMS="cpu")
+    out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"xla_cpu_defaults_{os.getpid()}.npy")
+    result = subprocess.run([sys.executable, "-c", script, ROOT, out], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(X_SHAPE), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal(W_SHAPE), jnp.float32)
+    eigen = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
+    np.testing.assert_allclose(np.load(out), eigen, rtol=1e-4, atol=1e-4)
+    os.remove(out)
