@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed dispatches per measurement")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here")

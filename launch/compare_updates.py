@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
+
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
 _ACTION_DIM = flags.DEFINE_integer("action_dim", 6, "DMC configs: action dimensions (6: walker, cheetah)")

@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
+
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory holding config.json and checkpoints/")
 _EPISODES = flags.DEFINE_integer("episodes", 100, "Episodes per seed")
 _PARALLEL = flags.DEFINE_integer("max_parallel_envs", 100, "Evaluation envs per seed")
