@@ -4,8 +4,8 @@ jaxlib 0.9.2-0.10.x send every convolution to a YNNPACK fusion by default (the
 `xla_cpu_experimental_ynn_fusion_type` list holds `individual_convolution`). On the 2-core x86 CI
 machine (AVX-512, JAX 0.10.2) those run 4-10x slower than XLA's Eigen convolutions: a 3x3, 32->32
 conv over [64, 41, 41, 32] takes 55 ms forward and 120 ms forward + backward on YNNPACK, 6 and 26 ms
-on Eigen; the full-width SAC update goes from 1,039 to 308 ms (launch/compare_updates.py, same
-machine; openxla/xla#34273 reports the same kind of gap). Removing convolutions from that list
+on Eigen; the full-width SAC update goes from 1,047 to 270 ms (launch/compare_updates.py, same
+machine, docs/BENCHMARKS.md; openxla/xla#34273 reports the same kind of gap). Removing convolutions from that list
 gives them back to Eigen; dots and everything else keep XLA's defaults.
 
 `configure()` (called when psrl_jax is imported) appends the flag to XLA_FLAGS unless:
@@ -20,6 +20,7 @@ and changes nothing. GPU and TPU programs are unaffected (the flag is a CPU-back
 import importlib.metadata
 import logging
 import os
+import sys
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 CHECKED_JAXLIB = ((0, 9, 2), (0, 11, 0))  # [first, last) jaxlib versions with the flag, checked
@@ -52,8 +53,6 @@ def wanted(environ=os.environ, jaxlib_version=None) -> bool:
 def configure() -> None:
     if not wanted():
         return
-    import sys
-
     if "jax" in sys.modules:
         from jax._src import xla_bridge
 

@@ -14,6 +14,9 @@ from psrl_jax import xla_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NHWC = ("NHWC", "HWIO", "NHWC")
+needs_flag = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not xla_cpu.wanted({}), reason="the flag applies: CPU, a checked jaxlib"
+)
 
 
 # YNNPACK's cost model leaves tiny convolutions to Eigen anyway: 32 -> 32 channels at 21x21 it takes.
@@ -43,7 +46,7 @@ def test_wanted(environ, version, expected):
     assert xla_cpu.wanted(environ, version) is expected
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu" or not xla_cpu.wanted({}), reason="CPU, checked jaxlib")
+@needs_flag
 def test_convolutions_compile_to_eigen_not_ynnpack():
     # This process imported psrl_jax (above) before JAX started its backend: the flag is in force.
     assert xla_cpu.FLAG in os.environ["XLA_FLAGS"]
@@ -51,7 +54,7 @@ def test_convolutions_compile_to_eigen_not_ynnpack():
     assert "convolution(" in text and "ynn_fusion" not in text
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu" or not xla_cpu.wanted({}), reason="CPU, checked jaxlib")
+@needs_flag
 def test_defaults_kept_on_request_and_values_agree():
     """With PSRL_JAX_XLA_CPU_DEFAULTS=1 the convolution stays XLA's YNNPACK fusion (so the flag above
     is what changes it), and both compute the same values."""
