@@ -2,6 +2,8 @@
 
 Run:   python launch/dmc.py --config configs/sac.py --config.env.task=walker_walk
 Smoke: python launch/dmc.py --config configs/sac.py:smoke   (a few minutes on a 2-core CPU)
+State: python launch/dmc.py --config configs/sac.py:state   (state SAC: the same agent on proprioceptive
+       states, the "state SAC" row of the DMC tables; ~5 min for cartpole_swingup 100k on a 2-core CPU)
 
 Augmentation is on (random crop 100 -> 84 plus translation) and every PSRL term is off: this is the
 baseline that configs/sac_psrl.py adds PSRL to. Steps are *environment* steps (action repeats
@@ -40,6 +42,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.env = ml_collections.ConfigDict()
     c.env.task = "cartpole_swingup"  # PlaNet tasks or any envpool DMC task: walker_walk, cheetah_run, ...
+    c.env.observation = "pixels"  # or "state": proprioceptive states, no encoder (the "state SAC" baseline)
     # Unset: the task's PlaNet value (2 finger_spin/walker_walk, 8 cartpole_swingup, else 4);
     # the trainer writes the value it used into the run's config.json.
     c.env.action_repeat = ml_collections.config_dict.placeholder(int)
@@ -80,12 +83,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.agent.alpha_b2 = 0.999
     c.agent.init_temperature = 0.1
     c.agent.target_entropy_per_dim = -1.0  # target entropy = this x action dimension (SAC's -|A|)
-    c.agent.critic_tau = 0.01  # critic target: Q heads and trunk (Table 2)
-    c.agent.encoder_tau = 0.05  # critic target: conv encoder (CURL's value; ours)
+    c.agent.critic_tau = 0.01  # critic target: Q heads (Table 2)
+    c.agent.encoder_tau = 0.05  # critic target: encoder, conv and trunk (CURL's value and split; ours)
     c.agent.critic_target_update_every = 2  # updates (Table 2)
     c.agent.actor_update_every = 2  # updates; actor and temperature (CURL's value; ours)
     c.agent.log_std_min = -10.0
     c.agent.log_std_max = 2.0
+    # SAC-AE / CURL: orthogonal Dense, delta-orthogonal convs (networks/sac_networks.py); "lecun" is
+    # Flax's default, used by the sessions 6-8 runs in docs/runs.
+    c.agent.weight_init = "orthogonal"
     c.agent.compute_dtype = "float32"  # or "bfloat16" (params, optimiser and losses stay float32)
     c.agent.augmentation = ml_collections.ConfigDict()
     c.agent.augmentation.enabled = True  # off: centre crop for updates too
@@ -134,6 +140,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.eval.final_episodes = 2
         c.log.every_steps = 400
         c.checkpoint.every_steps = 1200
+    elif variant == "state":
+        # State SAC: every SAC setting above, on the task's flattened proprioceptive observation.
+        # Same agent code with no conv encoder and no trunk (the MLPs read the state), nothing
+        # rendered, no augmentation: it checks the SAC update, replay, env and trainer without pixels.
+        c.name = "sac-state"
+        c.env.observation = "state"
+        c.env.frame_stack = 1  # states are Markov: no stacking (any F >= 1 works)
+        c.total_env_steps = 100_000
     elif variant:
-        raise ValueError(f"unknown variant {variant!r} of configs/sac.py (known: 'smoke')")
+        raise ValueError(f"unknown variant {variant!r} of configs/sac.py (known: 'smoke', 'state')")
     return c

@@ -114,6 +114,8 @@ def main(argv):
     rows = []
     for spec in specs:
         config = load_config(spec)
+        if is_dmc(config) and config.env.get("observation", "pixels") != "pixels":
+            sys.exit(f"error: {spec}: env.observation={config.env.observation!r}; this script times pixel updates")
         size, frames = config.env.image_size, config.env.frame_stack
         if is_dmc(config):
             agent = SACAgent(config, _ACTION_DIM.value, (frames, size, size, 3))

@@ -214,6 +214,21 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         },
         minimum=0,
     )
+    observation = env.get("observation", "pixels")
+    _require(
+        observation in ("pixels", "state"), f"config.env.observation must be 'pixels' or 'state', got {observation!r}"
+    )
+    if observation == "state":
+        _require(
+            not any(config.psrl[t] for t in PSRL_TERMS),
+            "config.env.observation='state' has no pixels for PSRL's losses: switch every config.psrl term off "
+            "(configs/sac.py:state is plain state SAC)",
+        )
+        _require(
+            agent.encoder == "stacked",
+            f"config.agent.encoder={agent.encoder!r} is a pixel encoder; config.env.observation='state' uses none "
+            "(leave agent.encoder at 'stacked')",
+        )
     _require(
         env.crop_size <= env.image_size,
         f"config.env.image_size={env.image_size} (the rendered size) is smaller than config.env.crop_size="
@@ -244,6 +259,10 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
     _require(
         agent.get("compute_dtype", "float32") in ("float32", "bfloat16"),
         "config.agent.compute_dtype must be 'float32' or 'bfloat16'",
+    )
+    _require(
+        agent.get("weight_init", "orthogonal") in ("orthogonal", "lecun"),
+        f"config.agent.weight_init must be 'orthogonal' or 'lecun', got {agent.get('weight_init')!r}",
     )
     _require(
         config.get("shard_seeds", "auto") in ("auto", "on", "off"), "config.shard_seeds must be 'auto', 'on' or 'off'"

@@ -119,3 +119,35 @@ def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
         text = f.read()
     finals = [np.mean(records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
     assert f"| cartpole_swingup | {np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2) |" in text
+
+
+def test_state_sac_learns_cartpole_swingup(tmp_path):
+    """The whole DMC pipeline but the pixels (envpool states, replay, SAC update, trainer, evaluation)
+    learns: configs/sac.py:state with (256, 256) MLPs, 2 vmapped seeds, 40k env steps.
+
+    Measured on the 2-core CPU, this command: evaluation returns 2.8 and 0.0 at 8k env steps (where
+    the random-action warm-up ends), 644 and 816 at 40k; 45 s. With Flax's default init instead
+    (agent.weight_init="lecun"): 158 and 125, then 643 and 478; with a third seed vmapped beside
+    them the same two seeds ended at 523 and 574 (vmapped arithmetic differs in the last bits, and
+    training amplifies that). Published state SAC at 100k: 835 +- 22.
+    Bounds: every seed above 350 at the end and above its first evaluation + 150.
+    """
+    run_dir = str(tmp_path / "state")
+    command = _command(
+        run_dir,
+        "--config.total_env_steps=40000",
+        "--config.eval.every_steps=8000",
+        "--config.agent.hidden=(256,256)",
+        "--config.seed=10",
+        config="configs/sac.py:state",
+    )
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(os.path.join(run_dir, "config.json")) as f:
+        assert json.load(f)["env"]["observation"] == "state"
+    for seed in (0, 1):
+        first = records(run_dir, seed, "eval")[0]
+        final = records(run_dir, seed, "final_eval")[-1]
+        assert first["env_step"] == 8000 and final["env_step"] == 40000
+        assert final["return_mean"] > 350, (first["return_mean"], final["return_mean"])
+        assert final["return_mean"] > first["return_mean"] + 150, (first["return_mean"], final["return_mean"])

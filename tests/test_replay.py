@@ -307,3 +307,35 @@ def test_bytes_per_transition_is_one_frame_plus_small_overhead():
     concrete = bytes_per_transition(small.init())
     assert concrete == bytes_per_transition(jax.eval_shape(small.init))
     assert frame_bytes < concrete < frame_bytes + 32
+
+
+def test_float32_frames_are_stored_and_stacked_exactly():
+    """DMC states are float32 rows: stored without the uint8 cast of pixel frames, and stacked
+    (zeros before an episode start) like frames."""
+    config = load_config(n_step=1, prediction_steps=0, capacity=16)
+    config.env.frame_stack = 2
+    replay = make_sequence_replay(config, (3,), jnp.float32, (1,), frame_dtype=jnp.float32)
+    rows = np.arange(10 * 3, dtype=np.float32).reshape(10, 3) * 0.37 - 4.1  # not representable as uint8
+    first = np.zeros(10, bool)
+    first[[0, 5]] = True
+    state = replay.init()
+    for t in range(10):
+        step = Step(
+            frame=rows[t][None],
+            action=np.full((1, 1), 0.1 * t, np.float32),
+            reward=np.zeros(1, np.float32),
+            discount=np.ones(1, np.float32),
+            first=first[t][None],
+        )
+        state = replay.add(state, step)
+    assert state.experience.frame.dtype == jnp.float32
+    np.testing.assert_array_equal(state.experience.frame[0, :10], rows)
+    batch = replay.sample(state, jax.random.key(0), 0.0)
+    for b in range(replay.batch_size):
+        if not batch.valid[b]:
+            continue
+        t = int(np.argmin(np.abs(rows[:, 0] - batch.obs[b, -1, 0])))  # the anchor row
+        np.testing.assert_array_equal(batch.obs[b, -1], rows[t])
+        np.testing.assert_array_equal(batch.obs[b, 0], 0.0 if first[t] else rows[t - 1])
+        np.testing.assert_array_equal(batch.next_obs[b, -1], rows[t + 1])
+        np.testing.assert_allclose(batch.action[b], [0.1 * t], rtol=1e-6)

@@ -220,7 +220,7 @@ def test_target_ema_and_delayed_actor_schedule(sac_setup):
     assert not np.array_equal(state2.log_alpha, state1.log_alpha)
     a = config.agent
     for name, online in state2.critic_params["params"].items():
-        tau = a.encoder_tau if name == "torso" else a.critic_tau
+        tau = a.encoder_tau if name in ("torso", "trunk") else a.critic_tau  # CURL: the encoder is conv + trunk
         expected = jax.tree.map(
             lambda o, t, tau=tau: tau * np.asarray(o, np.float64) + (1 - tau) * np.asarray(t, np.float64),
             online,
@@ -275,6 +275,91 @@ def test_psrl_with_zero_weights_is_plain_framewise_sac():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+# ----- initialisation ---------------------------------------------------------------------------
+
+
+def test_orthogonal_init_is_sac_ae_and_lecun_is_flax_default():
+    """weight_init="orthogonal": conv kernels zero but for an orthogonal centre tap with gain sqrt 2 (also
+    when C_in > C_out, as in the smoke config's 9 -> 8 first conv), orthogonal Dense kernels, zero
+    biases; weight_init="lecun" is not orthogonal."""
+    config = sac.get_config("smoke")
+    assert config.agent.weight_init == "orthogonal"
+    params = _agent(config).init(jax.random.key(0)).critic_params["params"]
+    convs = [params["torso"][name]["kernel"] for name in sorted(params["torso"])]
+    assert convs[0].shape == (3, 3, 9, 8)
+    for kernel in convs:
+        kernel = np.asarray(kernel, np.float64)
+        centre = kernel[1, 1]
+        off_centre = kernel.copy()
+        off_centre[1, 1] = 0.0
+        assert not off_centre.any()
+        gram = centre.T @ centre if centre.shape[0] >= centre.shape[1] else centre @ centre.T
+        np.testing.assert_allclose(gram, 2.0 * np.eye(gram.shape[0]), atol=1e-5)
+    for module in ("trunk", "q1"):
+        for layer in params[module].values():
+            if "kernel" in layer:
+                k = np.asarray(layer["kernel"], np.float64)
+                gram = k.T @ k if k.shape[0] >= k.shape[1] else k @ k.T
+                np.testing.assert_allclose(gram, np.eye(gram.shape[0]), atol=1e-5)
+                assert not np.asarray(layer["bias"]).any()
+
+    config.agent.weight_init = "lecun"
+    lecun = _agent(config).init(jax.random.key(0)).critic_params["params"]
+    assert np.asarray(lecun["torso"]["Conv_0"]["kernel"])[0, 0].any()
+    k = np.asarray(lecun["q1"]["Dense_0"]["kernel"], np.float64)
+    assert np.abs(k.T @ k - np.eye(k.shape[1])).max() > 0.1
+
+
+# ----- state SAC (configs/sac.py:state) ----------------------------------------------------------
+
+
+def _state_batch(batch_size, frames, dim, seed=0):
+    rng = np.random.default_rng(seed)
+    states = lambda: jnp.asarray(rng.normal(size=(batch_size, frames, dim)), jnp.float32)  # noqa: E731
+    return SequenceBatch(
+        obs=states(),
+        action=jnp.asarray(rng.uniform(-1, 1, (batch_size, ACTION_DIM)), jnp.float32),
+        n_step_return=jnp.asarray(rng.normal(size=(batch_size,)), jnp.float32),
+        bootstrap_discount=jnp.full((batch_size,), 0.99, jnp.float32),
+        next_obs=states(),
+        valid=jnp.ones((batch_size,), jnp.float32),
+        future_obs=jnp.zeros((batch_size, 0, frames, dim), jnp.float32),
+        future_actions=jnp.zeros((batch_size, 0, ACTION_DIM), jnp.float32),
+        future_mask=jnp.zeros((batch_size, 0), jnp.float32),
+        indices=jnp.arange(batch_size, dtype=jnp.int32),
+        probabilities=jnp.full((batch_size,), 1.0 / batch_size, jnp.float32),
+        importance_weights=jnp.ones((batch_size,), jnp.float32),
+    )
+
+
+def test_state_sac_reads_states_with_no_encoder():
+    """From states the MLPs read the flattened [F, D] stack: no conv, no trunk; the update is the
+    pixel agent's and trains actor and critic; actions and the Q input depend on the states."""
+    config = sac.get_config("state")
+    config.agent.hidden = (32, 32)
+    config.env.frame_stack, dim = 2, 5
+    agent = SACAgent(config, ACTION_DIM, (2, dim))
+    state = agent.init(jax.random.key(0))
+    assert set(state.critic_params["params"]) == {"q1", "q2"}
+    assert set(state.actor_params["params"]) == {"mlp"}
+    first_layer = state.critic_params["params"]["q1"]["Dense_0"]["kernel"]
+    chex.assert_shape(first_layer, (2 * dim + ACTION_DIM, 32))  # the stack, flattened, plus the action
+
+    act = jax.jit(agent.act, static_argnums=3)
+    obs = jnp.asarray(np.random.default_rng(1).normal(size=(4, 2, dim)), jnp.float32)
+    actions = act(state, obs, jax.random.key(1), True)
+    chex.assert_shape(actions, (4, ACTION_DIM))
+    assert np.all(np.abs(np.asarray(actions)) <= 1.0)
+    assert not np.array_equal(actions, act(state, obs + 1.0, jax.random.key(1), True))
+
+    update = jax.jit(agent.update)
+    new, metrics = update(state, _state_batch(config.agent.batch_size, 2, dim))
+    new, metrics = update(new, _state_batch(config.agent.batch_size, 2, dim, seed=1))  # the actor is due
+    assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
+    assert _any_leaf_changed(new.critic_params, state.critic_params)
+    assert _any_leaf_changed(new.actor_params, state.actor_params)
+
+
 # ----- config errors from DMCTrainer, before any env or compile -----------------------------------
 
 
@@ -290,8 +375,20 @@ def _no_envs(*args, **kwargs):
         (lambda: _with(sac.get_config("smoke"), action_repeat=-1), "action_repeat"),
         (lambda: _with(sac.get_config(""), image_size=80), "crop"),
         (lambda: _with(sac_psrl.get_config("smoke"), encoder="stacked"), "framewise"),
+        (lambda: _with(sac.get_config("smoke"), observation="rgb"), "observation"),
+        (lambda: _with(sac_psrl.get_config("smoke"), observation="state"), "no pixels for PSRL"),
+        (lambda: _with(sac.get_config("state"), encoder="framewise"), "pixel encoder"),
     ],
-    ids=["task_typo", "repeat_0", "repeat_negative", "image_smaller_than_crop", "psrl_stacked"],
+    ids=[
+        "task_typo",
+        "repeat_0",
+        "repeat_negative",
+        "image_smaller_than_crop",
+        "psrl_stacked",
+        "observation_unknown",
+        "psrl_from_states",
+        "state_framewise",
+    ],
 )
 def test_trainer_config_errors(make_config, match, tmp_path, monkeypatch):
     from psrl_jax.train import dmc_trainer
@@ -303,7 +400,9 @@ def test_trainer_config_errors(make_config, match, tmp_path, monkeypatch):
         dmc_trainer.DMCTrainer(config)
 
 
-def _with(config, task=None, action_repeat=None, image_size=None, encoder=None):
+def _with(config, task=None, action_repeat=None, image_size=None, encoder=None, observation=None):
+    if observation is not None:
+        config.env.observation = observation
     if task is not None:
         config.env.task = task
     if action_repeat is not None:
@@ -314,3 +413,18 @@ def _with(config, task=None, action_repeat=None, image_size=None, encoder=None):
     if encoder is not None:
         config.agent.encoder = encoder
     return config
+
+
+def test_vmapped_init_equals_each_seed_alone():
+    """Seed i of a vmapped run starts from the parameters a 1-seed run with that key gets (the
+    orthogonal init runs per seed under vmap: networks/sac_networks.py `orthogonal`)."""
+    config = sac.get_config("state")
+    config.agent.hidden = (64, 64)
+    agent = SACAgent(config, ACTION_DIM, (1, 5))
+    keys = jax.random.split(jax.random.key(7), 3)
+    stacked = jax.jit(jax.vmap(agent.init))(keys)
+    for i, key in enumerate(keys):
+        alone = agent.init(key)
+        mine = jax.tree.map(lambda x, i=i: x[i], stacked)
+        assert _leaves_equal(mine.critic_params, alone.critic_params)
+        assert _leaves_equal(mine.actor_params, alone.actor_params)

@@ -11,8 +11,9 @@ over a leading seed axis, as for Rainbow. One update:
   2. actor and temperature, every `actor_update_every` updates: the actor reads the maps of the
      *updated* encoder, detached (CURL: "actor uses detached encoder features"); the temperature
      has its own Adam (beta1 0.5, Table 2).
-  3. critic target, every `critic_target_update_every` updates: EMA with critic_tau for the trunk
-     and Q heads and encoder_tau for the conv encoder (CURL); PSRL's EMA target every update.
+  3. critic target, every `critic_target_update_every` updates: EMA with critic_tau for the Q heads
+     and encoder_tau for the encoder, conv and trunk (CURL's `critic.encoder` holds both; before
+     session 8 the trunk moved with critic_tau); PSRL's EMA target every update.
 
 Steps that are not due still run under jit (the update is one static graph) and are discarded with
 `jnp.where`, so actor, temperature and targets change exactly when they are due.
@@ -67,22 +68,28 @@ class SACAgent:
 
     config: Any
     action_dim: int
-    observation_shape: tuple  # (frame_stack, H, W, 3): the rendered (uncropped) stack
+    observation_shape: tuple  # (frame_stack, H, W, 3): the rendered (uncropped) stack; states: (frame_stack, D)
 
     @property
-    def framewise(self) -> bool:
-        return self.config.agent.encoder == "framewise"
+    def pixels(self) -> bool:
+        return self.config.env.get("observation", "pixels") == "pixels"
+
+    @property
+    def encoder(self) -> str:
+        """The critic's encoder: config.agent.encoder from pixels, "state" (none) from states."""
+        return self.config.agent.encoder if self.pixels else "state"
 
     @property
     def critic(self) -> SACCritic:
         a = self.config.agent
         return SACCritic(
-            encoder=a.encoder,
+            encoder=self.encoder,
             encoder_channels=tuple(a.encoder_channels),
             encoder_strides=tuple(a.encoder_strides),
             latent_dim=a.latent_dim,
             hidden=tuple(a.hidden),
             dtype=compute_dtype(a),
+            weight_init=a.get("weight_init", "orthogonal"),
         )
 
     @property
@@ -90,12 +97,13 @@ class SACAgent:
         a = self.config.agent
         return SACActor(
             action_dim=self.action_dim,
-            framewise=self.framewise,
+            encoder=self.encoder,
             latent_dim=a.latent_dim,
             hidden=tuple(a.hidden),
             log_std_min=a.log_std_min,
             log_std_max=a.log_std_max,
             dtype=compute_dtype(a),
+            weight_init=a.get("weight_init", "orthogonal"),
         )
 
     @property
@@ -130,12 +138,16 @@ class SACAgent:
     def init(self, key: jax.Array) -> SACState:
         key, k_critic, k_actor, k_aux = jax.random.split(key, 4)
         frames = self.observation_shape[0]
-        dummy = jnp.zeros((1, frames, self.crop_size, self.crop_size, self.observation_shape[-1]), jnp.float32)
+        if self.pixels:
+            dummy = jnp.zeros((1, frames, self.crop_size, self.crop_size, self.observation_shape[-1]), jnp.float32)
+        else:
+            dummy = jnp.zeros((1, *self.observation_shape), jnp.float32)
         critic_params = self.critic.init(k_critic, dummy, jnp.zeros((1, self.action_dim)))
-        maps, skip = self.critic.apply(critic_params, dummy, return_skip=True, method="encode")
+        maps = self.critic.apply(critic_params, dummy, method="encode")
         actor_params = self.actor.init(k_actor, maps)
         aux_params, ema_params, batch_stats = {}, {}, {}
         if self.psrl is not None:
+            maps, skip = self.critic.apply(critic_params, dummy, return_skip=True, method="encode")
             aux_params, batch_stats = init_psrl_params(
                 k_aux, self.psrl, self.config, 0, maps.shape[2:], skip.shape[2:], action_dim=self.action_dim
             )
@@ -161,14 +173,17 @@ class SACAgent:
         return tanh_gaussian(mean, log_std), mean
 
     def act(self, state: SACState, obs_uint8, key, deterministic: bool):
-        """Actions in [-1, 1]^A for rendered stacks uint8 [N, F, H, W, 3] (centre-cropped here):
-        a sample of the policy when training, tanh of its mean when evaluating."""
-        obs = to_float(center_crop(obs_uint8, self.crop_size))
+        """Actions in [-1, 1]^A for rendered stacks uint8 [N, F, H, W, 3] (centre-cropped here), or
+        state stacks float32 [N, F, D]: a sample of the policy when training, tanh of its mean when
+        evaluating."""
+        obs = to_float(center_crop(obs_uint8, self.crop_size)) if self.pixels else obs_uint8.astype(jnp.float32)
         maps = self.critic.apply(state.critic_params, obs, method="encode")
         policy, mean = self._policy(state.actor_params, maps)
         return jnp.tanh(mean) if deterministic else policy.sample(seed=key)
 
     def _augment(self, key, obs_uint8):
+        if not self.pixels:  # states are not augmented
+            return obs_uint8.astype(jnp.float32)
         aug = self.config.agent.augmentation
         if aug.enabled:
             return augment_pixels(key, obs_uint8, self.crop_size, aug.translate_pad)
@@ -177,7 +192,10 @@ class SACAgent:
     def critic_loss(self, trainable, state: SACState, batch: SequenceBatch, obs, future_obs, target):
         """Twin-Q loss plus, when on, the PSRL loss. Returns (loss, (new batch_stats, metrics))."""
         critic = self.critic
-        maps, skip = critic.apply(trainable["critic"], obs, return_skip=True, method="encode")
+        if self.psrl is not None:
+            maps, skip = critic.apply(trainable["critic"], obs, return_skip=True, method="encode")
+        else:
+            maps = critic.apply(trainable["critic"], obs, method="encode")
         q1, q2 = critic.apply(trainable["critic"], maps, batch.action, method="q_from_maps")
         valid = batch.valid
         total = sac_losses.masked_mean(sac_losses.critic_loss(q1, q2, target), valid)
@@ -277,7 +295,7 @@ class SACAgent:
                 name: optax.incremental_update(
                     critic_params["params"][name],
                     state.critic_target["params"][name],
-                    a.encoder_tau if name == "torso" else a.critic_tau,
+                    a.encoder_tau if name in ("torso", "trunk") else a.critic_tau,
                 )
                 for name in critic_params["params"]
             }

@@ -274,10 +274,10 @@ class EpisodeStats:
 class FrameStacker:
     """Per-env stacks of the last `frame_stack` frames, newest last, zeros before episode start."""
 
-    def __init__(self, num_envs: int, frame_stack: int, frame_shape: tuple[int, ...]):
+    def __init__(self, num_envs: int, frame_stack: int, frame_shape: tuple[int, ...], dtype=np.uint8):
         if frame_stack < 1:
             raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
-        self.stack = np.zeros((num_envs, frame_stack, *frame_shape), dtype=np.uint8)
+        self.stack = np.zeros((num_envs, frame_stack, *frame_shape), dtype=dtype)
 
     def push(self, frames: np.ndarray, first: np.ndarray) -> np.ndarray:
         """Appends `frames` [N, H, W]; envs with `first` drop their old episode's frames.

@@ -1,4 +1,4 @@
-"""DeepMind Control Suite from pixels for SAC: one interface, two backends.
+"""DeepMind Control Suite for SAC, from pixels or from states: one interface, two backends.
 
 - "envpool" (default): N envs simulated and rendered in envpool's C++ thread pool.
 - "dm_control": N `dm_control.suite` envs stepped one after another on the host, for machines
@@ -29,6 +29,12 @@ Things measured on envpool 1.2.5 that shape this module (dm_control 1.0.50, mujo
 
 Frames are uint8 HWC (envpool's CHW is transposed on the host). Rendering needs an OpenGL
 platform library loaded first (`psrl_jax.envs.gl.load_gl`); `make_dmc_envs` does that.
+
+observation="state" gives the task's proprioceptive observation instead of a frame: its fields in
+dm_control's order, flattened and concatenated into float32 [D] (cartpole: position 3 + velocity 2).
+Nothing is rendered (envpool then needs no GL library; dm_control does, since importing it picks a
+GL backend for the whole process). It is the "state SAC" reference of the DMC tables
+and a check of everything but the pixel encoder (configs/sac.py:state).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ _TASK_SUFFIX = "-v1"
 _MAX_SUGGESTIONS = 5
 EPISODE_CONTROL_STEPS = 1000  # dm_control's time limit for every suite task; envpool's max_episode_steps
 BACKENDS = ("envpool", "dm_control")
+OBSERVATIONS = ("pixels", "state")
+_ENVPOOL_NON_OBSERVATION_FIELDS = ("env_id", "players", "elapsed_step")
 
 # PlaNet's action repeats (Hafner et al. 2019), used by DrQ / CURL / PSRL for DMC; 4 otherwise.
 PLANET_ACTION_REPEAT = {
@@ -147,7 +155,7 @@ def episode_agent_steps(action_repeat: int) -> int:
 class DMCStepArrays:
     """One synchronous agent step of N envs as host arrays, leading axis = env index."""
 
-    frame: np.ndarray  # uint8 [N, H, W, 3]: the frame after the last control step of the repeat
+    frame: np.ndarray  # uint8 [N, H, W, 3] (float32 [N, D] for states): after the repeat's last control step
     reward: np.ndarray  # float32 [N]: sum over the repeat's control steps; 0 on FIRST
     discount: np.ndarray  # float32 [N]: 0 only on a true termination; the time limit keeps 1
     first: np.ndarray  # bool [N]: first frame of an episode (no transition arrives here)
@@ -174,7 +182,9 @@ class DMCEnvs(Protocol):
     action_dim: int
     action_low: np.ndarray  # float32 [A]
     action_high: np.ndarray  # float32 [A]
-    frame_shape: tuple[int, int, int]  # (H, W, 3)
+    observation: str  # "pixels" or "state"
+    frame_shape: tuple[int, ...]  # (H, W, 3) for pixels, (D,) for states
+    frame_dtype: Any  # np.uint8 for pixels, np.float32 for states
 
     def reset(self) -> DMCStepArrays: ...
 
@@ -188,11 +198,15 @@ class _DMCEnvsBase:
 
     backend = ""
 
-    def __init__(self, task: DMCTask, num_envs: int, action_repeat: int, image_size: int, camera_id: int):
+    def __init__(self, task, num_envs, action_repeat, image_size, camera_id, observation="pixels"):
         self.task = task
         self.num_envs = num_envs
         self.action_repeat = action_repeat
-        self.frame_shape = (image_size, image_size, 3)
+        self.observation = observation
+        self.pixels = observation == "pixels"
+        # States: (D,) is set by the backend once it knows the task's observation spec.
+        self.frame_shape = (image_size, image_size, 3) if self.pixels else ()
+        self.frame_dtype = np.uint8 if self.pixels else np.float32
         self.camera_id = camera_id
         self.max_agent_steps = episode_agent_steps(action_repeat)
         self._needs_reset = np.ones(num_envs, bool)  # step() before reset() resets
@@ -226,8 +240,9 @@ _FIRST, _LAST = 0, 2
 class EnvpoolDMCEnvs(_DMCEnvsBase):
     backend = "envpool"
 
-    def __init__(self, task, num_envs, seed, action_repeat, image_size, camera_id, num_threads):
-        super().__init__(task, num_envs, action_repeat, image_size, camera_id)
+    def __init__(self, task, num_envs, seed, action_repeat, image_size, camera_id, num_threads, observation="pixels"):
+        super().__init__(task, num_envs, action_repeat, image_size, camera_id, observation)
+        rendering = dict(render_width=image_size, render_height=image_size, render_camera_id=camera_id)
         self._env = envpool.make(
             task.envpool_id,
             env_type="dm",
@@ -235,23 +250,31 @@ class EnvpoolDMCEnvs(_DMCEnvsBase):
             batch_size=num_envs,  # synchronous
             seed=seed,  # env i is seeded with seed + i
             num_threads=_num_threads(num_threads, num_envs),
-            from_pixels=True,
-            render_width=image_size,
-            render_height=image_size,
-            render_camera_id=camera_id,
+            from_pixels=self.pixels,
             # native frame_skip (= dm_control's n_sub_steps): see the module docstring
             max_episode_steps=self.max_agent_steps * action_repeat,  # control steps
+            **(rendering if self.pixels else {}),
         )
         spec = self._env.action_spec()
         self._set_action_bounds(
             np.broadcast_to(spec.minimum, spec.shape[-1:]), np.broadcast_to(spec.maximum, spec.shape[-1:])
         )
-        self._frames = np.zeros((num_envs, *self.frame_shape), np.uint8)
+        if not self.pixels:
+            # envpool lists the task's observation fields in dm_control's order, after its own.
+            obs_spec = self._env.observation_spec()
+            self._state_fields = [f for f in obs_spec._fields if f not in _ENVPOOL_NON_OBSERVATION_FIELDS]
+            dim = sum(int(np.prod(getattr(obs_spec, f).shape)) for f in self._state_fields)
+            self.frame_shape = (dim,)
+        self._frames = np.zeros((num_envs, *self.frame_shape), self.frame_dtype)
 
     def _store_frames(self, ts) -> np.ndarray:
-        """Writes the returned envs' frames (CHW -> HWC) into the per-env buffer; returns their ids."""
+        """Writes the returned envs' frames (CHW -> HWC) or states into the per-env buffer; returns their ids."""
         env_id = np.asarray(ts.observation.env_id)
-        self._frames[env_id] = np.asarray(ts.observation.pixels).transpose(0, 2, 3, 1)
+        if self.pixels:
+            self._frames[env_id] = np.asarray(ts.observation.pixels).transpose(0, 2, 3, 1)
+        else:
+            fields = [np.asarray(getattr(ts.observation, f)).reshape(env_id.shape[0], -1) for f in self._state_fields]
+            self._frames[env_id] = np.concatenate(fields, axis=1)
         return env_id
 
     def reset(self) -> DMCStepArrays:
@@ -307,8 +330,8 @@ class EnvpoolDMCEnvs(_DMCEnvsBase):
 class DMControlEnvs(_DMCEnvsBase):
     backend = "dm_control"
 
-    def __init__(self, task, num_envs, seed, action_repeat, image_size, camera_id):
-        super().__init__(task, num_envs, action_repeat, image_size, camera_id)
+    def __init__(self, task, num_envs, seed, action_repeat, image_size, camera_id, observation="pixels"):
+        super().__init__(task, num_envs, action_repeat, image_size, camera_id, observation)
         from dm_control import suite  # after load_gl: the import picks the GL backend
 
         # No dm_control time limit: the clock below ends episodes exactly where envpool does.
@@ -319,29 +342,37 @@ class DMControlEnvs(_DMCEnvsBase):
         spec = self._envs[0].action_spec()
         self._set_action_bounds(spec.minimum, spec.maximum)
         self._agent_steps = np.zeros(num_envs, np.int64)
+        if not self.pixels:
+            obs_spec = self._envs[0].observation_spec()
+            self.frame_shape = (sum(int(np.prod(s.shape)) for s in obs_spec.values()),)
 
     def _render(self, i: int) -> np.ndarray:
         h, w, _ = self.frame_shape
         return self._envs[i].physics.render(height=h, width=w, camera_id=self.camera_id)
 
+    def _observe(self, i: int, ts) -> np.ndarray:
+        """Env i's frame, or its flattened observation dict (dm_control's key order) for states."""
+        if self.pixels:
+            return self._render(i)
+        return np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in ts.observation.values()])
+
     def reset(self) -> DMCStepArrays:
-        for env in self._envs:
-            env.reset()
+        timesteps = [env.reset() for env in self._envs]
         self._agent_steps[:] = 0
         self._needs_reset[:] = False
-        return _first_step(np.stack([self._render(i) for i in range(self.num_envs)]))
+        return _first_step(np.stack([self._observe(i, ts) for i, ts in enumerate(timesteps)]))
 
     def step(self, actions: np.ndarray) -> DMCStepArrays:
         actions = self._check_actions(actions)
         n = self.num_envs
-        frames = np.empty((n, *self.frame_shape), np.uint8)
+        frames = np.empty((n, *self.frame_shape), self.frame_dtype)
         reward = np.zeros(n, np.float64)
         discount = np.ones(n, np.float32)
         first = self._needs_reset.copy()
         last = np.zeros(n, bool)
         for i, env in enumerate(self._envs):
             if first[i]:
-                env.reset()
+                ts = env.reset()
                 self._agent_steps[i] = 0
             else:
                 for _ in range(self.action_repeat):
@@ -353,7 +384,7 @@ class DMControlEnvs(_DMCEnvsBase):
                         break
                 self._agent_steps[i] += 1
                 last[i] |= self._agent_steps[i] >= self.max_agent_steps
-            frames[i] = self._render(i)
+            frames[i] = self._observe(i, ts)
         self._needs_reset = last.copy()
         terminated = last & (discount == 0.0)
         return DMCStepArrays(
@@ -375,9 +406,11 @@ class DMControlEnvs(_DMCEnvsBase):
 # Construction
 
 
-def _check_arguments(num_envs: int, seed: int, action_repeat: int, image_size: int, backend: str, camera_id: int):
+def _check_arguments(num_envs, seed, action_repeat, image_size, backend, camera_id, observation="pixels"):
     """Fails early with a readable message, before any env (or GL context) is built."""
     problems = []
+    if observation not in OBSERVATIONS:
+        problems.append(f"observation must be one of {', '.join(OBSERVATIONS)}, got {observation!r}")
     if num_envs < 1:
         problems.append(f"num_envs must be >= 1, got {num_envs}")
     if action_repeat < 1:
@@ -406,21 +439,24 @@ def make_dmc_envs(
     camera_id: int = 0,
     num_threads: int = 0,
     gl: str = "auto",
+    observation: str = "pixels",
 ) -> EnvpoolDMCEnvs | DMControlEnvs:
-    """Builds `num_envs` pixel DMC envs of `task` (any spelling `resolve_task` accepts).
+    """Builds `num_envs` DMC envs of `task` (any spelling `resolve_task` accepts).
 
     `action_repeat` >= 1 control steps per agent step (use `action_repeat_for(task, 0)` for PlaNet's
-    default); frames are `image_size`^2 RGB from `camera_id`. Env i is seeded with `seed + i`.
-    `num_threads` (envpool only) 0 = one per core. Loads an OpenGL platform (`gl`) first.
+    default); frames are `image_size`^2 RGB from `camera_id`, or with observation="state" the
+    flattened proprioceptive observation. Env i is seeded with `seed + i`. `num_threads` (envpool
+    only) 0 = one per core. Loads an OpenGL platform (`gl`) first, unless envpool runs without rendering.
     """
     resolved = resolve_task(task)
-    _check_arguments(num_envs, seed, action_repeat, image_size, backend, camera_id)
-    load_gl(gl)
+    _check_arguments(num_envs, seed, action_repeat, image_size, backend, camera_id, observation)
+    if observation == "pixels" or backend == "dm_control":  # importing dm_control fixes its GL backend
+        load_gl(gl)
     if backend == "envpool":
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
-        return EnvpoolDMCEnvs(resolved, num_envs, seed, action_repeat, image_size, camera_id, num_threads)
-    return DMControlEnvs(resolved, num_envs, seed, action_repeat, image_size, camera_id)
+        return EnvpoolDMCEnvs(resolved, num_envs, seed, action_repeat, image_size, camera_id, num_threads, observation)
+    return DMControlEnvs(resolved, num_envs, seed, action_repeat, image_size, camera_id, observation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,7 +504,7 @@ def run_dmc_evaluation(
     returns = np.zeros((n, episodes_per_env), dtype=np.float64)
     completed = np.zeros(n, dtype=np.int64)
     stats = DMCEpisodeStats(n)
-    stacker = FrameStacker(n, frame_stack, envs.frame_shape)
+    stacker = FrameStacker(n, frame_stack, envs.frame_shape, envs.frame_dtype)
 
     step = envs.reset()
     while True:

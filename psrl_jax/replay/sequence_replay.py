@@ -30,7 +30,7 @@ ReplayState = PrioritisedTrajectoryBufferState
 class Step:
     """One env step of one environment (dm_env convention)."""
 
-    frame: jax.Array  # uint8 [*frame_shape]
+    frame: jax.Array  # uint8 [*frame_shape] (float32 [D] for DMC states)
     action: jax.Array  # action taken at this frame (ignored if this frame ends the episode)
     reward: jax.Array  # float32 [], received on arriving at this frame (0 on a first frame)
     discount: jax.Array  # float32 [], 0 if arriving here ended the game or lost a life
@@ -153,6 +153,7 @@ class SequenceReplay:
     """Static sizes plus pure functions of a single seed's ReplayState (vmap them over seeds)."""
 
     frame_shape: tuple[int, ...]
+    frame_dtype: Any  # uint8 frames; float32 for DMC's proprioceptive states
     action_dtype: Any
     action_shape: tuple[int, ...]
     envs_per_seed: int
@@ -176,7 +177,7 @@ class SequenceReplay:
 
     def example_step(self) -> Step:
         return Step(
-            frame=jnp.zeros(self.frame_shape, jnp.uint8),
+            frame=jnp.zeros(self.frame_shape, self.frame_dtype),
             action=jnp.zeros(self.action_shape, self.action_dtype),
             reward=jnp.zeros((), jnp.float32),
             discount=jnp.zeros((), jnp.float32),
@@ -192,7 +193,7 @@ class SequenceReplay:
         """Append one time step for each of the E environments (leading axis [E])."""
         # flashbax insists on exact dtypes; cast so callers may pass e.g. int discounts.
         steps = Step(
-            frame=jnp.asarray(steps.frame, jnp.uint8),
+            frame=jnp.asarray(steps.frame, self.frame_dtype),
             action=jnp.asarray(steps.action, self.action_dtype),
             reward=jnp.asarray(steps.reward, jnp.float32),
             discount=jnp.asarray(steps.discount, jnp.float32),
@@ -264,7 +265,9 @@ class SequenceReplay:
         return self.buffer.set_priorities(state, indices, stored)
 
 
-def make_sequence_replay(config, frame_shape, action_dtype=jnp.int32, action_shape=()) -> SequenceReplay:
+def make_sequence_replay(
+    config, frame_shape, action_dtype=jnp.int32, action_shape=(), frame_dtype=jnp.uint8
+) -> SequenceReplay:
     frame_shape = tuple(int(d) for d in frame_shape)
     action_shape = tuple(int(d) for d in action_shape)
     envs = int(config.env.envs_per_seed)
@@ -291,6 +294,7 @@ def make_sequence_replay(config, frame_shape, action_dtype=jnp.int32, action_sha
     )
     return SequenceReplay(
         frame_shape=frame_shape,
+        frame_dtype=jnp.dtype(frame_dtype),
         action_dtype=jnp.dtype(action_dtype),
         action_shape=action_shape,
         envs_per_seed=envs,

@@ -25,12 +25,16 @@ COMPATIBILITY_FIELDS = (
     "env.envs_per_seed",
     "env.frame_stack",
     "env.image_size",
+    "env.observation",  # DMC: pixels or states
     "replay.capacity",
     "replay.n_step",
     "replay.prediction_steps",
     "agent",
     "psrl",
 )
+# Fields added after checkpoints were first written: an older header without one is not a mismatch
+# (the state's shapes still are checked when it is restored).
+ADDED_LATER = ("env.observation",)
 
 
 class CheckpointError(RuntimeError):
@@ -83,6 +87,8 @@ class Checkpointer:
             ) from error
         expected = compatibility_header(config_dict)
         saved = header.get("compatibility", {})
+        missing_ok = {k: expected[k] for k in ADDED_LATER if k not in saved}
+        saved = {**missing_ok, **saved}
         mismatched = [k for k in expected if _normalise(saved.get(k)) != _normalise(expected[k])]
         if mismatched:
             details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {expected[k]!r}" for k in mismatched)

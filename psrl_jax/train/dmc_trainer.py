@@ -43,7 +43,7 @@ from psrl_jax.train.common import (
 class TrainState:
     agent: SACState
     replay: object
-    frame_stack: jax.Array  # uint8 [E, F, H, W, 3]: the actor's current observation per env
+    frame_stack: jax.Array  # uint8 [E, F, H, W, 3] (states: float32 [E, F, D]): the actor's observation per env
     key: jax.Array
 
 
@@ -92,8 +92,7 @@ class DMCTrainer:
         self.num_envs = self.seeds.num_local * self.envs_per_seed
         self.envs = self._make_envs(self.num_envs, self.seeds.local.first_seed * self.envs_per_seed)
         self.action_dim = int(self.envs.action_dim)
-        size = config.env.image_size
-        self.frame_shape = (size, size, 3)
+        self.frame_shape, self.frame_dtype = tuple(self.envs.frame_shape), self.envs.frame_dtype
         self.agent = SACAgent(config, self.action_dim, (config.env.frame_stack, *self.frame_shape))
         # The buffer never needs more rows than the run writes: cap it (a 100k x 100x100x3 buffer is
         # 3 GB per seed; cartpole_swingup's 100k env steps are 12.5k transitions).
@@ -107,7 +106,9 @@ class DMCTrainer:
         )
         replay_config.replay.capacity = rows * self.envs_per_seed
         self.replay_capacity = replay_config.replay.capacity
-        self.replay = make_sequence_replay(replay_config, self.frame_shape, jnp.float32, (self.action_dim,))
+        self.replay = make_sequence_replay(
+            replay_config, self.frame_shape, jnp.float32, (self.action_dim,), frame_dtype=self.frame_dtype
+        )
         self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
         self.scan_unroll = resolve_scan_unroll(config.update_scan_unroll, self.updates_per_dispatch)
         self._compile()
@@ -124,6 +125,7 @@ class DMCTrainer:
             camera_id=env.camera_id,
             num_threads=env.num_threads,
             gl=env.gl,
+            observation=env.observation,
         )
 
     # ----- jitted, vmapped pieces ---------------------------------------------------------------
@@ -132,7 +134,9 @@ class DMCTrainer:
         return TrainState(
             agent=self.agent.init(k_agent),
             replay=self.replay.init(),
-            frame_stack=jnp.zeros((self.envs_per_seed, self.config.env.frame_stack, *self.frame_shape), jnp.uint8),
+            frame_stack=jnp.zeros(
+                (self.envs_per_seed, self.config.env.frame_stack, *self.frame_shape), self.frame_dtype
+            ),
             key=k_act,
         )
 
