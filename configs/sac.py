@@ -92,6 +92,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # SAC-AE / CURL: orthogonal Dense, delta-orthogonal convs (networks/sac_networks.py); "lecun" is
     # Flax's default, used by the sessions 6-8 runs in docs/runs.
     c.agent.weight_init = "orthogonal"
+    # CURL's SAC feeds the trunk's LayerNorm output to the MLPs (output_logits=True); True adds
+    # SAC-AE's tanh, as the sessions 6-8 runs had (their config.json has no field: True).
+    c.agent.trunk_tanh = False
     c.agent.compute_dtype = "float32"  # or "bfloat16" (params, optimiser and losses stay float32)
     c.agent.augmentation = ml_collections.ConfigDict()
     c.agent.augmentation.enabled = True  # off: centre crop for updates too

@@ -265,6 +265,10 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         f"config.agent.weight_init must be 'orthogonal' or 'lecun', got {agent.get('weight_init')!r}",
     )
     _require(
+        isinstance(agent.get("trunk_tanh", True), bool),
+        f"config.agent.trunk_tanh must be True or False, got {agent.get('trunk_tanh')!r}",
+    )
+    _require(
         config.get("shard_seeds", "auto") in ("auto", "on", "off"), "config.shard_seeds must be 'auto', 'on' or 'off'"
     )
     _require(0.0 < agent.gamma <= 1.0, f"config.agent.gamma must be in (0, 1], got {agent.gamma}")

@@ -310,6 +310,36 @@ def test_orthogonal_init_is_sac_ae_and_lecun_is_flax_default():
     assert np.abs(k.T @ k - np.eye(k.shape[1])).max() > 0.1
 
 
+def test_trunk_is_layer_norm_and_tanh_only_when_asked():
+    """CURL's trunk (trunk_tanh=False, the default) feeds the Q MLPs the LayerNorm of the Dense
+    output; trunk_tanh=True (SAC-AE, the runs before the field existed) squashes it with tanh. Both
+    checked against a NumPy LayerNorm of the same Dense output; the actor's trunk follows the flag."""
+    from psrl_jax.networks.sac_networks import Trunk
+
+    config = sac.get_config("smoke")
+    assert config.agent.trunk_tanh is False
+    maps = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5, 5, 8)), jnp.float32)
+    params = Trunk(16).init(jax.random.key(0), maps)
+    dense = params["params"]["Dense_0"]
+    x = np.asarray(maps, np.float64).reshape(4, -1) @ np.asarray(dense["kernel"], np.float64)
+    x = x + np.asarray(dense["bias"])
+    normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(Trunk(16, tanh=False).apply(params, maps), normed, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(Trunk(16, tanh=True).apply(params, maps), np.tanh(normed), rtol=1e-4, atol=1e-4)
+    assert np.abs(normed).max() > 1.0  # so the two differ
+
+    agents = {}
+    for tanh in (False, True):
+        config = sac.get_config("smoke")  # one config each: the agent reads its config lazily
+        config.agent.trunk_tanh = tanh
+        agents[tanh] = _agent(config)
+        assert agents[tanh].critic.trunk_tanh is tanh and agents[tanh].actor.trunk_tanh is tanh
+    state = agents[False].init(jax.random.key(0))
+    obs = jnp.asarray(np.random.default_rng(2).integers(0, 256, (3, 3, 64, 64, 3)), jnp.uint8)
+    act = lambda agent: agent.act(state, obs, jax.random.key(1), True)  # noqa: E731
+    assert not np.allclose(act(agents[False]), act(agents[True]))
+
+
 # ----- state SAC (configs/sac.py:state) ----------------------------------------------------------
 
 

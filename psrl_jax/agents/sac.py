@@ -90,6 +90,7 @@ class SACAgent:
             hidden=tuple(a.hidden),
             dtype=compute_dtype(a),
             weight_init=a.get("weight_init", "orthogonal"),
+            trunk_tanh=bool(a.get("trunk_tanh", True)),  # runs before the field existed had the tanh
         )
 
     @property
@@ -104,6 +105,7 @@ class SACAgent:
             log_std_max=a.log_std_max,
             dtype=compute_dtype(a),
             weight_init=a.get("weight_init", "orthogonal"),
+            trunk_tanh=bool(a.get("trunk_tanh", True)),  # runs before the field existed had the tanh
         )
 
     @property

@@ -10,7 +10,9 @@ or, for state SAC, stacks of proprioceptive states float32 [B, F, D].
                  see their channel concatenation (DESIGN.md 1).
                  "state" (state SAC): no encoder and no trunk; the flattened states [B, F * D]
                  go straight to the MLPs, as in the state-SAC baseline of SAC-AE and CURL.
-  Trunk          flatten -> Linear(latent 50) -> LayerNorm -> tanh (Table 2's latent dimension).
+  Trunk          flatten -> Linear(latent 50) -> LayerNorm (Table 2's latent dimension); CURL's SAC
+                 stops there (its encoders are built with output_logits=True), SAC-AE adds a tanh
+                 (`trunk_tanh`).
   SACCritic      encoder + trunk + twin Q MLPs (1024, 1024) on [latent, action].
   SACActor       its own trunk (the conv encoder is the critic's, fed detached maps, as in CURL)
                  + MLP (1024, 1024) -> mean and log-std of a tanh-squashed Gaussian.
@@ -138,18 +140,20 @@ def flatten_maps(maps: jax.Array, framewise: bool) -> jax.Array:
 
 
 class Trunk(nn.Module):
-    """flatten -> Linear(latent) -> LayerNorm -> tanh (SAC-AE / CURL)."""
+    """flatten -> Linear(latent) -> LayerNorm (-> tanh when `tanh`: SAC-AE; CURL's SAC leaves it out)."""
 
     latent_dim: int = 50
     framewise: bool = False
     dtype: Any = None
     weight_init: str = "orthogonal"
+    tanh: bool = False
 
     @nn.compact
     def __call__(self, maps: jax.Array) -> jax.Array:
         dense = nn.Dense(self.latent_dim, dtype=self.dtype, kernel_init=kernel_init(self.weight_init))
         x = dense(flatten_maps(maps, self.framewise))
-        return jnp.tanh(nn.LayerNorm(dtype=jnp.float32)(x.astype(jnp.float32)))
+        x = nn.LayerNorm(dtype=jnp.float32)(x.astype(jnp.float32))
+        return jnp.tanh(x) if self.tanh else x
 
 
 class MLP(nn.Module):
@@ -178,6 +182,7 @@ class SACCritic(nn.Module):
     hidden: Sequence[int] = (1024, 1024)
     dtype: Any = None
     weight_init: str = "orthogonal"
+    trunk_tanh: bool = False
 
     def setup(self):
         if self.encoder not in ENCODERS:
@@ -188,7 +193,7 @@ class SACCritic(nn.Module):
         else:
             channels, strides, init = self.encoder_channels, self.encoder_strides, self.weight_init
             self.torso = PixelEncoder(channels, strides, framewise, self.dtype, init)
-            self.trunk = Trunk(self.latent_dim, framewise, self.dtype, init)
+            self.trunk = Trunk(self.latent_dim, framewise, self.dtype, init, self.trunk_tanh)
         self.q1 = MLP(tuple(self.hidden), 1, self.dtype, self.weight_init)
         self.q2 = MLP(tuple(self.hidden), 1, self.dtype, self.weight_init)
 
@@ -218,6 +223,7 @@ class SACActor(nn.Module):
     log_std_max: float = 2.0
     dtype: Any = None
     weight_init: str = "orthogonal"
+    trunk_tanh: bool = False
 
     @nn.compact
     def __call__(self, maps: jax.Array):
@@ -225,7 +231,8 @@ class SACActor(nn.Module):
             latent = maps
         else:
             framewise = self.encoder == "framewise"
-            latent = Trunk(self.latent_dim, framewise, self.dtype, self.weight_init, name="trunk")(maps)
+            trunk = Trunk(self.latent_dim, framewise, self.dtype, self.weight_init, self.trunk_tanh, name="trunk")
+            latent = trunk(maps)
         out = MLP(tuple(self.hidden), 2 * self.action_dim, self.dtype, self.weight_init, name="mlp")(latent)
         mean, log_std = jnp.split(out, 2, axis=-1)
         # SAC-AE / CURL: squash log_std into [min, max] with tanh (bounded, smooth).

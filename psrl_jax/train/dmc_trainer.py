@@ -125,7 +125,7 @@ class DMCTrainer:
             camera_id=env.camera_id,
             num_threads=env.num_threads,
             gl=env.gl,
-            observation=env.observation,
+            observation=env.get("observation", "pixels"),  # config.json of runs before the field
         )
 
     # ----- jitted, vmapped pieces ---------------------------------------------------------------

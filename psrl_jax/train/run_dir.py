@@ -26,6 +26,9 @@ PACKAGES = (
     "rlax",
     "flashbax",
     "envpool",
+    "dm-control",  # DMC's second backend and its renderer
+    "mujoco",
+    "distrax",
     "orbax-checkpoint",
     "ml-collections",
     "numpy",
