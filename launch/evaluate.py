@@ -1,4 +1,4 @@
-"""Evaluate the latest checkpoint of a run directory without training.
+"""Evaluate the latest checkpoint of a run directory without training (Atari or DMC).
 
     python launch/evaluate.py --run_dir runs/<run> --episodes 100 [--max_parallel_envs 50]
 
@@ -31,7 +31,6 @@ def main(argv):
     import numpy as np
 
     from psrl_jax.config import ConfigError, save_json_atomic
-    from psrl_jax.train.atari_trainer import AtariTrainer
     from psrl_jax.train.checkpoint import CheckpointError
 
     config_path = os.path.join(_RUN_DIR.value, "config.json")
@@ -41,15 +40,22 @@ def main(argv):
         config = ml_collections.ConfigDict(json.load(f))
     config.run_dir = _RUN_DIR.value
     config.resume = True
-    config.eval.final_episodes = _EPISODES.value
+    config.eval.episodes = config.eval.final_episodes = _EPISODES.value  # validated against max_parallel_envs
     config.eval.max_parallel_envs = _PARALLEL.value
+    dmc = "task" in config.env  # DMC configs name a task, Atari configs a game
     try:
-        trainer = AtariTrainer(config)
+        if dmc:
+            from psrl_jax.train.dmc_trainer import DMCTrainer as Trainer
+        else:
+            from psrl_jax.train.atari_trainer import AtariTrainer as Trainer
+        trainer = Trainer(config)
         state, header = trainer.restore_latest()
     except (ConfigError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     start = time.time()
-    returns = trainer.evaluate(state.agent.params, _EPISODES.value, eval_index=10_000)
+    # Rainbow's acting reads its params; SAC's reads the whole agent state (actor and critic encoder).
+    agent = state.agent if dmc else state.agent.params
+    returns = trainer.evaluate(agent, _EPISODES.value, eval_index=10_000)
     env_step = int(header["env_step"])
     result = {
         "env_step": env_step,
