@@ -24,6 +24,27 @@ def launch_command(script, run_dir, *extra, config):
     ]
 
 
+def evaluate_latest_checkpoint(run_dir, episodes, step):
+    """Runs launch/evaluate.py on run_dir (episodes per seed, as many envs) and returns the JSON it
+    writes for the checkpoint at `step`."""
+    evaluation = subprocess.run(
+        [
+            sys.executable,
+            "launch/evaluate.py",
+            f"--run_dir={run_dir}",
+            f"--episodes={episodes}",
+            f"--max_parallel_envs={episodes}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert evaluation.returncode == 0, evaluation.stdout[-3000:] + evaluation.stderr[-3000:]
+    with open(os.path.join(run_dir, f"evaluation_{step}_{episodes}ep.json")) as f:
+        return json.load(f)
+
+
 def records(run_dir, seed, kind):
     with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
         return [r for r in map(json.loads, f) if r["kind"] == kind]

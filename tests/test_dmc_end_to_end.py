@@ -7,11 +7,17 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from run_helpers import ROOT, checkpoint_steps, launch_command, records, train_until_first_checkpoint_then_kill
+from run_helpers import (
+    ROOT,
+    checkpoint_steps,
+    evaluate_latest_checkpoint,
+    launch_command,
+    records,
+    train_until_first_checkpoint_then_kill,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,16 +87,7 @@ def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
     assert losses[0] != losses[1] and returns[0] != returns[1]
 
     # launch/evaluate.py replays the latest checkpoint on its own, as for Atari runs.
-    evaluation = subprocess.run(
-        [sys.executable, "launch/evaluate.py", f"--run_dir={run_dir}", "--episodes=2", "--max_parallel_envs=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert evaluation.returncode == 0, evaluation.stdout[-3000:] + evaluation.stderr[-3000:]
-    with open(os.path.join(run_dir, f"evaluation_{total}_2ep.json")) as f:
-        result = json.load(f)
+    result = evaluate_latest_checkpoint(run_dir, episodes=2, step=total)
     assert result["env_step"] == total and result["episodes_per_seed"] == 2
     assert len(result["returns"]) == 2 and all(len(r) == 2 and all(map(math.isfinite, r)) for r in result["returns"])
 

@@ -9,7 +9,14 @@ import sys
 
 import numpy as np
 import pytest
-from run_helpers import ROOT, checkpoint_steps, launch_command, records, train_until_first_checkpoint_then_kill
+from run_helpers import (
+    ROOT,
+    checkpoint_steps,
+    evaluate_latest_checkpoint,
+    launch_command,
+    records,
+    train_until_first_checkpoint_then_kill,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +56,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     assert checkpoint_steps(run_dir)[-1] == 1200
 
     # A finished run's latest checkpoint can be evaluated on its own.
-    evaluation = subprocess.run(
-        [sys.executable, "launch/evaluate.py", f"--run_dir={run_dir}", "--episodes=2", "--max_parallel_envs=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
-    with open(os.path.join(run_dir, "evaluation_1200_2ep.json")) as f:
-        result = json.load(f)
+    result = evaluate_latest_checkpoint(run_dir, episodes=2, step=1200)
     assert len(result["returns"]) == 2 and all(len(r) == 2 for r in result["returns"])
 
     # The report reads the trainer's own run directory: both seeds finished and scored at the budget,
