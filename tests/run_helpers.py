@@ -24,23 +24,24 @@ def launch_command(script, run_dir, *extra, config):
     ]
 
 
+def run_launch_script(script, *flags, timeout=600):
+    """Runs `python launch/<script> <flags>` from the repository root; returns the CompletedProcess
+    (stdout and stderr captured as text) for the caller to check, success or the expected failure."""
+    command = [sys.executable, f"launch/{script}", *flags]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def output_tail(process):
+    """The last few thousand characters of a finished process's stdout and stderr, for assert messages."""
+    return process.stdout[-3000:] + process.stderr[-3000:]
+
+
 def evaluate_latest_checkpoint(run_dir, episodes, step):
     """Runs launch/evaluate.py on run_dir (episodes per seed, as many envs) and returns the JSON it
     writes for the checkpoint at `step`."""
-    evaluation = subprocess.run(
-        [
-            sys.executable,
-            "launch/evaluate.py",
-            f"--run_dir={run_dir}",
-            f"--episodes={episodes}",
-            f"--max_parallel_envs={episodes}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert evaluation.returncode == 0, evaluation.stdout[-3000:] + evaluation.stderr[-3000:]
+    flags = (f"--run_dir={run_dir}", f"--episodes={episodes}", f"--max_parallel_envs={episodes}")
+    evaluation = run_launch_script("evaluate.py", *flags)
+    assert evaluation.returncode == 0, output_tail(evaluation)
     with open(os.path.join(run_dir, f"evaluation_{step}_{episodes}ep.json")) as f:
         return json.load(f)
 

@@ -15,6 +15,7 @@ from run_helpers import (
     checkpoint_steps,
     evaluate_latest_checkpoint,
     launch_command,
+    output_tail,
     records,
     train_until_first_checkpoint_then_kill,
 )
@@ -41,7 +42,7 @@ def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
     resumed = subprocess.run(
         _command(run_dir, "--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900
     )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, output_tail(resumed)
 
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
@@ -101,7 +102,7 @@ def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
         text=True,
         timeout=900,
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, output_tail(run)
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
     assert config["env"]["backend"] == "dm_control" and config["agent"]["encoder"] == "framewise"
@@ -154,7 +155,7 @@ def test_state_sac_learns_cartpole_swingup(tmp_path):
         config="configs/sac.py:state",
     )
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, output_tail(done)
     with open(os.path.join(run_dir, "config.json")) as f:
         assert json.load(f)["env"]["observation"] == "state"
     for seed in (0, 1):

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +13,9 @@ from run_helpers import (
     checkpoint_steps,
     evaluate_latest_checkpoint,
     launch_command,
+    output_tail,
     records,
+    run_launch_script,
     train_until_first_checkpoint_then_kill,
 )
 
@@ -33,7 +34,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     resumed = subprocess.run(
         _command(run_dir, "--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900
     )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, output_tail(resumed)
 
     for seed in (0, 1):
         updates = records(run_dir, seed, "update")
@@ -98,13 +99,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
             assert f.read() == b"garbage"
 
     # A plain Rainbow run has no correspondence to draw: a clear error, before any restore.
-    figure = subprocess.run(
-        [sys.executable, "launch/visualize.py", f"--run_dir={run_dir}", f"--out={tmp_path / 'fig.png'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    figure = run_launch_script("visualize.py", f"--run_dir={run_dir}", f"--out={tmp_path / 'fig.png'}", timeout=300)
     assert figure.returncode != 0 and "correspondence module" in figure.stderr, figure.stderr[-3000:]
 
 
@@ -116,7 +111,7 @@ def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
     first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
     assert 0 < first_checkpoint < 800
     resumed = subprocess.run(command("--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, output_tail(resumed)
     terms = ("loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
     for seed in (0, 1):
         updates = [r for r in records(run_dir, seed, "update") if r["updates_per_seed"] > 0]
@@ -130,21 +125,9 @@ def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
 
     # The learned correspondences of seed 1 can be drawn from the latest checkpoint.
     figure_path = str(tmp_path / "fig.png")
-    figure = subprocess.run(
-        [
-            sys.executable,
-            "launch/visualize.py",
-            f"--run_dir={run_dir}",
-            "--seed_index=1",
-            "--samples=2",
-            f"--out={figure_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert figure.returncode == 0, figure.stdout[-3000:] + figure.stderr[-3000:]
+    flags = (f"--run_dir={run_dir}", "--seed_index=1", "--samples=2", f"--out={figure_path}")
+    figure = run_launch_script("visualize.py", *flags)
+    assert figure.returncode == 0, output_tail(figure)
     assert os.path.exists(figure_path) and os.path.exists(str(tmp_path / "fig.json"))
     import matplotlib.image
 
