@@ -24,11 +24,16 @@ def launch_command(script, run_dir, *extra, config):
     ]
 
 
-def run_launch_script(script, *flags, timeout=600):
-    """Runs `python launch/<script> <flags>` from the repository root; returns the CompletedProcess
-    (stdout and stderr captured as text) for the caller to check, success or the expected failure."""
-    command = [sys.executable, f"launch/{script}", *flags]
+def run_command(command, timeout=600):
+    """Runs `command` (a list, e.g. from launch_command) from the repository root to completion and
+    returns the CompletedProcess (stdout and stderr captured as text) for the caller to check,
+    success or the expected failure."""
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def run_launch_script(script, *flags, timeout=600):
+    """run_command of `python launch/<script> <flags>`."""
+    return run_command([sys.executable, f"launch/{script}", *flags], timeout=timeout)
 
 
 def output_tail(process):

@@ -6,17 +6,16 @@ against it (same specs, same rewards from the same physics start)."""
 import json
 import math
 import os
-import subprocess
 
 import numpy as np
 import pytest
 from run_helpers import (
-    ROOT,
     checkpoint_steps,
     evaluate_latest_checkpoint,
     launch_command,
     output_tail,
     records,
+    run_command,
     train_until_first_checkpoint_then_kill,
 )
 
@@ -39,9 +38,7 @@ def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
     first_checkpoint = train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
     assert first_checkpoint == 1200  # checkpoint.every_steps of the smoke config
 
-    resumed = subprocess.run(
-        _command(run_dir, "--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
+    resumed = run_command(_command(run_dir, "--config.resume=True"), timeout=900)
     assert resumed.returncode == 0, output_tail(resumed)
 
     with open(os.path.join(run_dir, "config.json")) as f:
@@ -95,13 +92,7 @@ def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
 
 def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
     run_dir = str(tmp_path / "psrl")
-    run = subprocess.run(
-        _command(run_dir, config="configs/sac_psrl.py:smoke"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    run = run_command(_command(run_dir, config="configs/sac_psrl.py:smoke"), timeout=900)
     assert run.returncode == 0, output_tail(run)
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
@@ -154,7 +145,7 @@ def test_state_sac_learns_cartpole_swingup(tmp_path):
         "--config.seed=10",
         config="configs/sac.py:state",
     )
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = run_command(command, timeout=900)
     assert done.returncode == 0, output_tail(done)
     with open(os.path.join(run_dir, "config.json")) as f:
         assert json.load(f)["env"]["observation"] == "state"

@@ -4,17 +4,16 @@ import functools
 import json
 import math
 import os
-import subprocess
 
 import numpy as np
 import pytest
 from run_helpers import (
-    ROOT,
     checkpoint_steps,
     evaluate_latest_checkpoint,
     launch_command,
     output_tail,
     records,
+    run_command,
     run_launch_script,
     train_until_first_checkpoint_then_kill,
 )
@@ -31,9 +30,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     first_checkpoint = train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
     assert 0 < first_checkpoint < 1200
 
-    resumed = subprocess.run(
-        _command(run_dir, "--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
+    resumed = run_command(_command(run_dir, "--config.resume=True"), timeout=900)
     assert resumed.returncode == 0, output_tail(resumed)
 
     for seed in (0, 1):
@@ -75,7 +72,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     assert f"{np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2)" in text
 
     # Starting again without resume must not overwrite the run.
-    clash = subprocess.run(_command(run_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    clash = run_command(_command(run_dir), timeout=300)
     assert clash.returncode != 0 and "resume" in clash.stderr
 
     # A corrupted checkpoint gives a clear error and is left as it was.
@@ -88,9 +85,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
         with open(victim, "wb") as f:
             f.write(b"garbage")
     before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
-    corrupted = subprocess.run(
-        _command(run_dir, "--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    corrupted = run_command(_command(run_dir, "--config.resume=True"), timeout=300)
     assert corrupted.returncode != 0
     assert "corrupted" in corrupted.stderr or "could not be restored" in corrupted.stderr
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
@@ -110,7 +105,7 @@ def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
     command = functools.partial(_command, run_dir, config="configs/rainbow_psrl.py:smoke")
     first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
     assert 0 < first_checkpoint < 800
-    resumed = subprocess.run(command("--config.resume=True"), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    resumed = run_command(command("--config.resume=True"), timeout=900)
     assert resumed.returncode == 0, output_tail(resumed)
     terms = ("loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
     for seed in (0, 1):
