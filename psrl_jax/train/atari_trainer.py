@@ -15,8 +15,6 @@ processes (psrl_jax/train/multihost.py) each process steps the envs of its own s
 """
 
 import functools
-import os
-import time
 
 import flax
 import jax
@@ -38,8 +36,11 @@ from psrl_jax.schedules import LinearSchedule
 from psrl_jax.train import sharding
 from psrl_jax.train.common import (
     EVAL_SEED_OFFSET,
+    LogWindow,
     RunRecords,
     SeedAxis,
+    crossed,
+    eval_keys,
     open_run_dir,
     progress_bar,
     push_frames,
@@ -154,14 +155,11 @@ class AtariTrainer:
             max_episode_frames=cfg.eval.max_episode_frames,
         )
         params = self.seeds.to_local(params)
-        base_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET), eval_index)
-        counter = [0]
+        next_keys = eval_keys(cfg, self.seeds, eval_index)
 
         def policy(stacked_obs, first):
             del first
-            counter[0] += 1
-            all_keys = jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds)
-            keys = seeds.put(np.asarray(all_keys)[self.seeds.local_rows])  # the 1-process run's keys
+            keys = next_keys()
             obs = seeds.put_env_rows(stacked_obs)
             return np.asarray(seeds.to_host(self.eval_act(params, obs, keys))).reshape(-1)
 
@@ -200,7 +198,7 @@ class AtariTrainer:
         if self.seeds.sharding is not None:
             desc += f" on {placement['seed_devices']} devices"
         progress = progress_bar(cfg, total, start_step, desc + (" fused" if self.fused is not None else ""))
-        window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
+        window = LogWindow(S)
         env_step = start_step
 
         while env_step < total:
@@ -213,50 +211,22 @@ class AtariTrainer:
                 steps = E
                 dispatches = int(metrics is not None)
                 finished = [(env_step + E, episodes.update(arrays))]
-            if metrics is not None:
-                window_metrics.append(metrics)
-            window_updates += dispatches * self.updates_per_dispatch
+            window.add(steps, dispatches * self.updates_per_dispatch, metrics)
             records.updates_done += dispatches * self.updates_per_dispatch
             env_step += steps
-            window_steps += steps
             progress.update(steps)
             for step_at, finished_episodes in finished:
                 records.episodes(finished_episodes, step_at)
 
-            if env_step % cfg.log.every_steps == 0 or env_step >= total:
-                elapsed = max(time.time() - window_start, 1e-9)
-                rates = {
-                    "env_steps_per_s_all_seeds": window_steps * S / elapsed,
-                    "updates_per_s_all_seeds": window_updates * S / elapsed,
-                    "updates_per_seed": records.updates_done,
-                    "beta": float(self.beta(env_step)),
-                }
-                records.update(env_step, rates, window_metrics)
-                progress.set_postfix(
-                    sps=f"{rates['env_steps_per_s_all_seeds']:.0f}",
-                    ups=f"{rates['updates_per_s_all_seeds']:.0f}",
-                    eval="-" if records.last_eval is None else f"{records.last_eval:.1f}",
-                    refresh=False,
-                )
-                window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
-
-            if cfg.eval.every_steps and env_step % cfg.eval.every_steps == 0 and env_step < total:
-                records.evaluate(
-                    functools.partial(self.evaluate, state.agent.params), "eval", env_step, cfg.eval.episodes
-                )
-                window_start = time.time()  # keep evaluation time out of training throughput
-            if cfg.checkpoint.every_steps and env_step % cfg.checkpoint.every_steps == 0 and env_step < total:
-                records.save(self.checkpointer, state, env_step)
-                window_start = time.time()
+            if crossed(env_step, steps, cfg.log.every_steps) or env_step >= total:
+                records.log_window(env_step, window, progress, {"beta": float(self.beta(env_step))})
+            evaluate = functools.partial(self.evaluate, state.agent.params)
+            records.evaluate_and_save_when_due(env_step, steps, total, evaluate, self.checkpointer, state, window)
         progress.close()
 
-        if start_step < total or not os.path.exists(records.final_eval_path):
-            if start_step < total:  # a checkpoint before the (long) final evaluation
-                records.save(self.checkpointer, state, total)
-            records.evaluate(
-                functools.partial(self.evaluate, state.agent.params), "final_eval", total, cfg.eval.final_episodes
-            )
-        records.close()
+        records.finish(
+            self.checkpointer, state, total, start_step, functools.partial(self.evaluate, state.agent.params)
+        )
         self.checkpointer.close()
         self.envs.close()
         return self.run_dir

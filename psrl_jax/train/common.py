@@ -1,9 +1,12 @@
 """What the Atari and DMC trainers (atari_trainer.py, dmc_trainer.py) do the same way: where the
-seeds live (`SeedAxis`), the run directory and its checkpointer, the actor's frame stacks and the
-update scan's unroll. Plain functions and one small dataclass; each trainer reads top to bottom."""
+seeds live (`SeedAxis`), the run directory and its checkpointer, what a run records (`RunRecords`:
+metrics, throughput windows, evaluations, checkpoints, the final evaluation), the actor's frame
+stacks and the update scan's unroll. Each trainer's loop reads top to bottom and calls these."""
 
+import contextlib
 import dataclasses
 import functools
+import itertools
 import os
 import time
 
@@ -132,6 +135,20 @@ class SeedAxis:
         return sharding.with_sharding(jax.eval_shape(init_fn, keys), self.sharding)
 
 
+def eval_keys(config, seeds: SeedAxis, eval_index: int):
+    """A function that returns the acting keys of one evaluation step ([local seeds] keys on this
+    process's devices) each time it is called: the keys the single-process run uses for these
+    seeds, different for every evaluation (`eval_index`) and step, never the training keys."""
+    base_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + EVAL_SEED_OFFSET), eval_index)
+    step = itertools.count(1)
+
+    def next_keys():
+        all_keys = jax.random.split(jax.random.fold_in(base_key, next(step)), seeds.num_seeds)
+        return seeds.local.put(np.asarray(all_keys)[seeds.local_rows])
+
+    return next_keys
+
+
 def open_run_dir(config, default_name: str) -> tuple[str, Checkpointer]:
     """(run directory, its Checkpointer): config.run_dir or runs/<default_name>-<timestamp>. Refuses
     to resume without a run_dir, and to start afresh over checkpoints (nothing is overwritten)."""
@@ -191,6 +208,43 @@ class RunRecords:
             means = self.seeds.to_host(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
         write_update_records(self.logger, env_step, rates, means)
 
+    def log_window(self, env_step: int, window: "LogWindow", progress: tqdm, extra: dict | None = None) -> None:
+        """One "update" record per seed for the window (its rates, `extra` and its metrics' means), the
+        progress bar's figures, and a fresh window."""
+        rates = {**window.rates(), "updates_per_seed": self.updates_done, **(extra or {})}
+        self.update(env_step, rates, window.metrics)
+        ups = rates["updates_per_s_all_seeds"]
+        progress.set_postfix(
+            sps=f"{rates['env_steps_per_s_all_seeds']:.0f}",
+            ups=f"{ups:.1f}" if ups < 10 else f"{ups:.0f}",
+            eval="-" if self.last_eval is None else f"{self.last_eval:.1f}",
+            refresh=False,
+        )
+        window.reset()
+
+    def evaluate_and_save_when_due(self, env_step, steps, total, evaluate_fn, checkpointer, state, window) -> None:
+        """After `steps` env steps ending at `env_step`: an evaluation and a checkpoint where those
+        steps crossed their intervals (never at `total`: `finish` does both there). Their time is kept
+        out of the window's throughput."""
+        if env_step >= total:
+            return
+        if crossed(env_step, steps, self.config.eval.every_steps):
+            with window.paused():
+                self.evaluate(evaluate_fn, "eval", env_step, self.config.eval.episodes)
+        if crossed(env_step, steps, self.config.checkpoint.every_steps):
+            with window.paused():
+                self.save(checkpointer, state, env_step)
+
+    def finish(self, checkpointer, state, total, start_step: int, evaluate_fn) -> None:
+        """The end of `run()`: a checkpoint at `total` before the (long) final evaluation, the final
+        evaluation (also when a finished run is resumed without one), and the logs closed. A run
+        resumed after its end writes nothing new."""
+        if start_step < total or not os.path.exists(self.final_eval_path):
+            if start_step < total:
+                self.save(checkpointer, state, total)
+            self.evaluate(evaluate_fn, "final_eval", total, self.config.eval.final_episodes)
+        self.close()
+
     def evaluate(self, evaluate_fn, kind: str, env_step: int, episodes: int) -> np.ndarray:
         """evaluate_fn(episodes, eval_index) -> this process's returns [local seeds, episodes]; records
         them and returns every seed's (gathered). For "final_eval" process 0 writes final_eval.json."""
@@ -221,6 +275,50 @@ class RunRecords:
 
     def close(self) -> None:
         self.logger.close()
+
+
+def crossed(step: int, size: int, every: int) -> bool:
+    """Whether the last `size` steps, ending at `step`, crossed a multiple of `every` (0: never)."""
+    return every > 0 and step // every > (step - size) // every
+
+
+class LogWindow:
+    """What happened since the last "update" record: env steps and updates per seed, the update
+    dispatches' metrics ([S] arrays each) and the training time (pauses left out), for all seeds.
+    With `action_repeat` (DMC, whose env steps count action repeats) the rates add agent steps/s."""
+
+    def __init__(self, num_seeds: int, action_repeat: int | None = None):
+        self.num_seeds, self.action_repeat = num_seeds, action_repeat
+        self.reset()
+
+    def reset(self) -> None:
+        self.metrics, self.env_steps, self.updates = [], 0, 0
+        self.start, self.paused_s = time.time(), 0.0
+
+    def add(self, env_steps: int, updates: int, metrics=None) -> None:
+        self.env_steps += env_steps
+        self.updates += updates
+        if metrics is not None:
+            self.metrics.append(metrics)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside (evaluations, checkpoints) does not count as training time."""
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.paused_s += time.time() - start
+
+    def rates(self) -> dict:
+        elapsed = max(time.time() - self.start - self.paused_s, 1e-9)
+        rates = {
+            "env_steps_per_s_all_seeds": self.env_steps * self.num_seeds / elapsed,
+            "updates_per_s_all_seeds": self.updates * self.num_seeds / elapsed,
+        }
+        if self.action_repeat is not None:
+            rates["agent_steps_per_s_all_seeds"] = rates["env_steps_per_s_all_seeds"] / self.action_repeat
+        return rates
 
 
 def log(message: str) -> None:

@@ -13,8 +13,6 @@ that unit. replay.min_size and replay.capacity count transitions (agent steps).
 """
 
 import functools
-import os
-import time
 import types
 
 import flax
@@ -30,8 +28,11 @@ from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_seq
 from psrl_jax.train import sharding
 from psrl_jax.train.common import (
     EVAL_SEED_OFFSET,
+    LogWindow,
     RunRecords,
     SeedAxis,
+    crossed,
+    eval_keys,
     open_run_dir,
     progress_bar,
     push_frames,
@@ -45,11 +46,6 @@ class TrainState:
     replay: object
     frame_stack: jax.Array  # uint8 [E, F, H, W, 3] (states: float32 [E, F, D]): the actor's observation per env
     key: jax.Array
-
-
-def crossed(step: int, size: int, every: int) -> bool:
-    """Whether the last `size` steps, ending at `step`, crossed a multiple of `every` (0: never)."""
-    return every > 0 and step // every > (step - size) // every
 
 
 def resolve_dmc_env(config):
@@ -184,14 +180,11 @@ class DMCTrainer:
         num_envs = seeds.num_seeds * envs_per_seed
         envs = self._make_envs(num_envs, EVAL_SEED_OFFSET + seeds.first_seed * envs_per_seed)
         agent_state = self.seeds.to_local(agent_state)
-        base_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET), eval_index)
-        counter = [0]
+        next_keys = eval_keys(cfg, self.seeds, eval_index)
 
         def policy(stacked_obs, first):
             del first
-            counter[0] += 1
-            all_keys = jax.random.split(jax.random.fold_in(base_key, counter[0]), self.num_seeds)
-            keys = seeds.put(np.asarray(all_keys)[self.seeds.local_rows])  # the 1-process run's keys
+            keys = next_keys()
             actions = seeds.to_host(self.eval_act(agent_state, seeds.put_env_rows(stacked_obs), keys))
             return np.asarray(actions).reshape(num_envs, self.action_dim)
 
@@ -227,7 +220,7 @@ class DMCTrainer:
         total_env_steps = self.total_iterations * self.env_steps_per_iteration
         step_size = self.env_steps_per_iteration
         progress = progress_bar(cfg, total_env_steps, start_iteration * step_size, f"{cfg.name} {self.task.name} x{S}")
-        window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
+        window = LogWindow(S, action_repeat=self.action_repeat)
 
         to_seed_axis = self.seeds.put_env_rows
         for iteration in range(start_iteration, self.total_iterations):
@@ -240,50 +233,27 @@ class DMCTrainer:
                 to_seed_axis(arrays.discount),
                 to_seed_axis(arrays.first),
             )
+            metrics, updates = None, 0
             if not warmup and (iteration + 1) % cfg.update_every == 0:
                 state, metrics = self.update_fn(state)
-                window_metrics.append(metrics)
-                window_updates += self.updates_per_dispatch
-                records.updates_done += self.updates_per_dispatch
+                updates = self.updates_per_dispatch
+            window.add(step_size, updates, metrics)
+            records.updates_done += updates
             arrays = self.envs.step(np.asarray(self.seeds.to_host(actions)).reshape(self.num_envs, self.action_dim))
             env_step = (iteration + 1) * step_size
-            window_steps += step_size
             progress.update(step_size)
             records.episodes(episodes.update(arrays), env_step)
-            done = iteration + 1 == self.total_iterations
 
-            if crossed(env_step, step_size, cfg.log.every_steps) or done:
-                elapsed = max(time.time() - window_start, 1e-9)
-                rates = {
-                    "env_steps_per_s_all_seeds": window_steps * S / elapsed,
-                    "agent_steps_per_s_all_seeds": window_steps * S / self.action_repeat / elapsed,
-                    "updates_per_s_all_seeds": window_updates * S / elapsed,
-                    "updates_per_seed": records.updates_done,
-                }
-                records.update(env_step, rates, window_metrics)
-                progress.set_postfix(
-                    sps=f"{rates['env_steps_per_s_all_seeds']:.0f}",
-                    ups=f"{rates['updates_per_s_all_seeds']:.1f}",
-                    eval="-" if records.last_eval is None else f"{records.last_eval:.1f}",
-                    refresh=False,
-                )
-                window_metrics, window_start, window_steps, window_updates = [], time.time(), 0, 0
-
-            if not done and crossed(env_step, step_size, cfg.eval.every_steps):
-                records.evaluate(functools.partial(self.evaluate, state.agent), "eval", env_step, cfg.eval.episodes)
-                window_start = time.time()
-            if not done and crossed(env_step, step_size, cfg.checkpoint.every_steps):
-                records.save(self.checkpointer, state, env_step)
-                window_start = time.time()
+            if crossed(env_step, step_size, cfg.log.every_steps) or env_step >= total_env_steps:
+                records.log_window(env_step, window, progress)
+            evaluate = functools.partial(self.evaluate, state.agent)
+            records.evaluate_and_save_when_due(
+                env_step, step_size, total_env_steps, evaluate, self.checkpointer, state, window
+            )
         progress.close()
 
-        if start_iteration < self.total_iterations or not os.path.exists(records.final_eval_path):
-            if start_iteration < self.total_iterations:
-                records.save(self.checkpointer, state, total_env_steps)
-            records.evaluate(
-                functools.partial(self.evaluate, state.agent), "final_eval", total_env_steps, cfg.eval.final_episodes
-            )
-        records.close()
+        evaluate = functools.partial(self.evaluate, state.agent)
+        records.finish(self.checkpointer, state, total_env_steps, start_iteration * step_size, evaluate)
         self.checkpointer.close()
         self.envs.close()
         return self.run_dir
