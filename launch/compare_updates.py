@@ -10,6 +10,12 @@ frames: the cost does not depend on the data), reads the FLOPs from XLA's cost a
 the updates round-robin (config 1, 2, ..., 1, 2, ...) so that every config sees the same machine load.
 Prints a table with the ratio to the first config and writes JSON with --out. One seed, no envs,
 no replay sampling: this isolates the network and loss cost that PSRL adds.
+
+--seed_axis times each config once per way of holding its one seed: `none` (the plain update),
+`vmap` (jax.vmap over a seed axis of size 1) and `vmap_seeds` (what the trainers use:
+psrl_jax/train/common.py's vmap_seeds, which indexes a size-1 seed axis away), e.g.
+
+    python launch/compare_updates.py configs/sac_psrl.py --seed_axis=none,vmap,vmap_seeds
 """
 
 import json
@@ -27,6 +33,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-r
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
 _ACTION_DIM = flags.DEFINE_integer("action_dim", 6, "DMC configs: action dimensions (6: walker, cheetah)")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here")
+_SEED_AXIS = flags.DEFINE_list(
+    "seed_axis", ["none"], "Per config, time the update with: none, vmap, vmap_seeds (a seed axis of size 1)"
+)
+_SEED_AXES = ("none", "vmap", "vmap_seeds")
 
 
 def load_config(spec: str):
@@ -107,12 +117,18 @@ def main(argv):
 
     from psrl_jax.agents.rainbow import RainbowAgent
     from psrl_jax.agents.sac import SACAgent
+    from psrl_jax.train.common import vmap_seeds
 
-    def update_fn(agent):  # (state, batch) -> new state, for either agent
-        return lambda state, batch: agent.update(state, batch)[0]
+    def update_fn(agent, seed_axis):  # (state, batch) -> new state, for either agent
+        update = lambda state, batch: agent.update(state, batch)[0]  # noqa: E731
+        return {"none": update, "vmap": jax.vmap(update), "vmap_seeds": vmap_seeds(update)}[seed_axis]
 
+    unknown = sorted(set(_SEED_AXIS.value) - set(_SEED_AXES))
+    if unknown:
+        sys.exit(f"error: --seed_axis: unknown {unknown} (known: {', '.join(_SEED_AXES)})")
+    with_seed_axis = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
     rows = []
-    for spec in specs:
+    for spec, seed_axis in [(spec, axis) for spec in specs for axis in _SEED_AXIS.value]:
         config = load_config(spec)
         if is_dmc(config) and config.env.get("observation", "pixels") != "pixels":
             sys.exit(f"error: {spec}: env.observation={config.env.observation!r}; this script times pixel updates")
@@ -123,8 +139,11 @@ def main(argv):
             agent = RainbowAgent(config, _NUM_ACTIONS.value, (frames, size, size))
         state = agent.init(jax.random.PRNGKey(0))
         batch = synthetic_batch(config, np.random.default_rng(0))
+        if seed_axis != "none":
+            state, batch = with_seed_axis(state), with_seed_axis(batch)
+        label = spec if seed_axis == "none" else f"{spec} [{seed_axis}]"
         start = time.perf_counter()
-        compiled = jax.jit(update_fn(agent)).lower(state, batch).compile()
+        compiled = jax.jit(update_fn(agent, seed_axis)).lower(state, batch).compile()
         compile_seconds = time.perf_counter() - start
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -136,7 +155,8 @@ def main(argv):
         params = sum(x.size for x in jax.tree.leaves((trained, state.aux_params)))
         rows.append(
             dict(
-                spec=spec,
+                spec=label,
+                seed_axis=seed_axis,
                 compiled=compiled,
                 state=state,
                 batch=batch,
@@ -146,7 +166,7 @@ def main(argv):
                 params=int(params),
             )
         )
-        print(f"{spec}: compiled in {compile_seconds:.1f}s, first update {warmup_seconds:.2f}s", flush=True)
+        print(f"{label}: compiled in {compile_seconds:.1f}s, first update {warmup_seconds:.2f}s", flush=True)
     for _ in range(_REPEATS.value):
         for row in rows:
             start = time.perf_counter()
@@ -161,6 +181,7 @@ def main(argv):
         median = float(np.median(row["times"]))
         entry = {
             "config": row["spec"],
+            "seed_axis": row["seed_axis"],
             "flops_per_update": row["flops"],
             "flops_ratio": row["flops"] / base["flops"],
             "median_update_seconds": median,

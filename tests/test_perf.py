@@ -106,3 +106,21 @@ def test_sharded_benchmark_counts_per_device_flops_and_no_collectives(tmp_path):
     sharding = _benchmark(tmp_path, "sharding", 2, "--sharding")
     assert sharding["shard_map_collectives"] == 0  # each device its own seeds (SeedAxis.jit)
     assert sharding["shard_map_ms_per_dispatch"] > 0 and sharding["spmd_partitioner_ms_per_dispatch"] > 0
+
+
+def test_compare_updates_times_each_way_of_holding_the_seed_axis(tmp_path):
+    from run_helpers import output_tail, run_launch_script
+
+    out = tmp_path / "compare.json"
+    flags = ("configs/rainbow.py:smoke", "--seed_axis=none,vmap,vmap_seeds", "--repeats=1", f"--out={out}")
+    result = run_launch_script("compare_updates.py", *flags)
+    assert result.returncode == 0, output_tail(result)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["seed_axis"] for r in rows] == ["none", "vmap", "vmap_seeds"]
+    assert all(r["median_update_seconds"] > 0 and r["trainable_params"] == rows[0]["trainable_params"] for r in rows)
+    # vmap_seeds compiles the plain update for one seed: the same computation (XLA's fusion choices
+    # around the index/expand move its FLOP count by ~2% on the smoke config)
+    assert rows[2]["flops_per_update"] == pytest.approx(rows[0]["flops_per_update"], rel=0.05)
+
+    bad = run_launch_script("compare_updates.py", "configs/rainbow.py:smoke", "--seed_axis=pmap")
+    assert bad.returncode != 0 and "unknown ['pmap']" in output_tail(bad)

@@ -45,6 +45,7 @@ from psrl_jax.train.common import (
     progress_bar,
     push_frames,
     resolve_scan_unroll,
+    vmap_seeds,
 )
 from psrl_jax.train.fused_loop import FusedLoop
 
@@ -125,19 +126,19 @@ class AtariTrainer:
 
     def vmapped_collect(self, random_actions: bool):
         """collect over the seed axis: (state, frame, reward, discount, first) -> (state, actions [S, E])."""
-        return jax.vmap(functools.partial(self._collect_single, random_actions=random_actions))
+        return vmap_seeds(functools.partial(self._collect_single, random_actions=random_actions))
 
     @property
     def vmapped_update(self):
         """One update dispatch over the seed axis: (state, beta) -> (state, metrics [S])."""
-        return jax.vmap(self._update_single, in_axes=(0, None))
+        return vmap_seeds(self._update_single, in_axes=(0, None))
 
     def _compile(self):
-        self.init_fn = self.seeds.jit(jax.vmap(self._init_single))
+        self.init_fn = self.seeds.jit(vmap_seeds(self._init_single))
         self.collect_random = self.seeds.jit(self.vmapped_collect(random_actions=True), donate_argnums=0)
         self.collect_policy = self.seeds.jit(self.vmapped_collect(random_actions=False), donate_argnums=0)
         self.update_fn = self.seeds.jit(self.vmapped_update, replicated_argnums=(1,), donate_argnums=0)
-        self.eval_act = self.seeds.local.jit(jax.vmap(self._eval_act_single))  # process-local
+        self.eval_act = self.seeds.local.jit(vmap_seeds(self._eval_act_single))  # process-local
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, params, episodes: int, eval_index: int) -> np.ndarray:

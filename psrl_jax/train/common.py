@@ -135,6 +135,27 @@ class SeedAxis:
         return sharding.with_sharding(jax.eval_shape(init_fn, keys), self.sharding)
 
 
+def vmap_seeds(fn, in_axes=0):
+    """`jax.vmap(fn, in_axes)` over the seed axis (every output gets it), except that an axis of
+    size 1 (one seed, or one seed per device under shard_map) is indexed away and added back
+    instead of vmapped: the same computation, but XLA:CPU compiles some ops of rank 5 with a
+    size-1 leading axis several times slower (the local correlation 6x; the whole sac_psrl update
+    4.7 s vs 1.9 s, docs/BENCHMARKS.md), which S >= 2 does not suffer."""
+    vmapped = jax.vmap(fn, in_axes=in_axes)
+
+    def call(*args):
+        axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+        sizes = {
+            x.shape[0] for arg, axis in zip(args, axes, strict=True) if axis is not None for x in jax.tree.leaves(arg)
+        }
+        if sizes != {1}:
+            return vmapped(*args)
+        one = [arg if axis is None else jax.tree.map(lambda x: x[0], arg) for arg, axis in zip(args, axes, strict=True)]
+        return jax.tree.map(lambda x: jnp.expand_dims(x, 0), fn(*one))
+
+    return call
+
+
 def eval_keys(config, seeds: SeedAxis, eval_index: int):
     """A function that returns the acting keys of one evaluation step ([local seeds] keys on this
     process's devices) each time it is called: the keys the single-process run uses for these

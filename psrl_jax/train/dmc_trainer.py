@@ -37,6 +37,7 @@ from psrl_jax.train.common import (
     progress_bar,
     push_frames,
     resolve_scan_unroll,
+    vmap_seeds,
 )
 
 
@@ -158,18 +159,18 @@ class DMCTrainer:
     @property
     def vmapped_update(self):
         """One update dispatch over the seed axis: state -> (state, metrics [S])."""
-        return jax.vmap(self._update_single)
+        return vmap_seeds(self._update_single)
 
     def _compile(self):
-        self.init_fn = self.seeds.jit(jax.vmap(self._init_single))
+        self.init_fn = self.seeds.jit(vmap_seeds(self._init_single))
         self.collect_random = self.seeds.jit(
-            jax.vmap(functools.partial(self._collect_single, random_actions=True)), donate_argnums=0
+            vmap_seeds(functools.partial(self._collect_single, random_actions=True)), donate_argnums=0
         )
         self.collect_policy = self.seeds.jit(
-            jax.vmap(functools.partial(self._collect_single, random_actions=False)), donate_argnums=0
+            vmap_seeds(functools.partial(self._collect_single, random_actions=False)), donate_argnums=0
         )
         self.update_fn = self.seeds.jit(self.vmapped_update, donate_argnums=0)
-        self.eval_act = self.seeds.local.jit(jax.vmap(self._eval_act_single))  # process-local
+        self.eval_act = self.seeds.local.jit(vmap_seeds(self._eval_act_single))  # process-local
 
     # ----- evaluation ---------------------------------------------------------------------------
     def evaluate(self, agent_state, episodes: int, eval_index: int) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""The trainers' shared bookkeeping (psrl_jax/train/common.py): interval crossings and the
-throughput window, checked against brute force and a controlled clock."""
+"""What the trainers share (psrl_jax/train/common.py): interval crossings and the throughput
+window, checked against brute force and a controlled clock; the seed-axis vmap, against jax.vmap."""
 
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from psrl_jax.train import common
-from psrl_jax.train.common import LogWindow, crossed
+from psrl_jax.train.common import LogWindow, crossed, vmap_seeds
 
 
 @pytest.mark.parametrize("size", [1, 3, 4, 8, 40])
@@ -59,3 +62,37 @@ def test_paused_counts_time_even_when_the_body_raises(monkeypatch):
         clock.now += 5.0
         raise RuntimeError("evaluation failed")
     assert window.paused_s == pytest.approx(5.0)
+
+
+def _per_seed(state, batch, scale):
+    """A per-seed function with a pytree state, a batched input, an unbatched one and random draws."""
+    key, k_noise = jax.random.split(state["key"])
+    out = jnp.tanh(batch @ state["w"]) * scale + jax.random.normal(k_noise, (batch.shape[0],))
+    return {"key": key, "w": state["w"] + 0.1 * jnp.sum(out)}, {"mean": jnp.mean(out), "out": out}
+
+
+@pytest.mark.parametrize("num_seeds", [1, 2, 3])
+def test_vmap_seeds_equals_jax_vmap(num_seeds):
+    rng = np.random.default_rng(num_seeds)
+    state = {
+        "key": jax.random.split(jax.random.PRNGKey(0), num_seeds),
+        "w": jnp.asarray(rng.normal(size=(num_seeds, 4)), jnp.float32),
+    }
+    batch = jnp.asarray(rng.normal(size=(num_seeds, 5, 4)), jnp.float32)
+    expected = jax.jit(jax.vmap(_per_seed, in_axes=(0, 0, None)))(state, batch, 2.0)
+    got = jax.jit(vmap_seeds(_per_seed, in_axes=(0, 0, None)))(state, batch, 2.0)
+    chex.assert_trees_all_equal_shapes_and_dtypes(expected, got)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), expected, got)
+
+
+def test_vmap_seeds_squeezes_a_single_seed_instead_of_batching():
+    """With one seed the compiled program has no seed axis at all (what avoids XLA:CPU's slow
+    size-1-axis programs); with two it is an ordinary vmap."""
+
+    def reduced_shapes(num_seeds):
+        fn = vmap_seeds(lambda x: jnp.sum(x * x, axis=-1))
+        jaxpr = jax.make_jaxpr(fn)(jnp.zeros((num_seeds, 3, 7)))
+        return [eqn.invars[0].aval.shape for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "reduce_sum"]
+
+    assert reduced_shapes(1) == [(3, 7)]
+    assert reduced_shapes(2) == [(2, 3, 7)]
