@@ -202,6 +202,9 @@ class AtariTrainer:
         window = LogWindow(S)
         env_step = start_step
 
+        def evaluate(episodes, eval_index):  # reads `state` when called: the loop's latest
+            return self.evaluate(state.agent.params, episodes, eval_index)
+
         while env_step < total:
             if self.fused is not None:  # log.every_steps env steps in one compiled chunk
                 state, env_carry, metrics, finished = self.fused.advance(state, env_carry, env_step)
@@ -221,13 +224,10 @@ class AtariTrainer:
 
             if crossed(env_step, steps, cfg.log.every_steps) or env_step >= total:
                 records.log_window(env_step, window, progress, {"beta": float(self.beta(env_step))})
-            evaluate = functools.partial(self.evaluate, state.agent.params)
             records.evaluate_and_save_when_due(env_step, steps, total, evaluate, self.checkpointer, state, window)
         progress.close()
 
-        records.finish(
-            self.checkpointer, state, total, start_step, functools.partial(self.evaluate, state.agent.params)
-        )
+        records.finish(self.checkpointer, state, total, start_step, evaluate)
         self.checkpointer.close()
         self.envs.close()
         return self.run_dir

@@ -140,7 +140,7 @@ def vmap_seeds(fn, in_axes=0):
     size 1 (one seed, or one seed per device under shard_map) is indexed away and added back
     instead of vmapped: the same computation, but XLA:CPU compiles some ops of rank 5 with a
     size-1 leading axis several times slower (the local correlation 6x; the whole sac_psrl update
-    4.7 s vs 1.9 s, docs/BENCHMARKS.md), which S >= 2 does not suffer."""
+    4.6 s vs 1.7 s, docs/BENCHMARKS.md), which S >= 2 does not suffer."""
     vmapped = jax.vmap(fn, in_axes=in_axes)
 
     def call(*args):

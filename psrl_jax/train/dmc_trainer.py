@@ -223,6 +223,9 @@ class DMCTrainer:
         progress = progress_bar(cfg, total_env_steps, start_iteration * step_size, f"{cfg.name} {self.task.name} x{S}")
         window = LogWindow(S, action_repeat=self.action_repeat)
 
+        def evaluate(episodes, eval_index):  # reads `state` when called: the loop's latest
+            return self.evaluate(state.agent, episodes, eval_index)
+
         to_seed_axis = self.seeds.put_env_rows
         for iteration in range(start_iteration, self.total_iterations):
             warmup = iteration * E < cfg.replay.min_size
@@ -247,13 +250,11 @@ class DMCTrainer:
 
             if crossed(env_step, step_size, cfg.log.every_steps) or env_step >= total_env_steps:
                 records.log_window(env_step, window, progress)
-            evaluate = functools.partial(self.evaluate, state.agent)
             records.evaluate_and_save_when_due(
                 env_step, step_size, total_env_steps, evaluate, self.checkpointer, state, window
             )
         progress.close()
 
-        evaluate = functools.partial(self.evaluate, state.agent)
         records.finish(self.checkpointer, state, total_env_steps, start_iteration * step_size, evaluate)
         self.checkpointer.close()
         self.envs.close()
