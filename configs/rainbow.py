@@ -56,6 +56,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.env.envs_per_seed = 1  # parallel training environments per seed (Atari 100k: 1)
     c.env.frame_skip = 4  # action repeat
     c.env.frame_stack = 4
+    c.env.stack_padding = "zeros"  # before an episode's first frame: zeros (Dopamine/SPR), or "first_frame"
     c.env.image_size = 84  # square gray frames
     c.env.noop_max = 30  # random no-ops at reset
     c.env.max_episode_frames = 108_000  # episode cap in emulator frames (27k agent steps)

@@ -49,6 +49,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.env.image_size = 100  # rendered frame size (Table 2: 100x100)
     c.env.crop_size = 84  # random crop for updates, centre crop for acting (Table 2: 84x84)
     c.env.frame_stack = 3  # RGB frames per observation
+    # Before an episode's first frame the stack holds zeros ("zeros"), or copies of that frame
+    # ("first_frame": CURL's and DrQ's FrameStack wrappers). Ours: zeros, as on Atari and in every
+    # DMC run in docs/runs so far; whether it matters on DMC is open (docs/results_notes.md).
+    c.env.stack_padding = "zeros"
     c.env.envs_per_seed = 1
     c.env.backend = "envpool"  # "envpool" (vectorised C++) or "dm_control" (pure Python fallback)
     c.env.gl = "auto"  # OpenGL platform for MuJoCo rendering: "auto", "egl" or "osmesa"

@@ -39,6 +39,14 @@ def _require_even_eval_split(ev) -> None:
         )
 
 
+def _require_stack_padding(env) -> None:
+    padding = env.get("stack_padding", "zeros")
+    _require(
+        padding in ("zeros", "first_frame"),
+        f"config.env.stack_padding must be 'zeros' or 'first_frame', got {padding!r}",
+    )
+
+
 def sequence_length(config) -> int:
     """Rows per replayed sequence: the anchor's stack history, then max(n, K) steps ahead."""
     r = config.replay
@@ -72,6 +80,7 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
         "log.every_steps": config.log.every_steps,
     }
     _require_integers(positive, minimum=1)
+    _require_stack_padding(env)
     _require_integers(
         {
             "replay.prediction_steps": replay.prediction_steps,
@@ -203,6 +212,7 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         "log.every_steps": config.log.every_steps,
     }
     _require_integers(positive, minimum=1)
+    _require_stack_padding(env)
     _require_integers(
         {
             "replay.prediction_steps": replay.prediction_steps,

@@ -2,12 +2,14 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from psrl_jax.replay.sequence_replay import make_stack
 from psrl_jax.train.common import push_frames
 
 
-def test_actor_stack_equals_replay_stack_across_episode_starts():
+@pytest.mark.parametrize("padding", ["zeros", "first_frame"])
+def test_actor_stack_equals_replay_stack_across_episode_starts(padding):
     rng = np.random.default_rng(0)
     steps, envs, frame_stack = 40, 3, 4
     frames = rng.integers(1, 255, (steps, envs, 6, 6), dtype=np.uint8)  # nonzero: zeros mean padding
@@ -16,12 +18,13 @@ def test_actor_stack_equals_replay_stack_across_episode_starts():
     first[5, 0] = first[6, 0] = True  # back-to-back episode starts (a one-frame episode)
     stack = jnp.full((envs, frame_stack, 6, 6), 77, jnp.uint8)  # stale content must never leak
     for t in range(steps):
-        stack = push_frames(stack, jnp.asarray(frames[t]), jnp.asarray(first[t]))
+        stack = push_frames(stack, jnp.asarray(frames[t]), jnp.asarray(first[t]), padding)
         for e in range(envs):
-            expected = make_stack(jnp.asarray(frames[:, e]), jnp.asarray(first[:, e]), t, frame_stack)
+            expected = make_stack(jnp.asarray(frames[:, e]), jnp.asarray(first[:, e]), t, frame_stack, padding)
             np.testing.assert_array_equal(np.asarray(stack[e]), np.asarray(expected))
             # Independent check: the frames kept are exactly those since the latest episode start.
             start = max(i for i in range(t + 1) if first[i, e])
             kept = [i for i in range(t - frame_stack + 1, t + 1) if i >= start]
             np.testing.assert_array_equal(np.asarray(stack[e][frame_stack - len(kept) :]), frames[kept, e])
-            assert not np.asarray(stack[e][: frame_stack - len(kept)]).any()
+            padded = np.asarray(stack[e][: frame_stack - len(kept)])
+            assert (padded == (frames[start, e] if padding == "first_frame" else 0)).all()

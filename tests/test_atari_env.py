@@ -192,8 +192,9 @@ def test_truncation_is_last_with_discount_one():
 # FrameStacker
 
 
-def reference_stacks(frames, first, frame_stack):
-    """Brute force: stack t of env n holds frames t-F+1..t of the current episode, zeros before."""
+def reference_stacks(frames, first, frame_stack, padding="zeros"):
+    """Brute force: stack t of env n holds frames t-F+1..t of the current episode; before its start,
+    zeros or ("first_frame") the episode's first frame."""
     steps, num_envs = first.shape
     out = np.zeros((steps, num_envs, frame_stack, *frames.shape[2:]), np.uint8)
     for n in range(num_envs):
@@ -205,26 +206,35 @@ def reference_stacks(frames, first, frame_stack):
                 src = t - (frame_stack - 1 - j)
                 if src >= start:
                     out[t, n, j] = frames[src, n]
+                elif padding == "first_frame":
+                    out[t, n, j] = frames[start, n]
     return out
 
 
-def test_frame_stacker_matches_reference():
+@pytest.mark.parametrize("padding", ["zeros", "first_frame"])
+def test_frame_stacker_matches_reference(padding):
     rng = np.random.default_rng(0)
     steps, num_envs, frame_stack = 40, 3, 4
     frames = rng.integers(1, 256, size=(steps, num_envs, 5, 6), dtype=np.uint8)  # never 0
     first = rng.random((steps, num_envs)) < 0.2
     first[0] = True
     first[5:8, 1] = True  # back-to-back one-frame episodes
-    expected = reference_stacks(frames, first, frame_stack)
+    expected = reference_stacks(frames, first, frame_stack, padding)
 
-    stacker = atari.FrameStacker(num_envs, frame_stack, (5, 6))
+    stacker = atari.FrameStacker(num_envs, frame_stack, (5, 6), padding=padding)
     got = [stacker.push(frames[t], first[t]) for t in range(steps)]
     np.testing.assert_array_equal(np.stack(got), expected)
     # Returned stacks are copies: later pushes do not change them.
     np.testing.assert_array_equal(got[0], expected[0])
-    # On FIRST only the newest slot is filled; nothing from the previous episode survives.
+    # On FIRST every slot holds padding but the newest; nothing from the previous episode survives.
+    fill = {"zeros": lambda f: 0, "first_frame": lambda f: f}[padding]
     for t, n in np.argwhere(first):
-        assert (got[t][n, :-1] == 0).all() and (got[t][n, -1] == frames[t, n]).all()
+        assert (got[t][n, :-1] == fill(frames[t, n])).all() and (got[t][n, -1] == frames[t, n]).all()
+
+
+def test_frame_stacker_rejects_unknown_padding():
+    with pytest.raises(ValueError, match="first_frame"):
+        atari.FrameStacker(2, 4, (5, 6), padding="repeat")
 
 
 # --------------------------------------------------------------------------------------------

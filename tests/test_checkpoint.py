@@ -39,3 +39,13 @@ def test_checkpoint_from_before_a_field_existed_still_resumes(tmp_path):
     with pytest.raises(ConfigError, match="env.frame_stack"):  # older fields are still checked
         checkpointer.restore({"w": jnp.zeros(4)}, _config(observation="pixels", frame_stack=1))
     checkpointer.close()
+
+
+def test_checkpoint_from_before_stack_padding_means_zeros(tmp_path):
+    checkpointer = _save(tmp_path, _config(stack_padding="zeros"), drop=("env.stack_padding",))
+    state, _ = checkpointer.restore({"w": jnp.zeros(4)}, _config(stack_padding="zeros"))
+    np.testing.assert_array_equal(state["w"], np.arange(4.0))
+    checkpointer.restore({"w": jnp.zeros(4)}, _config())  # a config from before the field: zeros too
+    with pytest.raises(ConfigError, match="env.stack_padding: checkpoint 'zeros' vs config 'first_frame'"):
+        checkpointer.restore({"w": jnp.zeros(4)}, _config(stack_padding="first_frame"))
+    checkpointer.close()

@@ -28,6 +28,7 @@ def test_default_and_smoke_configs_are_valid():
         ("eval.final_episodes", 7, "eval.final_episodes=7 must be a multiple"),
         ("replay.priority_exponent", 1.5, "priority_exponent"),
         ("total_env_steps", 100, "must exceed replay.min_size"),
+        ("env.stack_padding", "repeat", "env.stack_padding must be 'zeros' or 'first_frame'"),
     ],
 )
 def test_inconsistent_values_are_rejected(field, value, fragment):

@@ -92,11 +92,14 @@ def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
 
 def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
     run_dir = str(tmp_path / "psrl")
-    run = run_command(_command(run_dir, config="configs/sac_psrl.py:smoke"), timeout=900)
+    # CURL's stack padding here (the SAC run above has the default zeros): both paths train end to end.
+    command = _command(run_dir, "--config.env.stack_padding=first_frame", config="configs/sac_psrl.py:smoke")
+    run = run_command(command, timeout=900)
     assert run.returncode == 0, output_tail(run)
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
     assert config["env"]["backend"] == "dm_control" and config["agent"]["encoder"] == "framewise"
+    assert config["env"]["stack_padding"] == "first_frame"
     terms = ("loss/psrl", "loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
     per_seed = []
     for seed in (0, 1):

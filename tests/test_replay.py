@@ -149,6 +149,41 @@ def test_make_stack_zero_pads_before_episode_start_and_before_row_zero():
     np.testing.assert_array_equal(make_stack(frames, first, 3, 4)[:, 0], [0, 0, 0, 4])
 
 
+def test_make_stack_first_frame_padding_repeats_the_episodes_first_frame():
+    frames = jnp.arange(1, 7, dtype=jnp.uint8)[:, None]
+    first = jnp.array([True, False, False, True, False, False])
+    stack = lambda position, size: make_stack(frames, first, position, size, "first_frame")[:, 0]
+    np.testing.assert_array_equal(stack(1, 4), [1, 1, 1, 2])
+    np.testing.assert_array_equal(stack(4, 4), [4, 4, 4, 5])
+    np.testing.assert_array_equal(stack(5, 3), [4, 5, 6])  # no episode start inside: no padding
+    np.testing.assert_array_equal(stack(3, 4), [4, 4, 4, 4])
+    with pytest.raises(ValueError, match="first_frame"):
+        make_stack(frames, first, 1, 4, "repeat")
+
+
+def test_decoded_stacks_pad_with_the_configured_padding():
+    """Decoded obs / next_obs / future_obs: with "first_frame" every slot that "zeros" leaves blank
+    holds the stack's oldest real frame (the episode's first); everything else is identical."""
+    traj = scripted_trajectory(seed=3, num_rows=160, tag=1)  # frames are never all-zero
+    length = sequence_length(FRAME_STACK, 3, 2)
+    starts = np.arange(len(traj["first"]) - length + 1)
+    sequences = Step(**{k: jnp.asarray(v[starts[:, None] + np.arange(length)]) for k, v in traj.items()})
+    zeros, repeated = (decode_sequences(sequences, FRAME_STACK, 3, GAMMA, 2, p) for p in ("zeros", "first_frame"))
+    padded_slots = 0
+    for name in ("obs", "next_obs", "future_obs"):
+        z = np.asarray(getattr(zeros, name)).reshape(-1, FRAME_STACK, *FRAME_SHAPE)  # every stack
+        r = np.asarray(getattr(repeated, name)).reshape(z.shape)
+        for zs, rs in zip(z, r, strict=True):
+            blank = ~zs.reshape(FRAME_STACK, -1).any(-1)
+            oldest_real = np.argmax(~blank)
+            np.testing.assert_array_equal(rs[~blank], zs[~blank])
+            np.testing.assert_array_equal(rs[blank], np.broadcast_to(zs[oldest_real], rs[blank].shape))
+            padded_slots += blank.sum()
+    assert padded_slots > 0  # the script crosses episode starts
+    for field in ("n_step_return", "bootstrap_discount", "valid", "future_mask", "action"):
+        np.testing.assert_array_equal(getattr(zeros, field), getattr(repeated, field))
+
+
 @pytest.mark.parametrize("n_step, prediction_steps", [(3, 0), (3, 5), (5, 2)])
 def test_every_anchor_matches_bruteforce(n_step, prediction_steps):
     traj = scripted_trajectory(seed=n_step + prediction_steps, num_rows=160, tag=1)

@@ -408,6 +408,7 @@ def _no_envs(*args, **kwargs):
         (lambda: _with(sac.get_config("smoke"), observation="rgb"), "observation"),
         (lambda: _with(sac_psrl.get_config("smoke"), observation="state"), "no pixels for PSRL"),
         (lambda: _with(sac.get_config("state"), encoder="framewise"), "pixel encoder"),
+        (lambda: _with(sac.get_config("smoke"), stack_padding="repeat"), "stack_padding"),
     ],
     ids=[
         "task_typo",
@@ -418,6 +419,7 @@ def _no_envs(*args, **kwargs):
         "observation_unknown",
         "psrl_from_states",
         "state_framewise",
+        "stack_padding_unknown",
     ],
 )
 def test_trainer_config_errors(make_config, match, tmp_path, monkeypatch):
@@ -430,7 +432,9 @@ def test_trainer_config_errors(make_config, match, tmp_path, monkeypatch):
         dmc_trainer.DMCTrainer(config)
 
 
-def _with(config, task=None, action_repeat=None, image_size=None, encoder=None, observation=None):
+def _with(config, task=None, action_repeat=None, image_size=None, encoder=None, observation=None, stack_padding=None):
+    if stack_padding is not None:
+        config.env.stack_padding = stack_padding
     if observation is not None:
         config.env.observation = observation
     if task is not None:

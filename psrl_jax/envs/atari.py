@@ -272,21 +272,28 @@ class EpisodeStats:
 
 
 class FrameStacker:
-    """Per-env stacks of the last `frame_stack` frames, newest last, zeros before episode start."""
+    """Per-env stacks of the last `frame_stack` frames, newest last; before an episode's start,
+    padding: zeros, or copies of the episode's first frame ("first_frame"), as replay's make_stack."""
 
-    def __init__(self, num_envs: int, frame_stack: int, frame_shape: tuple[int, ...], dtype=np.uint8):
+    def __init__(
+        self, num_envs: int, frame_stack: int, frame_shape: tuple[int, ...], dtype=np.uint8, padding: str = "zeros"
+    ):
         if frame_stack < 1:
             raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
+        if padding not in ("zeros", "first_frame"):
+            raise ValueError(f"stack padding must be 'zeros' or 'first_frame', got {padding!r}")
         self.stack = np.zeros((num_envs, frame_stack, *frame_shape), dtype=dtype)
+        self.padding = padding
 
     def push(self, frames: np.ndarray, first: np.ndarray) -> np.ndarray:
         """Appends `frames` [N, H, W]; envs with `first` drop their old episode's frames.
 
         Returns a copy [N, F, H, W], safe to keep after later pushes.
         """
-        self.stack[first] = 0
         self.stack[:, :-1] = self.stack[:, 1:]  # numpy buffers overlapping slices correctly
         self.stack[:, -1] = frames
+        first = np.asarray(first, bool)
+        self.stack[first, :-1] = frames[first][:, None] if self.padding == "first_frame" else 0
         return self.stack.copy()
 
 
@@ -302,6 +309,7 @@ def run_evaluation_episodes(
     episodes_per_env: int,
     num_envs: int,
     frame_stack: int = 4,
+    stack_padding: str = "zeros",
 ) -> np.ndarray:
     """Plays exactly `episodes_per_env` full episodes in each env; returns raw returns, env-major.
 
@@ -331,7 +339,7 @@ def run_evaluation_episodes(
         if np.all(completed >= episodes_per_env):
             return returns.reshape(-1)
         if stacker is None:  # frame shape known only after the first frame
-            stacker = FrameStacker(num_envs, frame_stack, step.frame.shape[1:])
+            stacker = FrameStacker(num_envs, frame_stack, step.frame.shape[1:], padding=stack_padding)
         stacked = stacker.push(step.frame, step.first)
         actions = np.asarray(policy_fn(stacked, step.first), dtype=np.int32)
         ts = env.step(actions, env_ids)

@@ -488,6 +488,7 @@ def run_dmc_evaluation(
     episodes_per_env: int,
     frame_stack: int = 3,
     *,
+    stack_padding: str = "zeros",
     on_episode: Callable[[FinishedEpisode], None] | None = None,
 ) -> np.ndarray:
     """Plays exactly `episodes_per_env` full episodes in each env; returns their returns, env-major.
@@ -504,7 +505,7 @@ def run_dmc_evaluation(
     returns = np.zeros((n, episodes_per_env), dtype=np.float64)
     completed = np.zeros(n, dtype=np.int64)
     stats = DMCEpisodeStats(n)
-    stacker = FrameStacker(n, frame_stack, envs.frame_shape, envs.frame_dtype)
+    stacker = FrameStacker(n, frame_stack, envs.frame_shape, envs.frame_dtype, stack_padding)
 
     step = envs.reset()
     while True:

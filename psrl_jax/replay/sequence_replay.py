@@ -61,13 +61,19 @@ class SequenceBatch(Transitions):
     importance_weights: jax.Array  # float32 [B], (N * P)^-beta / max over the batch
 
 
-def make_stack(frames: jax.Array, first: jax.Array, position, frame_stack: int) -> jax.Array:
-    """Frames position-S+1..position (oldest first), zeroed before the latest episode start.
+STACK_PADDINGS = ("zeros", "first_frame")
+
+
+def make_stack(frames: jax.Array, first: jax.Array, position, frame_stack: int, padding: str = "zeros") -> jax.Array:
+    """Frames position-S+1..position (oldest first); what precedes the latest episode start is padding.
 
     frames: [T, *frame_shape], first: [T] bool, position: int (may be traced).
-    Zeroing what precedes the most recent `first` row reproduces the actor's own stacks at an
-    episode start; rows before index 0 are zeros too.
+    padding "zeros": zero frames (Dopamine's Atari stacks); "first_frame": copies of the episode's
+    first frame (the FrameStack wrappers of CURL and DrQ on DMC). Either way this reproduces the
+    actor's own stacks at an episode start (push_frames); rows before index 0 are padding too.
     """
+    if padding not in STACK_PADDINGS:
+        raise ValueError(f"stack padding must be one of {STACK_PADDINGS}, got {padding!r}")
     rows = position - (frame_stack - 1) + jnp.arange(frame_stack)
     in_range = rows >= 0
     rows = jnp.clip(rows, 0, frames.shape[0] - 1)
@@ -75,12 +81,18 @@ def make_stack(frames: jax.Array, first: jax.Array, position, frame_stack: int) 
     window_first = (first[rows] & in_range).astype(jnp.int32)
     # A frame survives only if no later frame of the window starts an episode.
     firsts_after = jnp.cumsum(window_first[::-1])[::-1] - window_first
-    keep = in_range & (firsts_after == 0)
+    keep = in_range & (firsts_after == 0)  # a suffix of the window; the last row is always kept
+    if padding == "first_frame":
+        fill = jnp.broadcast_to(window_frames[jnp.argmax(keep)], window_frames.shape)  # oldest kept row
+    else:
+        fill = jnp.zeros_like(window_frames)
     keep = keep.reshape(keep.shape + (1,) * (frames.ndim - 1))
-    return jnp.where(keep, window_frames, jnp.zeros_like(window_frames))
+    return jnp.where(keep, window_frames, fill)
 
 
-def _decode_sequence(seq: Step, frame_stack: int, n_step: int, gamma: float, prediction_steps: int) -> Transitions:
+def _decode_sequence(
+    seq: Step, frame_stack: int, n_step: int, gamma: float, prediction_steps: int, padding: str = "zeros"
+) -> Transitions:
     """One [L]-row sequence -> one transition anchored at row S - 1 (unbatched fields)."""
     anchor = frame_stack - 1
     horizon = max(n_step, prediction_steps)
@@ -104,7 +116,7 @@ def _decode_sequence(seq: Step, frame_stack: int, n_step: int, gamma: float, pre
         jnp.where(in_return > 0, discount_after[:n_step], 1.0)
     )
 
-    stack_at = lambda p: make_stack(seq.frame, seq.first, p, frame_stack)
+    stack_at = lambda p: make_stack(seq.frame, seq.first, p, frame_stack, padding)
     obs = stack_at(anchor)
     next_obs = stack_at(anchor + m)
 
@@ -133,10 +145,11 @@ def _decode_sequence(seq: Step, frame_stack: int, n_step: int, gamma: float, pre
 
 
 def decode_sequences(
-    sequences: Step, frame_stack: int, n_step: int, gamma: float, prediction_steps: int
+    sequences: Step, frame_stack: int, n_step: int, gamma: float, prediction_steps: int, padding: str = "zeros"
 ) -> Transitions:
     """[B, L]-row sequences -> a batch of transitions anchored at row S - 1 of each."""
-    return jax.vmap(lambda seq: _decode_sequence(seq, frame_stack, n_step, gamma, prediction_steps))(sequences)
+    decode = lambda seq: _decode_sequence(seq, frame_stack, n_step, gamma, prediction_steps, padding)
+    return jax.vmap(decode)(sequences)
 
 
 def sequence_length(frame_stack: int, n_step: int, prediction_steps: int) -> int:
@@ -159,6 +172,7 @@ class SequenceReplay:
     envs_per_seed: int
     max_length_time_axis: int  # rows per environment
     frame_stack: int
+    stack_padding: str  # "zeros" or "first_frame" (make_stack)
     n_step: int
     prediction_steps: int
     gamma: float
@@ -227,7 +241,7 @@ class SequenceReplay:
     def sample(self, state: ReplayState, key: jax.Array, beta) -> SequenceBatch:
         drawn = self.buffer.sample(state, key)
         transitions = decode_sequences(
-            drawn.experience, self.frame_stack, self.n_step, self.gamma, self.prediction_steps
+            drawn.experience, self.frame_stack, self.n_step, self.gamma, self.prediction_steps, self.stack_padding
         )
         probabilities = drawn.probabilities.astype(jnp.float32)
         # Float drift in the sum tree's inner nodes can (rarely) land on a zero-priority leaf;
@@ -265,6 +279,11 @@ class SequenceReplay:
         return self.buffer.set_priorities(state, indices, stored)
 
 
+def configured_stack_padding(config) -> str:
+    """config.env.stack_padding, "zeros" for configs written before the field existed."""
+    return str(config.env.get("stack_padding", "zeros"))
+
+
 def make_sequence_replay(
     config, frame_shape, action_dtype=jnp.int32, action_shape=(), frame_dtype=jnp.uint8
 ) -> SequenceReplay:
@@ -300,6 +319,7 @@ def make_sequence_replay(
         envs_per_seed=envs,
         max_length_time_axis=max_length_time_axis,
         frame_stack=frame_stack,
+        stack_padding=configured_stack_padding(config),
         n_step=n_step,
         prediction_steps=prediction_steps,
         gamma=float(config.agent.gamma),

@@ -105,7 +105,7 @@ class AtariTrainer:
         )
 
     def _collect_single(self, state: TrainState, frame, reward, discount, first, random_actions: bool):
-        stack = push_frames(state.frame_stack, frame, first)
+        stack = push_frames(state.frame_stack, frame, first, self.replay.stack_padding)
         key, k_act = jax.random.split(state.key)
         if random_actions:  # warm-up before min_size: uniform random actions
             actions = jax.random.randint(k_act, (frame.shape[0],), 0, self.num_actions).astype(jnp.int32)
@@ -164,7 +164,9 @@ class AtariTrainer:
             obs = seeds.put_env_rows(stacked_obs)
             return np.asarray(seeds.to_host(self.eval_act(params, obs, keys))).reshape(-1)
 
-        returns = run_evaluation_episodes(envs, policy, episodes // envs_per_seed, num_envs, cfg.env.frame_stack)
+        returns = run_evaluation_episodes(
+            envs, policy, episodes // envs_per_seed, num_envs, cfg.env.frame_stack, self.replay.stack_padding
+        )
         envs.close()
         return np.asarray(returns).reshape(seeds.num_seeds, episodes)
 

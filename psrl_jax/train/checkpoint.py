@@ -24,6 +24,7 @@ COMPATIBILITY_FIELDS = (
     "env.crop_size",
     "env.envs_per_seed",
     "env.frame_stack",
+    "env.stack_padding",
     "env.image_size",
     "env.observation",  # DMC: pixels or states
     "replay.capacity",
@@ -32,9 +33,9 @@ COMPATIBILITY_FIELDS = (
     "agent",
     "psrl",
 )
-# Fields added after checkpoints were first written: an older header without one is not a mismatch
-# (the state's shapes still are checked when it is restored).
-ADDED_LATER = ("env.observation",)
+# Fields added after checkpoints were first written, with the value an older header without one
+# implies (None: whatever the config says; the state's shapes still are checked when it is restored).
+ADDED_LATER = {"env.observation": None, "env.stack_padding": "zeros"}
 
 
 class CheckpointError(RuntimeError):
@@ -52,7 +53,9 @@ def _lookup(config_dict: dict, dotted: str):
 
 
 def compatibility_header(config_dict: dict) -> dict:
-    return {field: _lookup(config_dict, field) for field in COMPATIBILITY_FIELDS}
+    header = {field: _lookup(config_dict, field) for field in COMPATIBILITY_FIELDS}
+    # A config without an added field means what an old header without it means.
+    return {k: ADDED_LATER.get(k) if v is None and ADDED_LATER.get(k) is not None else v for k, v in header.items()}
 
 
 class Checkpointer:
@@ -87,7 +90,7 @@ class Checkpointer:
             ) from error
         expected = compatibility_header(config_dict)
         saved = header.get("compatibility", {})
-        missing_ok = {k: expected[k] for k in ADDED_LATER if k not in saved}
+        missing_ok = {k: expected[k] if v is None else v for k, v in ADDED_LATER.items() if k not in saved}
         saved = {**missing_ok, **saved}
         mismatched = [k for k in expected if _normalise(saved.get(k)) != _normalise(expected[k])]
         if mismatched:

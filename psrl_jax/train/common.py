@@ -362,13 +362,20 @@ def progress_bar(config, total: int, initial: int, desc: str) -> tqdm:
     )
 
 
-def push_frames(frame_stack, frames, first):
-    """Append the newest frame; an episode's first frame clears the older ones (zeros, as replay does)."""
+def push_frames(frame_stack, frames, first, padding: str = "zeros"):
+    """Append the newest frame; an episode's first frame replaces the older ones with padding
+    (zeros, or copies of itself for "first_frame"), exactly as replay's make_stack rebuilds them."""
     shifted = jnp.concatenate([frame_stack[:, 1:], frames[:, None]], axis=1)
     keep_history = jnp.arange(frame_stack.shape[1]) == frame_stack.shape[1] - 1
     mask = jnp.logical_or(~first[:, None], keep_history[None, :])
     mask = mask.reshape(mask.shape + (1,) * (frame_stack.ndim - 2))  # any frame shape: [H, W] or [H, W, 3]
-    return jnp.where(mask, shifted, jnp.zeros_like(shifted))
+    if padding == "first_frame":
+        fill = jnp.broadcast_to(frames[:, None], shifted.shape)
+    elif padding == "zeros":
+        fill = jnp.zeros_like(shifted)
+    else:
+        raise ValueError(f"stack padding must be 'zeros' or 'first_frame', got {padding!r}")
+    return jnp.where(mask, shifted, fill)
 
 
 def resolve_scan_unroll(requested: int, updates_per_dispatch: int) -> int:

@@ -138,7 +138,7 @@ class DMCTrainer:
         )
 
     def _collect_single(self, state: TrainState, frame, reward, discount, first, random_actions: bool):
-        stack = push_frames(state.frame_stack, frame, first)
+        stack = push_frames(state.frame_stack, frame, first, self.replay.stack_padding)
         key, k_act = jax.random.split(state.key)
         if random_actions:  # warm-up: uniform actions in the [-1, 1] box of every DMC task
             actions = jax.random.uniform(k_act, (frame.shape[0], self.action_dim), minval=-1.0, maxval=1.0)
@@ -189,7 +189,9 @@ class DMCTrainer:
             actions = seeds.to_host(self.eval_act(agent_state, seeds.put_env_rows(stacked_obs), keys))
             return np.asarray(actions).reshape(num_envs, self.action_dim)
 
-        returns = run_dmc_evaluation(envs, policy, episodes // envs_per_seed, cfg.env.frame_stack)
+        returns = run_dmc_evaluation(
+            envs, policy, episodes // envs_per_seed, cfg.env.frame_stack, stack_padding=self.replay.stack_padding
+        )
         envs.close()
         return np.asarray(returns).reshape(seeds.num_seeds, episodes)
 
