@@ -1,22 +1,24 @@
-"""Throughput of one config's pieces, measured side by side in one process.
+"""Throughput of one config's pieces, measured side by side in one process. Any config: Atari
+(configs/rainbow*.py) or DeepMind Control (configs/sac*.py, which name an env.task).
 
     python launch/benchmark.py --config configs/rainbow.py [--config.num_seeds=4] [--repeats=20] [--out=b.json]
     python launch/benchmark.py --config configs/rainbow_psrl.py --seeds_list=1,2,4,8 --trace_dir=/tmp/trace
 
 Prints and writes JSON with: compile times, updates/s (U updates per dispatch, all seeds), collect
-(act + replay insert) steps/s, raw envpool steps/s with random actions, projected end-to-end agent
-steps/s, replay bytes per transition, FLOPs per update from XLA's cost analysis, achieved FLOP/s and
-its fraction of the device's peak (MFU; peaks in psrl_jax/perf.py), peak device memory (GPU) or XLA's
-memory analysis of the update (CPU) and the host's peak RSS. `--seeds_list` measures several seed
-counts one after another in this process and adds the speed-up of S vmapped seeds over S single-seed
-updates run one after another; `--updates_per_dispatch_list=1,2,8` does the same for U updates per
-dispatch (one lax.scan) against one dispatch per update. `--trace_dir` writes a jax.profiler trace
-of a few update dispatches (named scopes: encoder, correspondence, warp, aat, distributional_loss,
-optimizer, ...) for TensorBoard's profile plugin or Perfetto. `--loops` measures the training loops
-themselves instead: agent env steps/s of the host loop and of the fused loop (config.loop="fused")
-after the warm-up and during it (acting only: the per-step overhead the fused loop removes), and raw
-envpool steps/s with random actions, on the same envs. The replay is filled with random frames (no
-training), so numbers measure the machinery, not learning. `--sharding` (more than one device, e.g.
+(act + replay insert) steps/s, raw env steps/s with random actions (envpool's Atari, or the DMC
+backend's rendered steps), projected end-to-end env steps/s, replay bytes per transition, FLOPs per
+update from XLA's cost analysis, achieved FLOP/s and its fraction of the device's peak (MFU; peaks
+in psrl_jax/perf.py), peak device memory (GPU) or XLA's memory analysis of the update (CPU) and the
+host's peak RSS. `--seeds_list` measures several seed counts one after another in this process and
+adds the speed-up of S vmapped seeds over S single-seed updates run one after another;
+`--updates_per_dispatch_list=1,2,8` does the same for U updates per dispatch (one lax.scan) against
+one dispatch per update. `--trace_dir` writes a jax.profiler trace of a few update dispatches (named
+scopes: encoder, correspondence, warp, aat, distributional_loss, optimizer, ...) for TensorBoard's
+profile plugin or Perfetto. `--loops` measures the training loops themselves instead: agent env
+steps/s of the host loop and of the fused loop (config.loop="fused") after the warm-up and during it
+(acting only: the per-step overhead the fused loop removes), and raw envpool steps/s with random
+actions, on the same envs. The replay is filled with random frames (no training), so numbers measure
+the machinery, not learning. `--sharding` (more than one device, e.g.
 XLA_FLAGS=--xla_force_host_platform_device_count=2) times the sharded update dispatch as the
 trainers run it (shard_map: each device its own seeds) against the same vmapped update left to XLA's
 SPMD partitioner, and counts the collectives in each compiled program (Atari or DMC configs).
@@ -66,6 +68,15 @@ _CHUNKS = flags.DEFINE_integer("chunks", 2, "With --loops: timed chunks of log.e
 flags.mark_flags_as_required(["config"])
 
 
+def make_trainer(config):
+    """(trainer, is_dmc): the DMC trainer for configs that name a task (configs/sac*.py), else Atari's."""
+    from psrl_jax.train.atari_trainer import AtariTrainer
+    from psrl_jax.train.dmc_trainer import DMCTrainer
+
+    dmc = "task" in config.env
+    return (DMCTrainer if dmc else AtariTrainer)(config), dmc
+
+
 def _timed(fn, repeats):
     start = time.perf_counter()
     for _ in range(repeats):
@@ -84,12 +95,11 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     from psrl_jax.envs.atari import convert_timestep
     from psrl_jax.perf import peak_flops
     from psrl_jax.replay.sequence_replay import bytes_per_transition
-    from psrl_jax.train.atari_trainer import AtariTrainer
 
-    trainer = AtariTrainer(config)
+    trainer, dmc = make_trainer(config)
     S, E = config.num_seeds, config.env.envs_per_seed
-    size = config.env.image_size
-    results = {"config": config.name, "game": trainer.task_id, "num_seeds": S, "envs_per_seed": E}
+    results = {"config": config.name, "num_seeds": S, "envs_per_seed": E}
+    results["task" if dmc else "game"] = trainer.task.name if dmc else trainer.task_id
     device = jax.devices()[0]
     results["device"] = f"{device} ({getattr(device, 'device_kind', '')})"
     results["backend"] = jax.default_backend()
@@ -104,7 +114,9 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     rows = max(config.replay.min_size // E, 64)
 
     def random_step(first=False):
-        frame = jnp.asarray(rng.integers(0, 255, (S, E, size, size), dtype=np.uint8))
+        frame = jnp.asarray(
+            rng.integers(0, 255, (S, E, *trainer.frame_shape)).astype(getattr(trainer, "frame_dtype", np.uint8))
+        )
         reward = jnp.asarray(rng.random((S, E), dtype=np.float32))
         discount = jnp.ones((S, E), jnp.float32)
         return frame, reward, discount, jnp.full((S, E), first)
@@ -132,8 +144,9 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     seconds = _timed(collect_once, repeats)
     results["collect_steps_per_s_all_seeds"] = S * E / seconds
 
-    beta = jnp.float32(0.4)
-    lowered = trainer.update_fn.lower(holder["state"], beta)
+    # The Atari update takes the importance exponent beta; the DMC (SAC) update only the state.
+    args = () if dmc else (jnp.float32(0.4),)
+    lowered = trainer.update_fn.lower(holder["state"], *args)
     start = time.perf_counter()
     compiled = lowered.compile()
     results["compile_update_seconds"] = time.perf_counter() - start
@@ -142,6 +155,7 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     U = trainer.updates_per_dispatch
     results["updates_per_dispatch"] = U
+    results["update_every"] = config.update_every
     # XLA's cost analysis counts a rolled loop's body once: exact per-update FLOPs need a full unroll.
     counted_updates = U if trainer.scan_unroll >= U else 1
     # Sharded, the compiled program is one device's: its S / devices seeds (SeedAxis.jit).
@@ -151,7 +165,7 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     results["flops_count_exact"] = trainer.scan_unroll >= U
 
     def update_once():
-        holder["state"], metrics = trainer.update_fn(holder["state"], beta)
+        holder["state"], metrics = trainer.update_fn(holder["state"], *args)
         return metrics
 
     update_once()
@@ -182,21 +196,29 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
             jax.block_until_ready(out)
         results["trace_dir"] = os.path.join(trace_dir, f"seeds_{S}")
 
-    # Raw envpool with random actions, same pool size.
+    # The raw envs with random actions, same pool size: envpool's Atari steps, or DMC agent steps
+    # (action_repeat physics steps and one render each) of the trainer's backend.
     env = trainer.envs
-    timestep = env.reset()
+    env.reset()
     lives = None
     ids = np.arange(S * E, dtype=np.int32)
+    n = max(repeats * 10, 200) if not dmc else max(repeats * 2, 20)
     start = time.perf_counter()
-    n = max(repeats * 10, 200)
     for _ in range(n):
-        timestep = env.step(rng.integers(0, trainer.num_actions, S * E).astype(np.int32), ids)
-        _, lives = convert_timestep(timestep, lives, True)
-    results["raw_env_steps_per_s_all_seeds"] = n * S * E / (time.perf_counter() - start)
-    # Projected end-to-end: per env step one collect, plus U updates every update_every steps.
-    per_step = S * E / results["collect_steps_per_s_all_seeds"] + S * E / results["raw_env_steps_per_s_all_seeds"]
+        if dmc:
+            env.step(rng.uniform(-1, 1, (S * E, trainer.action_dim)).astype(np.float32))
+        else:
+            timestep = env.step(rng.integers(0, trainer.num_actions, S * E).astype(np.int32), ids)
+            _, lives = convert_timestep(timestep, lives, True)
+    raw_agent_steps_per_s = n * S * E / (time.perf_counter() - start)
+    repeat = trainer.action_repeat if dmc else 1  # Atari 100k counts agent steps as env steps
+    results["action_repeat"] = repeat
+    results["raw_env_steps_per_s_all_seeds"] = raw_agent_steps_per_s * repeat
+    # Projected end-to-end: per agent step one collect and one env step, plus U updates every
+    # update_every agent steps.
+    per_step = S * E / results["collect_steps_per_s_all_seeds"] + S * E / raw_agent_steps_per_s
     per_step += results["update_dispatch_seconds"] / config.update_every
-    results["projected_env_steps_per_s_per_seed"] = E / per_step
+    results["projected_env_steps_per_s_per_seed"] = E * repeat / per_step
     results["projected_hours_for_total_env_steps"] = (
         config.total_env_steps / results["projected_env_steps_per_s_per_seed"] / 3600
     )
@@ -302,14 +324,10 @@ def measure_sharding(config, repeats: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from psrl_jax.train.atari_trainer import AtariTrainer
-    from psrl_jax.train.dmc_trainer import DMCTrainer
-
     if jax.device_count() < 2:
         sys.exit("error: --sharding needs more than one device (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
     config.shard_seeds = "on"
-    dmc = "task" in config.env  # DMC configs (configs/sac*.py) name a task, Atari ones a game
-    trainer = (DMCTrainer if dmc else AtariTrainer)(config)
+    trainer, dmc = make_trainer(config)
     seeds, S, E = trainer.seeds, config.num_seeds, config.env.envs_per_seed
     state = trainer.init_fn(seeds.keys())
     rng = np.random.default_rng(0)
@@ -357,6 +375,8 @@ def main(argv):
     config.resume = False
     if _SEEDS_LIST.value and _DISPATCH_LIST.value:
         sys.exit("error: vary one thing per benchmark: --seeds_list or --updates_per_dispatch_list")
+    if _LOOPS.value and "task" in config.env:
+        sys.exit("error: --loops compares Atari's host and fused loops; DMC configs have the host loop only")
     if _SHARDING.value:
         runs = _over_seed_counts(
             config,

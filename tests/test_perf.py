@@ -73,6 +73,52 @@ def test_benchmark_smoke_writes_json_and_trace(tmp_path):
     assert glob.glob(str(trace / "seeds_1" / "plugins" / "profile" / "*" / "*.xplane.pb"))
 
 
+def test_benchmark_measures_dmc_configs(tmp_path):
+    """A DMC config (it names env.task) goes through the same measurement: the SAC update, acting, and
+    the backend's rendered env steps, counted in env steps (action_repeat physics steps each)."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/benchmark.py",
+            "--config=configs/sac.py:smoke",
+            "--config.env.backend=dm_control",
+            "--repeats=2",
+            f"--out={out}",
+            f"--config.run_dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads(out.read_text())
+    assert bench["task"] == "cartpole_swingup" and "game" not in bench
+    assert bench["action_repeat"] == 8 and bench["updates_per_s_all_seeds"] > 0
+    assert bench["flops_per_update_per_seed"] > 1e8  # a pixel SAC update: conv encoder, batch of frames
+    assert bench["raw_env_steps_per_s_all_seeds"] > 0 and bench["collect_steps_per_s_all_seeds"] > 0
+    assert 0 < bench["mfu"] < 1
+    # projected = env steps per agent step / (collect + env step + update per agent step)
+    per_step = (
+        1 / bench["collect_steps_per_s_all_seeds"]
+        + bench["action_repeat"] / bench["raw_env_steps_per_s_all_seeds"]
+        + bench["update_dispatch_seconds"] / bench["update_every"]
+    )
+    assert bench["projected_env_steps_per_s_per_seed"] == pytest.approx(bench["action_repeat"] / per_step)
+
+
+def test_benchmark_loops_refuses_dmc_configs_before_compiling(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "launch/benchmark.py", "--config=configs/sac.py:smoke", "--loops"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "DMC configs have the host loop only" in result.stderr
+
+
 def _benchmark(tmp_path, name, devices, *flags):
     out = tmp_path / f"{name}.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}

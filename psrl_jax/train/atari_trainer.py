@@ -81,7 +81,7 @@ class AtariTrainer:
         self.envs = make_atari_envs(config.env, self.num_envs, seed=first_env_seed, train=True)
         self.num_actions = num_actions(self.envs)
         size = config.env.image_size
-        self.frame_shape = (size, size)
+        self.frame_shape, self.frame_dtype = (size, size), np.uint8  # grey frames, as DMCTrainer's pixels
         self.agent = RainbowAgent(config, self.num_actions, (config.env.frame_stack, size, size))
         self.replay = make_sequence_replay(config, self.frame_shape)
         self.beta = LinearSchedule(

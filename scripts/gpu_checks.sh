@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The device check for a lent GPU, prepared to fit one `run` call: a lent task has 15 minutes of
+# device time in all (start-up included) and one command may run 10, so this script stops itself
+# after BUDGET_S seconds (default 480) and runs its steps in the order of what the open issues need
+# most. Every step is time-boxed (`timeout`), writes its JSON and log under OUT, and a step that
+# fails or runs out of time does not stop the ones after it; summary.txt lists each step's exit
+# status and seconds. Steps (issue 5, then 3, then 4):
+#   1 update cost, one process, round-robin: rainbow, rainbow_psrl at full width, the width-1/16
+#     copy, bf16 rainbow_psrl; FLOPs per update (XLA cost analysis) and ms per update side by side
+#   2 benchmark.py rainbow_psrl, full width, S = 1 and 10 seeds vmapped: updates/s, MFU, memory
+#   3 benchmark.py rainbow, S = 1 and 10
+#   4 update cost of sac, frame-wise sac and sac_psrl (the issue-4 ratio on a GPU)
+#   5 host loop vs fused envpool-XLA loop, rainbow_psrl at width 1/16
+#
+# Here, once:   bash scripts/gpu_bundle.sh          (builds .whl/site.tar.xz, the missing packages)
+# On the device (device tool, carry [".whl"]):
+#   bash scripts/gpu_checks.sh
+# Anywhere, to check the script itself on the CPU at smoke sizes in about 4 minutes:
+#   GPU_CHECKS_SMOKE=1 OUT=/tmp/gpu_checks bash scripts/gpu_checks.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT to the folder for the results (the device tool sets it)}
+BUDGET_S=${BUDGET_S:-480}
+SMOKE=${GPU_CHECKS_SMOKE:-0}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+if [ -f .whl/site.tar.xz ]; then
+  mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site
+fi
+if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
+
+# full size on the GPU; the same code paths at smoke sizes when checking the script on a CPU
+if [ "$SMOKE" = 1 ]; then
+  V=":smoke"
+  SEEDS=1,2
+  REPEATS=2
+else
+  V=""
+  SEEDS=1,10
+  REPEATS=10
+fi
+NARROW="psrl.correspondence_width=0.0625"
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
+  "$PYTHON" -c 'import jax, jaxlib, sys; print(sys.version); print("jax", jax.__version__, "jaxlib", jaxlib.__version__, jax.devices())'
+} >"$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+echo "step exit seconds" >"$OUT/summary.txt"
+step() { # step NAME SECONDS command...: run it time-boxed unless the budget is spent, log to OUT/NAME.log
+  local name=$1 limit=$2 left=$((BUDGET_S - SECONDS))
+  shift 2
+  if [ "$left" -lt 30 ]; then
+    echo "$name skipped 0" >>"$OUT/summary.txt"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local start=$SECONDS
+  echo "== $name (at most ${limit}s): $*"
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name $rc $((SECONDS - start))" >>"$OUT/summary.txt"
+  tail -n 25 "$OUT/$name.log"
+}
+
+step 1_atari_update_cost 150 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/1_atari_update_cost.json" \
+  "configs/rainbow.py$V" "configs/rainbow_psrl.py$V" "configs/rainbow_psrl.py$V@$NARROW" \
+  "configs/rainbow_psrl.py$V@agent.compute_dtype=bfloat16"
+step 2_bench_rainbow_psrl 150 "$PYTHON" launch/benchmark.py --config "configs/rainbow_psrl.py$V" \
+  --seeds_list "$SEEDS" --repeats "$REPEATS" --out "$OUT/2_bench_rainbow_psrl.json"
+step 3_bench_rainbow 60 "$PYTHON" launch/benchmark.py --config "configs/rainbow.py$V" \
+  --seeds_list "$SEEDS" --repeats "$REPEATS" --out "$OUT/3_bench_rainbow.json"
+step 4_dmc_update_cost 60 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/4_dmc_update_cost.json" \
+  "configs/sac.py$V" "configs/sac.py$V@agent.encoder=framewise" "configs/sac_psrl.py$V"
+step 5_loops 60 "$PYTHON" launch/benchmark.py --config "configs/rainbow_psrl.py$V" --config.$NARROW \
+  --loops --chunks 2 --out "$OUT/5_loops.json"
+
+cat "$OUT/summary.txt"
