@@ -47,6 +47,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # is more than one and num_seeds is a multiple of the device count; "on" requires that (a
     # ConfigError before anything compiles otherwise); "off" keeps every seed on the default device.
     c.shard_seeds = "auto"
+    # How one device runs its seeds' updates (ours; psrl_jax/train/common.py resolve_seed_batching):
+    # "vmap" batches them into one program (grouped convolutions: what accelerators want), "unroll"
+    # runs them one after another in the same program (what XLA:CPU wants: its grouped convolutions
+    # are slow), "auto" unrolls on the CPU and vmaps elsewhere. Same results to float rounding.
+    c.seed_batching = "auto"
     c.total_env_steps = 100_000  # agent steps per seed (x4 frames = 400k frames: the Atari 100k protocol)
     c.run_dir = ""  # empty: runs/<name>-<game>-s<seed>x<num_seeds>-<timestamp>
     c.resume = False  # continue run_dir from its latest checkpoint (replay included)

@@ -36,6 +36,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.seed = 0  # seed of the first agent; agent i uses PRNGKey(seed + i) and env seeds from seed + i
     c.num_seeds = 1  # S independent agents vmapped in one process
     c.shard_seeds = "auto"  # seed axis over devices, as on Atari (psrl_jax/train/sharding.py)
+    c.seed_batching = "auto"  # vmap | unroll | auto (unroll on the CPU), as on Atari (configs/rainbow.py)
     c.total_env_steps = 500_000  # environment steps per seed, action repeats included (DMC 500k)
     c.run_dir = ""  # empty: runs/<name>-<task>-s<seed>x<num_seeds>-<timestamp>
     c.resume = False

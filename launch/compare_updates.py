@@ -11,11 +11,14 @@ the updates round-robin (config 1, 2, ..., 1, 2, ...) so that every config sees 
 Prints a table with the ratio to the first config and writes JSON with --out. One seed, no envs,
 no replay sampling: this isolates the network and loss cost that PSRL adds.
 
---seed_axis times each config once per way of holding its one seed: `none` (the plain update),
-`vmap` (jax.vmap over a seed axis of size 1) and `vmap_seeds` (what the trainers use:
-psrl_jax/train/common.py's vmap_seeds, which indexes a size-1 seed axis away), e.g.
+--seed_axis times each config once per way of holding its seeds: `none` (the plain update, one
+seed), `vmap` (jax.vmap over a seed axis), `vmap_seeds` (psrl_jax/train/common.py's vmap_seeds, which
+indexes a size-1 seed axis away and vmaps larger ones) and `unroll` (vmap_seeds with unroll: the
+one-seed update traced once per seed into one program, config.seed_batching="unroll"); the last three
+run --num_seeds seeds per dispatch, e.g.
 
     python launch/compare_updates.py configs/sac_psrl.py --seed_axis=none,vmap,vmap_seeds
+    python launch/compare_updates.py configs/sac.py --seed_axis=none,vmap,unroll --num_seeds=2
 """
 
 import json
@@ -38,9 +41,10 @@ _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synt
 _ACTION_DIM = flags.DEFINE_integer("action_dim", 6, "DMC configs: action dimensions (6: walker, cheetah)")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here")
 _SEED_AXIS = flags.DEFINE_list(
-    "seed_axis", ["none"], "Per config, time the update with: none, vmap, vmap_seeds (a seed axis of size 1)"
+    "seed_axis", ["none"], "Per config, time the update with: none (one seed), vmap, vmap_seeds, unroll (--num_seeds)"
 )
-_SEED_AXES = ("none", "vmap", "vmap_seeds")
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 1, "Seeds per dispatch for --seed_axis vmap, vmap_seeds and unroll")
+_SEED_AXES = ("none", "vmap", "vmap_seeds", "unroll")
 
 
 def load_config(spec: str):
@@ -117,6 +121,7 @@ def main(argv):
         sys.exit("usage: launch/compare_updates.py CONFIG[:variant][@field=value,...] ...")
     logging.set_verbosity(logging.WARNING)
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from psrl_jax.agents.rainbow import RainbowAgent
@@ -125,12 +130,20 @@ def main(argv):
 
     def update_fn(agent, seed_axis):  # (state, batch) -> new state, for either agent
         update = lambda state, batch: agent.update(state, batch)[0]  # noqa: E731
-        return {"none": update, "vmap": jax.vmap(update), "vmap_seeds": vmap_seeds(update)}[seed_axis]
+        return {
+            "none": update,
+            "vmap": jax.vmap(update),
+            "vmap_seeds": vmap_seeds(update),
+            "unroll": vmap_seeds(update, unroll=True),
+        }[seed_axis]
 
     unknown = sorted(set(_SEED_AXIS.value) - set(_SEED_AXES))
     if unknown:
         sys.exit(f"error: --seed_axis: unknown {unknown} (known: {', '.join(_SEED_AXES)})")
-    with_seed_axis = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
+    if _NUM_SEEDS.value < 1:
+        sys.exit(f"error: --num_seeds must be >= 1, got {_NUM_SEEDS.value}")
+    # S copies of one seed's state and batch: the cost does not depend on the values
+    with_seed_axis = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * _NUM_SEEDS.value), tree)  # noqa: E731
     rows = []
     for spec, seed_axis in [(spec, axis) for spec in specs for axis in _SEED_AXIS.value]:
         config = load_config(spec)
@@ -145,7 +158,8 @@ def main(argv):
         batch = synthetic_batch(config, np.random.default_rng(0))
         if seed_axis != "none":
             state, batch = with_seed_axis(state), with_seed_axis(batch)
-        label = spec if seed_axis == "none" else f"{spec} [{seed_axis}]"
+        seeds = 1 if seed_axis == "none" else _NUM_SEEDS.value
+        label = spec if seed_axis == "none" else f"{spec} [{seed_axis} x{seeds}]"
         start = time.perf_counter()
         compiled = jax.jit(update_fn(agent, seed_axis)).lower(state, batch).compile()
         compile_seconds = time.perf_counter() - start
@@ -161,6 +175,7 @@ def main(argv):
             dict(
                 spec=label,
                 seed_axis=seed_axis,
+                seeds=seeds,
                 compiled=compiled,
                 state=state,
                 batch=batch,
@@ -180,16 +195,19 @@ def main(argv):
             print(f"  {row['spec']}: {row['times'][-1]:.3f}s", flush=True)
     base = rows[0]
     results = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "repeats": _REPEATS.value, "rows": []}
-    print(f"\n{'config':78s} {'GFLOP':>8s} {'x':>6s} {'ms/upd':>9s} {'x':>6s} {'params':>11s}")
+    # ms/upd: one dispatch (all its seeds); ms/seed: per seed's update, the figure to compare across S
+    print(f"\n{'config':78s} {'GFLOP':>8s} {'x':>6s} {'ms/upd':>9s} {'x':>6s} {'ms/seed':>9s} {'params':>11s}")
     for row in rows:
         median = float(np.median(row["times"]))
         entry = {
             "config": row["spec"],
             "seed_axis": row["seed_axis"],
+            "num_seeds": row["seeds"],
             "flops_per_update": row["flops"],
             "flops_ratio": row["flops"] / base["flops"],
             "median_update_seconds": median,
             "time_ratio": median / float(np.median(base["times"])),
+            "median_seconds_per_seed_update": median / row["seeds"],
             "update_seconds": row["times"],
             "compile_seconds": row["compile_seconds"],
             "trainable_params": row["params"],
@@ -197,7 +215,7 @@ def main(argv):
         results["rows"].append(entry)
         print(
             f"{row['spec'][:78]:78s} {row['flops'] / 1e9:8.2f} {entry['flops_ratio']:6.1f} "
-            f"{median * 1e3:9.1f} {entry['time_ratio']:6.1f} {row['params']:11,d}"
+            f"{median * 1e3:9.1f} {entry['time_ratio']:6.1f} {median * 1e3 / row['seeds']:9.1f} {row['params']:11,d}"
         )
     if _OUT.value:
         with open(_OUT.value, "w") as f:

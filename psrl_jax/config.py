@@ -53,6 +53,13 @@ def sequence_length(config) -> int:
     return config.env.frame_stack - 1 + max(r.n_step, r.prediction_steps) + 1
 
 
+def _check_seed_batching(config) -> None:
+    mode = config.get("seed_batching", "auto")  # run dirs written before the field existed: "auto"
+    _require(
+        mode in ("auto", "vmap", "unroll"), f"config.seed_batching must be 'auto', 'vmap' or 'unroll', got {mode!r}"
+    )
+
+
 def validate_atari_config(config: ml_collections.ConfigDict) -> None:
     """Raise ConfigError with a clear message for values that cannot work. Cheap: no env, no compile."""
     env, replay, agent, ev = config.env, config.replay, config.agent, config.eval
@@ -117,6 +124,7 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
         shard_seeds in ("auto", "on", "off"),
         f"config.shard_seeds must be 'auto', 'on' or 'off', got {shard_seeds!r}",
     )
+    _check_seed_batching(config)
     _require(
         agent.augmentation.shift_pad >= 0 and agent.augmentation.intensity_scale >= 0,
         "config.agent.augmentation.shift_pad and intensity_scale must be >= 0",
@@ -281,6 +289,7 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
     _require(
         config.get("shard_seeds", "auto") in ("auto", "on", "off"), "config.shard_seeds must be 'auto', 'on' or 'off'"
     )
+    _check_seed_batching(config)
     _require(0.0 < agent.gamma <= 1.0, f"config.agent.gamma must be in (0, 1], got {agent.gamma}")
     for name in ("critic_tau", "encoder_tau"):
         _require(0.0 < agent[name] <= 1.0, f"config.agent.{name} must be in (0, 1], got {agent[name]}")

@@ -11,6 +11,8 @@
 #   3 benchmark.py rainbow, S = 1 and 10
 #   4 update cost of sac, frame-wise sac and sac_psrl (the issue-4 ratio on a GPU)
 #   5 host loop vs fused envpool-XLA loop, rainbow_psrl at width 1/16
+#   6 4 seeds per dispatch, vmapped (grouped convolutions) vs unrolled, rainbow and sac: which
+#     config.seed_batching a GPU wants ("auto" vmaps there; on the CPU unroll won, docs/BENCHMARKS.md)
 #
 # Here, once:   bash scripts/gpu_bundle.sh          (builds .whl/site.tar.xz, the missing packages)
 # On the device (device tool, carry [".whl"]):
@@ -77,5 +79,7 @@ step 4_dmc_update_cost 60 "$PYTHON" launch/compare_updates.py --repeats "$REPEAT
   "configs/sac.py$V" "configs/sac.py$V@agent.encoder=framewise" "configs/sac_psrl.py$V"
 step 5_loops 60 "$PYTHON" launch/benchmark.py --config "configs/rainbow_psrl.py$V" --config.$NARROW \
   --loops --chunks 2 --out "$OUT/5_loops.json"
+step 6_seed_batching 60 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/6_seed_batching.json" \
+  --seed_axis=none,vmap,unroll --num_seeds=4 "configs/rainbow.py$V" "configs/sac.py$V"
 
 cat "$OUT/summary.txt"

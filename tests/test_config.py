@@ -29,6 +29,7 @@ def test_default_and_smoke_configs_are_valid():
         ("replay.priority_exponent", 1.5, "priority_exponent"),
         ("total_env_steps", 100, "must exceed replay.min_size"),
         ("env.stack_padding", "repeat", "env.stack_padding must be 'zeros' or 'first_frame'"),
+        ("seed_batching", "pmap", "seed_batching must be 'auto', 'vmap' or 'unroll'"),
     ],
 )
 def test_inconsistent_values_are_rejected(field, value, fragment):

@@ -168,5 +168,22 @@ def test_compare_updates_times_each_way_of_holding_the_seed_axis(tmp_path):
     # around the index/expand move its FLOP count by ~2% on the smoke config)
     assert rows[2]["flops_per_update"] == pytest.approx(rows[0]["flops_per_update"], rel=0.05)
 
+    # two seeds per dispatch, batched or one after another: twice one seed's work either way
+    out2 = tmp_path / "compare2.json"
+    flags = (
+        "configs/rainbow.py:smoke",
+        "--seed_axis=none,vmap,unroll",
+        "--num_seeds=2",
+        "--repeats=1",
+        f"--out={out2}",
+    )
+    result = run_launch_script("compare_updates.py", *flags)
+    assert result.returncode == 0, output_tail(result)
+    rows = json.loads(out2.read_text())["rows"]
+    assert [(r["seed_axis"], r["num_seeds"]) for r in rows] == [("none", 1), ("vmap", 2), ("unroll", 2)]
+    for row in rows[1:]:
+        assert row["flops_per_update"] == pytest.approx(2 * rows[0]["flops_per_update"], rel=0.05)
+        assert row["median_seconds_per_seed_update"] == pytest.approx(row["median_update_seconds"] / 2)
+
     bad = run_launch_script("compare_updates.py", "configs/rainbow.py:smoke", "--seed_axis=pmap")
     assert bad.returncode != 0 and "unknown ['pmap']" in output_tail(bad)

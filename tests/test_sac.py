@@ -409,6 +409,7 @@ def _no_envs(*args, **kwargs):
         (lambda: _with(sac_psrl.get_config("smoke"), observation="state"), "no pixels for PSRL"),
         (lambda: _with(sac.get_config("state"), encoder="framewise"), "pixel encoder"),
         (lambda: _with(sac.get_config("smoke"), stack_padding="repeat"), "stack_padding"),
+        (lambda: _set_top_level(sac.get_config("smoke"), seed_batching="pmap"), "seed_batching"),
     ],
     ids=[
         "task_typo",
@@ -420,6 +421,7 @@ def _no_envs(*args, **kwargs):
         "psrl_from_states",
         "state_framewise",
         "stack_padding_unknown",
+        "seed_batching_unknown",
     ],
 )
 def test_trainer_config_errors(make_config, match, tmp_path, monkeypatch):
@@ -430,6 +432,11 @@ def test_trainer_config_errors(make_config, match, tmp_path, monkeypatch):
     config.run_dir = str(tmp_path / "run")
     with pytest.raises(ConfigError, match=match):
         dmc_trainer.DMCTrainer(config)
+
+
+def _set_top_level(config, **fields):
+    config.update(fields)
+    return config
 
 
 def _with(config, task=None, action_repeat=None, image_size=None, encoder=None, observation=None, stack_padding=None):

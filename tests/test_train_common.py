@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from psrl_jax.config import ConfigError
 from psrl_jax.train import common
-from psrl_jax.train.common import LogWindow, crossed, vmap_seeds
+from psrl_jax.train.common import LogWindow, crossed, resolve_seed_batching, vmap_seeds
 
 
 @pytest.mark.parametrize("size", [1, 3, 4, 8, 40])
@@ -71,8 +72,9 @@ def _per_seed(state, batch, scale):
     return {"key": key, "w": state["w"] + 0.1 * jnp.sum(out)}, {"mean": jnp.mean(out), "out": out}
 
 
+@pytest.mark.parametrize("unroll", [False, True])
 @pytest.mark.parametrize("num_seeds", [1, 2, 3])
-def test_vmap_seeds_equals_jax_vmap(num_seeds):
+def test_vmap_seeds_equals_jax_vmap(num_seeds, unroll):
     rng = np.random.default_rng(num_seeds)
     state = {
         "key": jax.random.split(jax.random.PRNGKey(0), num_seeds),
@@ -80,7 +82,7 @@ def test_vmap_seeds_equals_jax_vmap(num_seeds):
     }
     batch = jnp.asarray(rng.normal(size=(num_seeds, 5, 4)), jnp.float32)
     expected = jax.jit(jax.vmap(_per_seed, in_axes=(0, 0, None)))(state, batch, 2.0)
-    got = jax.jit(vmap_seeds(_per_seed, in_axes=(0, 0, None)))(state, batch, 2.0)
+    got = jax.jit(vmap_seeds(_per_seed, in_axes=(0, 0, None), unroll=unroll))(state, batch, 2.0)
     chex.assert_trees_all_equal_shapes_and_dtypes(expected, got)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), expected, got)
 
@@ -96,3 +98,35 @@ def test_vmap_seeds_squeezes_a_single_seed_instead_of_batching():
 
     assert reduced_shapes(1) == [(3, 7)]
     assert reduced_shapes(2) == [(2, 3, 7)]
+
+
+def test_unrolled_seeds_compile_no_grouped_convolution():
+    """vmapping seeds that each have their own kernel makes XLA one grouped convolution
+    (feature_group_count = S), which XLA:CPU runs slowly; unrolled, each seed has its own plain one."""
+
+    def per_seed(kernel, images):
+        out = jax.lax.conv_general_dilated(images, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.mean(out**2)
+
+    rng = np.random.default_rng(0)
+    kernels = jnp.asarray(rng.normal(size=(2, 3, 3, 4, 8)), jnp.float32)
+    images = jnp.asarray(rng.normal(size=(2, 5, 9, 9, 4)), jnp.float32)
+    grad = jax.grad(per_seed)
+
+    def hlo(unroll):
+        return jax.jit(vmap_seeds(grad, unroll=unroll)).lower(kernels, images).compile().as_text()
+
+    assert "feature_group_count=2" in hlo(False)
+    assert "feature_group_count" not in hlo(True)
+    np.testing.assert_allclose(
+        jax.jit(vmap_seeds(grad, unroll=True))(kernels, images), jax.vmap(grad)(kernels, images), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_seed_batching_modes():
+    assert resolve_seed_batching("auto", backend="cpu") == "unroll"
+    assert resolve_seed_batching("auto", backend="gpu") == "vmap"
+    assert resolve_seed_batching("vmap", backend="cpu") == "vmap"
+    assert resolve_seed_batching("unroll", backend="gpu") == "unroll"
+    with pytest.raises(ConfigError, match="seed_batching"):
+        resolve_seed_batching("map")

@@ -45,6 +45,7 @@ from psrl_jax.train.common import (
     progress_bar,
     push_frames,
     resolve_scan_unroll,
+    resolve_seed_batching,
     vmap_seeds,
 )
 from psrl_jax.train.fused_loop import FusedLoop
@@ -89,6 +90,8 @@ class AtariTrainer:
         )
         self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
         self.scan_unroll = resolve_scan_unroll(config.update_scan_unroll, self.updates_per_dispatch)
+        # run dirs written before the field existed: "auto"
+        self.unroll_seeds = resolve_seed_batching(config.get("seed_batching", "auto")) == "unroll"
         self.env_ids = np.arange(self.num_envs, dtype=np.int32)
         self._compile()
         self.fused = FusedLoop(self) if config.get("loop", "host") == "fused" else None
@@ -131,7 +134,7 @@ class AtariTrainer:
     @property
     def vmapped_update(self):
         """One update dispatch over the seed axis: (state, beta) -> (state, metrics [S])."""
-        return vmap_seeds(self._update_single, in_axes=(0, None))
+        return vmap_seeds(self._update_single, in_axes=(0, None), unroll=self.unroll_seeds)
 
     def _compile(self):
         self.init_fn = self.seeds.jit(vmap_seeds(self._init_single))

@@ -135,12 +135,32 @@ class SeedAxis:
         return sharding.with_sharding(jax.eval_shape(init_fn, keys), self.sharding)
 
 
-def vmap_seeds(fn, in_axes=0):
-    """`jax.vmap(fn, in_axes)` over the seed axis (every output gets it), except that an axis of
-    size 1 (one seed, or one seed per device under shard_map) is indexed away and added back
-    instead of vmapped: the same computation, but XLA:CPU compiles some ops of rank 5 with a
-    size-1 leading axis several times slower (the local correlation 6x; the whole sac_psrl update
-    4.6 s vs 1.7 s, docs/BENCHMARKS.md), which S >= 2 does not suffer."""
+SEED_BATCHING_MODES = ("auto", "vmap", "unroll")
+
+
+def resolve_seed_batching(mode: str, backend: str | None = None) -> str:
+    """config.seed_batching -> "vmap" or "unroll"; "auto" unrolls on the CPU and vmaps elsewhere.
+
+    vmap batches the seeds' networks, which turns every convolution into a grouped convolution
+    (feature_group_count = S): accelerators run one wide program, but XLA:CPU runs grouped
+    convolutions slowly (2 vmapped pixel-SAC seeds 0.57x the speed of one seed after the other,
+    docs/BENCHMARKS.md "Seeds on the CPU"). unroll traces the one-seed function once per seed into
+    the same program: the seeds run one after another, each at one-seed speed."""
+    if mode not in SEED_BATCHING_MODES:
+        raise ConfigError(f"config.seed_batching must be one of {SEED_BATCHING_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "unroll" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def vmap_seeds(fn, in_axes=0, unroll: bool = False):
+    """`jax.vmap(fn, in_axes)` over the seed axis (every output gets it), except that:
+    - an axis of size 1 (one seed, or one seed per device under shard_map) is indexed away and added
+      back instead of vmapped: the same computation, but XLA:CPU compiles some ops of rank 5 with a
+      size-1 leading axis several times slower (the local correlation 6x; the whole sac_psrl update
+      4.6 s vs 1.7 s, docs/BENCHMARKS.md), which S >= 2 does not suffer;
+    - with `unroll`, S >= 2 seeds are not batched either: fn runs on each seed's slice in turn and the
+      outputs are stacked (resolve_seed_batching says when that is faster)."""
     vmapped = jax.vmap(fn, in_axes=in_axes)
 
     def call(*args):
@@ -148,10 +168,19 @@ def vmap_seeds(fn, in_axes=0):
         sizes = {
             x.shape[0] for arg, axis in zip(args, axes, strict=True) if axis is not None for x in jax.tree.leaves(arg)
         }
-        if sizes != {1}:
+        if len(sizes) != 1 or (sizes != {1} and not unroll):
             return vmapped(*args)
-        one = [arg if axis is None else jax.tree.map(lambda x: x[0], arg) for arg, axis in zip(args, axes, strict=True)]
-        return jax.tree.map(lambda x: jnp.expand_dims(x, 0), fn(*one))
+
+        def seed(i):
+            return fn(
+                *[
+                    arg if axis is None else jax.tree.map(lambda x: x[i], arg)
+                    for arg, axis in zip(args, axes, strict=True)
+                ]
+            )
+
+        outs = [seed(i) for i in range(sizes.pop())]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
     return call
 

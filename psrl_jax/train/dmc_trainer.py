@@ -37,6 +37,7 @@ from psrl_jax.train.common import (
     progress_bar,
     push_frames,
     resolve_scan_unroll,
+    resolve_seed_batching,
     vmap_seeds,
 )
 
@@ -108,6 +109,8 @@ class DMCTrainer:
         )
         self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
         self.scan_unroll = resolve_scan_unroll(config.update_scan_unroll, self.updates_per_dispatch)
+        # run dirs written before the field existed: "auto"
+        self.unroll_seeds = resolve_seed_batching(config.get("seed_batching", "auto")) == "unroll"
         self._compile()
 
     def _make_envs(self, num_envs: int, seed: int):
@@ -159,7 +162,7 @@ class DMCTrainer:
     @property
     def vmapped_update(self):
         """One update dispatch over the seed axis: state -> (state, metrics [S])."""
-        return vmap_seeds(self._update_single)
+        return vmap_seeds(self._update_single, unroll=self.unroll_seeds)
 
     def _compile(self):
         self.init_fn = self.seeds.jit(vmap_seeds(self._init_single))
