@@ -2,9 +2,10 @@
 # The device check for a lent GPU, prepared to fit one `run` call: a lent task has 15 minutes of
 # device time in all (start-up included) and one command may run 10, so this script stops itself
 # after BUDGET_S seconds (default 480) and runs its steps in the order of what the open issues need
-# most. Every step is time-boxed (`timeout`), writes its JSON and log under OUT, and a step that
-# fails or runs out of time does not stop the ones after it; summary.txt lists each step's exit
-# status and seconds. Steps (issue 5, then 3, then 4):
+# most. Every step is time-boxed (`timeout`) and writes its JSON under OUT; a step that fails or
+# runs out of time does not stop the ones after it. OUT/log.txt holds the machine, every step's
+# output and, last, each step's exit status and seconds: 7 files in all, within the device tool's
+# 8 files back. Steps (issue 5, then 3, then 4):
 #   1 update cost, one process, round-robin: rainbow, rainbow_psrl at full width, the width-1/16
 #     copy, bf16 rainbow_psrl; FLOPs per update (XLA cost analysis) and ms per update side by side
 #   2 benchmark.py rainbow_psrl, full width, S = 1 and 10 seeds vmapped: updates/s, MFU, memory
@@ -44,28 +45,27 @@ else
 fi
 NARROW="psrl.correspondence_width=0.0625"
 
+LOG="$OUT/log.txt"
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
   "$PYTHON" -c 'import jax, jaxlib, sys; print(sys.version); print("jax", jax.__version__, "jaxlib", jaxlib.__version__, jax.devices())'
-} >"$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+} 2>&1 | tee "$LOG"
 
-echo "step exit seconds" >"$OUT/summary.txt"
-step() { # step NAME SECONDS command...: run it time-boxed unless the budget is spent, log to OUT/NAME.log
+SUMMARY="step exit seconds"
+step() { # step NAME SECONDS command...: run it time-boxed unless the budget is spent; output to LOG
   local name=$1 limit=$2 left=$((BUDGET_S - SECONDS))
   shift 2
   if [ "$left" -lt 30 ]; then
-    echo "$name skipped 0" >>"$OUT/summary.txt"
+    SUMMARY+=$'\n'"$name skipped 0"
     return
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   local start=$SECONDS
-  echo "== $name (at most ${limit}s): $*"
-  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "$name $rc $((SECONDS - start))" >>"$OUT/summary.txt"
-  tail -n 25 "$OUT/$name.log"
+  echo "== $name (at most ${limit}s): $*" | tee -a "$LOG"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" | tail -n 25
+  local rc=${PIPESTATUS[0]}
+  SUMMARY+=$'\n'"$name $rc $((SECONDS - start))"
 }
 
 step 1_atari_update_cost 150 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/1_atari_update_cost.json" \
@@ -82,4 +82,4 @@ step 5_loops 60 "$PYTHON" launch/benchmark.py --config "configs/rainbow_psrl.py$
 step 6_seed_batching 60 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/6_seed_batching.json" \
   --seed_axis=none,vmap,unroll --num_seeds=4 "configs/rainbow.py$V" "configs/sac.py$V"
 
-cat "$OUT/summary.txt"
+echo "$SUMMARY" | tee -a "$LOG"
