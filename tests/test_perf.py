@@ -76,23 +76,12 @@ def test_benchmark_smoke_writes_json_and_trace(tmp_path):
 def test_benchmark_measures_dmc_configs(tmp_path):
     """A DMC config (it names env.task) goes through the same measurement: the SAC update, acting, and
     the backend's rendered env steps, counted in env steps (action_repeat physics steps each)."""
+    from run_helpers import output_tail, run_launch_script
+
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/benchmark.py",
-            "--config=configs/sac.py:smoke",
-            "--config.env.backend=dm_control",
-            "--repeats=2",
-            f"--out={out}",
-            f"--config.run_dir={tmp_path / 'run'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    flags = ("--config=configs/sac.py:smoke", "--config.env.backend=dm_control", "--repeats=2", f"--out={out}")
+    result = run_launch_script("benchmark.py", *flags, f"--config.run_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, output_tail(result)
     bench = json.loads(out.read_text())
     assert bench["task"] == "cartpole_swingup" and "game" not in bench
     assert bench["action_repeat"] == 8 and bench["updates_per_s_all_seeds"] > 0
@@ -109,14 +98,10 @@ def test_benchmark_measures_dmc_configs(tmp_path):
 
 
 def test_benchmark_loops_refuses_dmc_configs_before_compiling(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "launch/benchmark.py", "--config=configs/sac.py:smoke", "--loops"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0 and "DMC configs have the host loop only" in result.stderr
+    from run_helpers import output_tail, run_launch_script
+
+    result = run_launch_script("benchmark.py", "--config=configs/sac.py:smoke", "--loops", timeout=120)
+    assert result.returncode != 0 and "DMC configs have the host loop only" in output_tail(result)
 
 
 def _benchmark(tmp_path, name, devices, *flags):
