@@ -68,13 +68,16 @@ _CHUNKS = flags.DEFINE_integer("chunks", 2, "With --loops: timed chunks of log.e
 flags.mark_flags_as_required(["config"])
 
 
+def is_dmc(config) -> bool:
+    return "task" in config.env  # DMC configs (configs/sac*.py) name a task, Atari ones a game
+
+
 def make_trainer(config):
-    """(trainer, is_dmc): the DMC trainer for configs that name a task (configs/sac*.py), else Atari's."""
+    """(trainer, is_dmc): the DMC trainer for DMC configs, else Atari's."""
     from psrl_jax.train.atari_trainer import AtariTrainer
     from psrl_jax.train.dmc_trainer import DMCTrainer
 
-    dmc = "task" in config.env
-    return (DMCTrainer if dmc else AtariTrainer)(config), dmc
+    return (DMCTrainer if is_dmc(config) else AtariTrainer)(config), is_dmc(config)
 
 
 def _timed(fn, repeats):
@@ -114,9 +117,7 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     rows = max(config.replay.min_size // E, 64)
 
     def random_step(first=False):
-        frame = jnp.asarray(
-            rng.integers(0, 255, (S, E, *trainer.frame_shape)).astype(getattr(trainer, "frame_dtype", np.uint8))
-        )
+        frame = jnp.asarray(rng.integers(0, 255, (S, E, *trainer.frame_shape)).astype(trainer.frame_dtype))
         reward = jnp.asarray(rng.random((S, E), dtype=np.float32))
         discount = jnp.ones((S, E), jnp.float32)
         return frame, reward, discount, jnp.full((S, E), first)
@@ -375,7 +376,7 @@ def main(argv):
     config.resume = False
     if _SEEDS_LIST.value and _DISPATCH_LIST.value:
         sys.exit("error: vary one thing per benchmark: --seeds_list or --updates_per_dispatch_list")
-    if _LOOPS.value and "task" in config.env:
+    if _LOOPS.value and is_dmc(config):
         sys.exit("error: --loops compares Atari's host and fused loops; DMC configs have the host loop only")
     if _SHARDING.value:
         runs = _over_seed_counts(

@@ -53,11 +53,12 @@ def sequence_length(config) -> int:
     return config.env.frame_stack - 1 + max(r.n_step, r.prediction_steps) + 1
 
 
+SEED_BATCHING_MODES = ("auto", "vmap", "unroll")  # psrl_jax/train/common.py resolve_seed_batching
+
+
 def _check_seed_batching(config) -> None:
     mode = config.get("seed_batching", "auto")  # run dirs written before the field existed: "auto"
-    _require(
-        mode in ("auto", "vmap", "unroll"), f"config.seed_batching must be 'auto', 'vmap' or 'unroll', got {mode!r}"
-    )
+    _require(mode in SEED_BATCHING_MODES, f"config.seed_batching must be 'auto', 'vmap' or 'unroll', got {mode!r}")
 
 
 def validate_atari_config(config: ml_collections.ConfigDict) -> None:

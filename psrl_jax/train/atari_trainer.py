@@ -45,7 +45,7 @@ from psrl_jax.train.common import (
     progress_bar,
     push_frames,
     resolve_scan_unroll,
-    resolve_seed_batching,
+    unroll_seeds,
     vmap_seeds,
 )
 from psrl_jax.train.fused_loop import FusedLoop
@@ -90,8 +90,7 @@ class AtariTrainer:
         )
         self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
         self.scan_unroll = resolve_scan_unroll(config.update_scan_unroll, self.updates_per_dispatch)
-        # run dirs written before the field existed: "auto"
-        self.unroll_seeds = resolve_seed_batching(config.get("seed_batching", "auto")) == "unroll"
+        self.unroll_seeds = unroll_seeds(config)
         self.env_ids = np.arange(self.num_envs, dtype=np.int32)
         self._compile()
         self.fused = FusedLoop(self) if config.get("loop", "host") == "fused" else None

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
-from psrl_jax.config import ConfigError, check_writable_directory, config_to_dict, save_json_atomic
+from psrl_jax.config import SEED_BATCHING_MODES, ConfigError, check_writable_directory, config_to_dict, save_json_atomic
 from psrl_jax.train import multihost, sharding
 from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
 from psrl_jax.train.run_dir import (
@@ -135,9 +135,6 @@ class SeedAxis:
         return sharding.with_sharding(jax.eval_shape(init_fn, keys), self.sharding)
 
 
-SEED_BATCHING_MODES = ("auto", "vmap", "unroll")
-
-
 def resolve_seed_batching(mode: str, backend: str | None = None) -> str:
     """config.seed_batching -> "vmap" or "unroll"; "auto" unrolls on the CPU and vmaps elsewhere.
 
@@ -151,6 +148,12 @@ def resolve_seed_batching(mode: str, backend: str | None = None) -> str:
     if mode != "auto":
         return mode
     return "unroll" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def unroll_seeds(config) -> bool:
+    """Whether a trainer unrolls its seeds' updates (config.seed_batching; run dirs written before
+    the field existed mean "auto")."""
+    return resolve_seed_batching(config.get("seed_batching", "auto")) == "unroll"
 
 
 def vmap_seeds(fn, in_axes=0, unroll: bool = False):

@@ -37,7 +37,7 @@ from psrl_jax.train.common import (
     progress_bar,
     push_frames,
     resolve_scan_unroll,
-    resolve_seed_batching,
+    unroll_seeds,
     vmap_seeds,
 )
 
@@ -109,8 +109,7 @@ class DMCTrainer:
         )
         self.updates_per_dispatch = config.update_every * config.updates_per_step * self.envs_per_seed
         self.scan_unroll = resolve_scan_unroll(config.update_scan_unroll, self.updates_per_dispatch)
-        # run dirs written before the field existed: "auto"
-        self.unroll_seeds = resolve_seed_batching(config.get("seed_batching", "auto")) == "unroll"
+        self.unroll_seeds = unroll_seeds(config)
         self._compile()
 
     def _make_envs(self, num_envs: int, seed: int):
