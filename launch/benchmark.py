@@ -14,14 +14,16 @@ adds the speed-up of S vmapped seeds over S single-seed updates run one after an
 `--updates_per_dispatch_list=1,2,8` does the same for U updates per dispatch (one lax.scan) against
 one dispatch per update. `--trace_dir` writes a jax.profiler trace of a few update dispatches (named
 scopes: encoder, correspondence, warp, aat, distributional_loss, optimizer, ...) for TensorBoard's
-profile plugin or Perfetto. `--loops` measures the training loops themselves instead: agent env
-steps/s of the host loop and of the fused loop (config.loop="fused") after the warm-up and during it
-(acting only: the per-step overhead the fused loop removes), and raw envpool steps/s with random
-actions, on the same envs. The replay is filled with random frames (no training), so numbers measure
-the machinery, not learning. `--sharding` (more than one device, e.g.
-XLA_FLAGS=--xla_force_host_platform_device_count=2) times the sharded update dispatch as the
-trainers run it (shard_map: each device its own seeds) against the same vmapped update left to XLA's
-SPMD partitioner, and counts the collectives in each compiled program (Atari or DMC configs).
+profile plugin or Perfetto, and prints (and adds to the JSON as `time_by_scope`) the time of the
+traced ops per named scope, forward and backward apart (psrl_jax/profile_scopes.py).
+`--loops` measures the training loops themselves instead: agent env steps/s of the host loop and of
+the fused loop (config.loop="fused") after the warm-up and during it (acting only: the per-step
+overhead the fused loop removes), and raw envpool steps/s with random actions, on the same envs. The
+replay is filled with random frames (no training), so numbers measure the machinery, not learning.
+`--sharding` (more than one device, e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2) times
+the sharded update dispatch as the trainers run it (shard_map: each device its own seeds) against
+the same vmapped update left to XLA's SPMD partitioner, and counts the collectives in each compiled
+program (Atari or DMC configs).
 """
 
 import json
@@ -191,11 +193,23 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     results["device_peak_bytes_in_use"] = stats.get("peak_bytes_in_use")  # GPU/TPU; None on CPU
     results["host_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if trace_dir:
+        from psrl_jax.profile_scopes import format_scope_table, latest_xplane, time_by_scope
+
+        traced = 3
         with jax.profiler.trace(os.path.join(trace_dir, f"seeds_{S}")):
-            for _ in range(3):
-                out = update_once()
-            jax.block_until_ready(out)
+            for _ in range(traced):  # the compiled program itself, so its HLO names the traced ops
+                holder["state"], out = compiled(holder["state"], *args)
+                jax.block_until_ready(out)
         results["trace_dir"] = os.path.join(trace_dir, f"seeds_{S}")
+        try:  # a trace this cannot read must not cost the measurements above
+            summary = time_by_scope(latest_xplane(results["trace_dir"]), compiled.as_text(), traced)
+        except (OSError, ValueError) as error:
+            results["time_by_scope_error"] = f"{type(error).__name__}: {error}"
+            print(f"time per named scope: not available ({results['time_by_scope_error']})", flush=True)
+        else:
+            results["time_by_scope"] = summary
+            print(f"update dispatch, S={S}: time per named scope ({traced} traced dispatches)")
+            print(format_scope_table(summary), flush=True)
 
     # The raw envs with random actions, same pool size: envpool's Atari steps, or DMC agent steps
     # (action_repeat physics steps and one render each) of the trainer's backend.

@@ -19,11 +19,19 @@ run --num_seeds seeds per dispatch, e.g.
 
     python launch/compare_updates.py configs/sac_psrl.py --seed_axis=none,vmap,vmap_seeds
     python launch/compare_updates.py configs/sac.py --seed_axis=none,vmap,unroll --num_seeds=2
+
+--scopes=N traces N more updates of each config with jax.profiler after the timing and prints where
+their time goes per jax.named_scope (encoder, correspondence, warp, aat, soft_target, ...), forward
+and backward apart (psrl_jax/profile_scopes.py); --scope_depth cuts scope paths to that many names.
+The tables go into the JSON too, and the traces (TensorBoard / Perfetto) stay in --trace_dir, e.g.
+
+    python launch/compare_updates.py configs/sac.py@agent.encoder=framewise configs/sac_psrl.py --scopes=3
 """
 
 import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,6 +53,11 @@ _SEED_AXIS = flags.DEFINE_list(
 )
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 1, "Seeds per dispatch for --seed_axis vmap, vmap_seeds and unroll")
 _SEED_AXES = ("none", "vmap", "vmap_seeds", "unroll")
+_SCOPES = flags.DEFINE_integer("scopes", 0, "Trace this many more updates per config and print time per named scope")
+_TRACE_DIR = flags.DEFINE_string(
+    "trace_dir", "", "With --scopes: keep the traces here, config_<i> each (default: a temp dir)"
+)
+_SCOPE_DEPTH = flags.DEFINE_integer("scope_depth", 0, "With --scopes: cut scope paths to this many names (0: whole)")
 
 
 def load_config(spec: str):
@@ -142,6 +155,8 @@ def main(argv):
         sys.exit(f"error: --seed_axis: unknown {unknown} (known: {', '.join(_SEED_AXES)})")
     if _NUM_SEEDS.value < 1:
         sys.exit(f"error: --num_seeds must be >= 1, got {_NUM_SEEDS.value}")
+    if _SCOPES.value < 0 or _SCOPE_DEPTH.value < 0:
+        sys.exit("error: --scopes and --scope_depth must be >= 0")
     # S copies of one seed's state and batch: the cost does not depend on the values
     with_seed_axis = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * _NUM_SEEDS.value), tree)  # noqa: E731
     rows = []
@@ -193,6 +208,11 @@ def main(argv):
             jax.block_until_ready(row["state"])
             row["times"].append(time.perf_counter() - start)
             print(f"  {row['spec']}: {row['times'][-1]:.3f}s", flush=True)
+    if _SCOPES.value:
+        trace_root = _TRACE_DIR.value or tempfile.mkdtemp(prefix="compare_updates_trace_")
+        for i, row in enumerate(rows):
+            trace_dir = os.path.join(trace_root, f"config_{i}")
+            row["scopes"] = _time_by_scope(row, _SCOPES.value, _SCOPE_DEPTH.value, trace_dir)
     base = rows[0]
     results = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "repeats": _REPEATS.value, "rows": []}
     # ms/upd: one dispatch (all its seeds); ms/seed: per seed's update, the figure to compare across S
@@ -212,6 +232,8 @@ def main(argv):
             "compile_seconds": row["compile_seconds"],
             "trainable_params": row["params"],
         }
+        if "scopes" in row:
+            entry["time_by_scope"] = row["scopes"]
         results["rows"].append(entry)
         print(
             f"{row['spec'][:78]:78s} {row['flops'] / 1e9:8.2f} {entry['flops_ratio']:6.1f} "
@@ -221,6 +243,26 @@ def main(argv):
         with open(_OUT.value, "w") as f:
             json.dump(results, f, indent=2)
             f.write("\n")
+
+
+def _time_by_scope(row: dict, dispatches: int, depth: int, trace_dir: str) -> dict:
+    """Trace `dispatches` more updates of one row into trace_dir and print its time per named scope."""
+    import jax
+
+    from psrl_jax.profile_scopes import format_scope_table, latest_xplane, time_by_scope
+
+    with jax.profiler.trace(trace_dir):
+        for _ in range(dispatches):
+            row["state"] = row["compiled"](row["state"], row["batch"])
+            jax.block_until_ready(row["state"])
+    try:  # a trace this cannot read must not cost the timings
+        summary = time_by_scope(latest_xplane(trace_dir), row["compiled"].as_text(), dispatches, depth)
+    except (OSError, ValueError) as error:
+        print(f"\n{row['spec']}: time per named scope not available ({type(error).__name__}: {error})")
+        return {"error": f"{type(error).__name__}: {error}"}
+    print(f"\n{row['spec']}: time per named scope, {dispatches} traced updates (trace: {trace_dir})")
+    print(format_scope_table(summary), flush=True)
+    return dict(summary, trace_dir=trace_dir)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@
 # 8 files back. Steps (issue 5, then 3, then 4):
 #   1 update cost, one process, round-robin: rainbow, rainbow_psrl at full width, the width-1/16
 #     copy, bf16 rainbow_psrl; FLOPs per update (XLA cost analysis) and ms per update side by side
-#   2 benchmark.py rainbow_psrl, full width, S = 1 and 10 seeds vmapped: updates/s, MFU, memory
+#   2 benchmark.py rainbow_psrl, full width, S = 1 and 10 seeds vmapped: updates/s, MFU, memory,
+#     and the update's time per named scope from a trace (psrl_jax/profile_scopes.py)
 #   3 benchmark.py rainbow, S = 1 and 10
-#   4 update cost of sac, frame-wise sac and sac_psrl (the issue-4 ratio on a GPU)
+#   4 update cost of sac, frame-wise sac and sac_psrl (the issue-4 ratio on a GPU), time per scope
 #   5 host loop vs fused envpool-XLA loop, rainbow_psrl at width 1/16
 #   6 4 seeds per dispatch, vmapped (grouped convolutions) vs unrolled, rainbow and sac: which
 #     config.seed_batching a GPU wants ("auto" vmaps there; on the CPU unroll won, docs/BENCHMARKS.md)
@@ -72,11 +73,11 @@ step 1_atari_update_cost 150 "$PYTHON" launch/compare_updates.py --repeats "$REP
   "configs/rainbow.py$V" "configs/rainbow_psrl.py$V" "configs/rainbow_psrl.py$V@$NARROW" \
   "configs/rainbow_psrl.py$V@agent.compute_dtype=bfloat16"
 step 2_bench_rainbow_psrl 150 "$PYTHON" launch/benchmark.py --config "configs/rainbow_psrl.py$V" \
-  --seeds_list "$SEEDS" --repeats "$REPEATS" --out "$OUT/2_bench_rainbow_psrl.json"
+  --seeds_list "$SEEDS" --repeats "$REPEATS" --trace_dir /tmp/gpu_checks_trace --out "$OUT/2_bench_rainbow_psrl.json"
 step 3_bench_rainbow 60 "$PYTHON" launch/benchmark.py --config "configs/rainbow.py$V" \
   --seeds_list "$SEEDS" --repeats "$REPEATS" --out "$OUT/3_bench_rainbow.json"
 step 4_dmc_update_cost 60 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/4_dmc_update_cost.json" \
-  "configs/sac.py$V" "configs/sac.py$V@agent.encoder=framewise" "configs/sac_psrl.py$V"
+  --scopes 2 "configs/sac.py$V" "configs/sac.py$V@agent.encoder=framewise" "configs/sac_psrl.py$V"
 step 5_loops 60 "$PYTHON" launch/benchmark.py --config "configs/rainbow_psrl.py$V" --config.$NARROW \
   --loops --chunks 2 --out "$OUT/5_loops.json"
 step 6_seed_batching 60 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/6_seed_batching.json" \

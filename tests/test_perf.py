@@ -71,6 +71,12 @@ def test_benchmark_smoke_writes_json_and_trace(tmp_path):
     assert bench["update_memory_bytes"]["argument"] > 0 and bench["host_peak_rss_bytes"] > 0
     assert bench["replay_bytes_per_transition"] > 84 * 84
     assert glob.glob(str(trace / "seeds_1" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    # the traced update's time per named scope (psrl_jax/profile_scopes.py): Rainbow's scopes are there
+    scopes = bench["time_by_scope"]
+    names = {row["scope"] for row in scopes["rows"]}
+    assert any(name.startswith("distributional_loss") for name in names) and "optimizer" in names
+    assert any(row["backward"] for row in scopes["rows"])
+    assert sum(row["fraction"] for row in scopes["rows"]) == pytest.approx(1.0)
 
 
 def test_benchmark_measures_dmc_configs(tmp_path):
@@ -144,10 +150,13 @@ def test_compare_updates_times_each_way_of_holding_the_seed_axis(tmp_path):
 
     out = tmp_path / "compare.json"
     flags = ("configs/rainbow.py:smoke", "--seed_axis=none,vmap,vmap_seeds", "--repeats=1", f"--out={out}")
-    result = run_launch_script("compare_updates.py", *flags)
+    result = run_launch_script("compare_updates.py", *flags, "--scopes=1", "--scope_depth=1")
     assert result.returncode == 0, output_tail(result)
     rows = json.loads(out.read_text())["rows"]
     assert [r["seed_axis"] for r in rows] == ["none", "vmap", "vmap_seeds"]
+    for row in rows:  # --scopes: each config's traced update per named scope, cut to one name
+        names = {r["scope"] for r in row["time_by_scope"]["rows"]}
+        assert {"distributional_loss", "optimizer"} <= names and not any("/" in name for name in names)
     assert all(r["median_update_seconds"] > 0 and r["trainable_params"] == rows[0]["trainable_params"] for r in rows)
     # vmap_seeds compiles the plain update for one seed: the same computation (XLA's fusion choices
     # around the index/expand move its FLOP count by ~2% on the smoke config)

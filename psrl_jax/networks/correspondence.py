@@ -191,12 +191,13 @@ class CorrespondenceNet(nn.Module):
         q_proj = conv_bn(query, self.ch(32), 1, "proj")
         # Row 5: cosine correlation (ours). The ops divide the dot product by the channel count;
         # multiplying it back gives cosine similarities in [-1, 1].
-        q_unit, t_unit = (_l2_normalize(x.astype(jnp.float32)).astype(compute) for x in (query, target))
-        if self.correlation == "all_pairs":
-            corr = correlation_all_pairs(q_unit, t_unit)
-        else:
-            corr = correlation_local(q_unit, t_unit, self.max_displacement)
-        corr = corr * query.shape[-1]
+        with jax.named_scope("correlation"):  # its own row in profiles (psrl_jax/profile_scopes.py)
+            q_unit, t_unit = (_l2_normalize(x.astype(jnp.float32)).astype(compute) for x in (query, target))
+            if self.correlation == "all_pairs":
+                corr = correlation_all_pairs(q_unit, t_unit)
+            else:
+                corr = correlation_local(q_unit, t_unit, self.max_displacement)
+            corr = corr * query.shape[-1]
         # Rows 6-9: the coarse encoder at h x w.
         conc0 = jnp.concatenate([q_proj, corr.astype(q_proj.dtype)], axis=-1)
         conv1 = conv_bn(conc0, self.ch(256), 3, "conv1")
