@@ -12,12 +12,12 @@ update, so it runs at width 1/32 (8-16 channels) with a +-2 local correlation wi
 levels, and K = 1. That keeps the PSRL update at 1.6x the FLOPs of SAC with the same frame-wise
 encoder. Measured time on 2-core CPUs: 2.0-2.4x that SAC with XLA's YNNPACK convolutions, 3.4x
 with the Eigen convolutions used since (Intel, session 10), 2.4x on the AMD machine of session 14,
-where a +-1 window would give 2.1x (docs/BENCHMARKS.md breaks the update down per named scope:
-the correspondence convolutions, the correlation and the warp take 1.2 s of its 2.7 s of op time). The
-GPU ratio, which is what these defaults are for, is not measured yet. The frame-wise encoder itself, which PSRL needs
-for per-frame maps, costs 2.7x the FLOPs of CURL's stacked encoder (three 3-channel images through
-every layer instead of one 9-channel image), so against the stacked SAC baseline the update is
-4.4x the FLOPs (6x the time on that CPU).
+where a +-1 window would give 2.1x (docs/BENCHMARKS.md breaks the update down per named scope: the
+correspondence convolutions, the correlation and the warp take 1.2 s of its 2.7 s of op time). The
+GPU ratio, which is what these defaults are for, is not measured yet. The frame-wise encoder
+itself, which PSRL needs for per-frame maps, costs 2.7x the FLOPs of CURL's stacked encoder
+(three 3-channel images through every layer instead of one 9-channel image), so against the
+stacked SAC baseline the update is 4.4x the FLOPs (6x the time on that CPU).
 """
 
 from configs import sac

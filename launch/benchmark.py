@@ -193,23 +193,18 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     results["device_peak_bytes_in_use"] = stats.get("peak_bytes_in_use")  # GPU/TPU; None on CPU
     results["host_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if trace_dir:
-        from psrl_jax.profile_scopes import format_scope_table, latest_xplane, time_by_scope
+        from psrl_jax.profile_scopes import format_scope_table, profile_dispatches
+
+        def run_compiled():  # the compiled program itself, so its HLO names the traced ops
+            holder["state"], metrics = compiled(holder["state"], *args)
+            jax.block_until_ready(metrics)
 
         traced = 3
-        with jax.profiler.trace(os.path.join(trace_dir, f"seeds_{S}")):
-            for _ in range(traced):  # the compiled program itself, so its HLO names the traced ops
-                holder["state"], out = compiled(holder["state"], *args)
-                jax.block_until_ready(out)
-        results["trace_dir"] = os.path.join(trace_dir, f"seeds_{S}")
-        try:  # a trace this cannot read must not cost the measurements above
-            summary = time_by_scope(latest_xplane(results["trace_dir"]), compiled.as_text(), traced)
-        except (OSError, ValueError) as error:
-            results["time_by_scope_error"] = f"{type(error).__name__}: {error}"
-            print(f"time per named scope: not available ({results['time_by_scope_error']})", flush=True)
-        else:
-            results["time_by_scope"] = summary
-            print(f"update dispatch, S={S}: time per named scope ({traced} traced dispatches)")
-            print(format_scope_table(summary), flush=True)
+        summary = profile_dispatches(run_compiled, compiled.as_text(), traced, os.path.join(trace_dir, f"seeds_{S}"))
+        results["trace_dir"] = summary["trace_dir"]
+        results["time_by_scope"] = summary
+        print(f"update dispatch, S={S}: time per named scope ({traced} traced dispatches)")
+        print(format_scope_table(summary), flush=True)
 
     # The raw envs with random actions, same pool size: envpool's Atari steps, or DMC agent steps
     # (action_repeat physics steps and one render each) of the trainer's backend.

@@ -249,20 +249,16 @@ def _time_by_scope(row: dict, dispatches: int, depth: int, trace_dir: str) -> di
     """Trace `dispatches` more updates of one row into trace_dir and print its time per named scope."""
     import jax
 
-    from psrl_jax.profile_scopes import format_scope_table, latest_xplane, time_by_scope
+    from psrl_jax.profile_scopes import format_scope_table, profile_dispatches
 
-    with jax.profiler.trace(trace_dir):
-        for _ in range(dispatches):
-            row["state"] = row["compiled"](row["state"], row["batch"])
-            jax.block_until_ready(row["state"])
-    try:  # a trace this cannot read must not cost the timings
-        summary = time_by_scope(latest_xplane(trace_dir), row["compiled"].as_text(), dispatches, depth)
-    except (OSError, ValueError) as error:
-        print(f"\n{row['spec']}: time per named scope not available ({type(error).__name__}: {error})")
-        return {"error": f"{type(error).__name__}: {error}"}
+    def run_compiled():
+        row["state"] = row["compiled"](row["state"], row["batch"])
+        jax.block_until_ready(row["state"])
+
+    summary = profile_dispatches(run_compiled, row["compiled"].as_text(), dispatches, trace_dir, depth)
     print(f"\n{row['spec']}: time per named scope, {dispatches} traced updates (trace: {trace_dir})")
     print(format_scope_table(summary), flush=True)
-    return dict(summary, trace_dir=trace_dir)
+    return summary
 
 
 if __name__ == "__main__":

@@ -14,9 +14,12 @@ where a trace viewer is not at hand (a lent GPU whose files come back a few at a
 
 On the CPU, XLA runs independent thunks on several threads at once, so the op times of a dispatch
 can add up to more than its wall time; fractions are of the summed op time. An asynchronous thunk
-(a convolution) is on record only as its launch: the stretches when no op is on record are added to
-the op launched last before them (`op_times`), which is exact for a chain of dependent ops and an
-estimate where several run at once.
+(a convolution) is on record only as its launch: a stretch when no op is on record is added to the
+op that the next op to start was waiting for (`op_times`), which is exact for a chain of dependent
+ops and an estimate where several run at once.
+
+`profile_dispatches` is the one entry point the launch scripts use: trace a few runs of a compiled
+program and return its table (or the reason there is none).
 """
 
 import collections
@@ -220,9 +223,14 @@ def time_by_scope(xplane_path: str, hlo_text: str, dispatches: int, depth: int =
     rows = {key: float(np.median([seconds.get(key, 0.0) for seconds in per_scope])) for key in keys}
     total = sum(rows.values())
     table = [
-        {"scope": path, "backward": backward, "seconds": value, "fraction": value / total, "ops": ops[key] // len(runs)}
-        for key, value in rows.items()
-        for path, backward in [key]
+        {
+            "scope": path,
+            "backward": backward,
+            "seconds": value,
+            "fraction": value / total,
+            "ops": ops[path, backward] // len(runs),
+        }
+        for (path, backward), value in rows.items()
     ]
     table.sort(key=lambda row: -row["seconds"])
     return {
@@ -234,8 +242,28 @@ def time_by_scope(xplane_path: str, hlo_text: str, dispatches: int, depth: int =
     }
 
 
+def profile_dispatches(run_once, hlo_text: str, dispatches: int, trace_dir: str, depth: int = 0) -> dict:
+    """Trace `dispatches` calls of `run_once` (each one run of the compiled program `hlo_text`,
+    blocking until done) into trace_dir, and return `time_by_scope` of them plus "trace_dir". A trace
+    this cannot read gives {"error": reason, "trace_dir"} instead of an exception, so a benchmark
+    keeps the measurements it made before."""
+    import jax
+
+    with jax.profiler.trace(trace_dir):
+        for _ in range(dispatches):
+            run_once()
+    try:
+        summary = time_by_scope(latest_xplane(trace_dir), hlo_text, dispatches, depth)
+    except (OSError, ValueError) as error:
+        return {"error": f"{type(error).__name__}: {error}", "trace_dir": trace_dir}
+    return dict(summary, trace_dir=trace_dir)
+
+
 def format_scope_table(summary: dict, top: int = 20) -> str:
-    """The rows of `time_by_scope` as an aligned text table (the `top` slowest)."""
+    """The rows of `time_by_scope` as an aligned text table (the `top` slowest), or the reason
+    `profile_dispatches` has none."""
+    if "error" in summary:
+        return f"time per named scope not available ({summary['error']})"
     lines = [f"{'named scope':56s} {'pass':8s} {'ms/dispatch':>12s} {'share':>7s} {'ops':>5s}"]
     for row in summary["rows"][:top]:
         direction = "backward" if row["backward"] else "forward"
