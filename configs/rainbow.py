@@ -32,6 +32,10 @@ def psrl_config() -> ml_collections.ConfigDict:
     p.leaky_relu_slope = 0.1  # (ours)
     p.bn_momentum = 0.9  # flax convention (= PyTorch momentum 0.1)
     p.multiscale_decay = 0.5  # local CAT loss weight of the s-th coarser flow scale: decay**s (0: finest only)
+    # What the warp reads where a flow points off the feature map: "zeros" (DESIGN.md, grid_sample's
+    # default) or "border", the nearest edge value (ours, an ablation: with zeros, pointing off the map
+    # is a way to output zeros, and the logged psrl/flow_outside_fraction shows how much that is used).
+    p.warp_padding = "zeros"
     # Action-aware transform and global heads:
     p.transform_hidden = 256  # Table 3: Conv(256, 3)
     p.projection_dim = 256  # global projection / predictor width (ours, SPR's)

@@ -2,15 +2,18 @@
 
     python launch/visualize.py --run_dir runs/<run> [--seed_index 0] [--samples 3] [--frame -1] [--out fig.png]
 
-Restores the latest checkpoint of a PSRL run, replays `samples` sequences from seed `seed_index`'s
-replay buffer (fixed key, --sample_seed) and, in eval mode (no augmentation, no dropout, BatchNorm
-running averages), runs the correspondence module on
+Restores the latest checkpoint of a PSRL run, Atari (rainbow_psrl, launch/atari.py) or DMC (sac_psrl,
+launch/dmc.py), replays `samples` sequences from seed `seed_index`'s replay buffer (fixed key,
+--sample_seed) and, in eval mode (no augmentation, no dropout, BatchNorm running averages; DMC frames
+centre-cropped as when acting), runs the correspondence module on
   external: frame `frame` of o_k (online encoder) -> the same frame of o_{k+1} (EMA target encoder)
   internal: frame 0 -> frame F-1 of o_k (online encoder for both)
 as the PSRL loss pairs them (DESIGN.md 1). Writes a PNG (default <run_dir>/correspondence_<env_step>_seed<i>.png)
 with one row per sample and kind: source frame, target frame, finest flow as a colour wheel, and the
 flow resized to the feature map as arrows on the source; and a JSON of the same stem with each
-sample's mean flow magnitude in feature-map pixels. The drawing is psrl_jax/analysis/flow_vis.py.
+sample's mean and largest flow magnitude in feature-map pixels and the fraction of its flow vectors
+that point off the feature map (where the "zeros" warp reads zeros). The drawing is
+psrl_jax/analysis/flow_vis.py.
 """
 
 import json
@@ -83,25 +86,41 @@ def _load_config(run_dir):
     return config, kinds
 
 
-def _pick_samples(batch, frame, count):
-    """Indices of `count` distinct replay items, preferring valid ones whose first future step is in
-    the same episode (future_mask[:, 0]) and whose drawn frames are not the blank pre-episode padding."""
-    import numpy as np
+class _Run:
+    """What differs between an Atari and a DMC run when drawing correspondences: the trainer, the
+    online encoder's params in the agent state, and the frames the encoder reads (DMC renders are
+    RGB and centre-cropped to config.env.crop_size, as when acting)."""
 
-    valid = batch.valid > 0
-    in_episode = batch.future_mask[:, 0] > 0 if batch.future_mask.shape[1] else np.zeros_like(valid)
-    nonblank = (batch.obs[:, 0].max((1, 2)) > 0) & (batch.obs[:, -1].max((1, 2)) > 0)
-    if batch.future_obs.shape[1]:
-        nonblank &= batch.future_obs[:, 0, frame].max((1, 2)) > 0
-    score = 4 * valid + 2 * (valid & in_episode) + nonblank
-    chosen, seen = [], set()
-    for i in np.argsort(-score, kind="stable"):
-        if int(batch.indices[i]) not in seen:
-            seen.add(int(batch.indices[i]))
-            chosen.append(int(i))
-        if len(chosen) == count:
-            break
-    return np.asarray(chosen)
+    def __init__(self, config):
+        self.dmc = "task" in config.env
+        self.crop = int(config.env.crop_size) if self.dmc else None
+        if self.dmc:
+            from psrl_jax.train.dmc_trainer import DMCTrainer
+
+            self.trainer = DMCTrainer(config)
+            self.env_name = self.trainer.task.name
+        else:
+            from psrl_jax.train.atari_trainer import AtariTrainer
+
+            self.trainer = AtariTrainer(config)
+            self.env_name = self.trainer.game
+
+    def online_params(self, agent_state):
+        return agent_state.critic_params if self.dmc else agent_state.params
+
+    def encoder_input(self, obs_uint8):
+        """uint8 [N, F, H, W(, 3)] -> the float stack the encoder reads."""
+        from psrl_jax.ops.augment import center_crop, to_float
+
+        return to_float(center_crop(obs_uint8, self.crop) if self.dmc else obs_uint8)
+
+    def shown(self, obs_uint8):
+        """The same frames as uint8 NumPy, for drawing."""
+        import numpy as np
+
+        from psrl_jax.ops.augment import center_crop
+
+        return np.asarray(center_crop(obs_uint8, self.crop) if self.dmc else obs_uint8)
 
 
 def main(argv):
@@ -113,21 +132,20 @@ def main(argv):
     import jax
     import numpy as np
 
-    from psrl_jax.analysis.flow_vis import CorrespondenceRow, plot_correspondence_figure
+    from psrl_jax.analysis.flow_vis import CorrespondenceRow, pick_replay_samples, plot_correspondence_figure
     from psrl_jax.config import ConfigError, save_json_atomic
     from psrl_jax.networks.correspondence import flows_at
-    from psrl_jax.networks.q_network import RainbowQNetwork
-    from psrl_jax.ops.augment import to_float
-    from psrl_jax.train.atari_trainer import AtariTrainer
+    from psrl_jax.ops.warp import outside_fraction
     from psrl_jax.train.checkpoint import CheckpointError
 
     seed_index, frames = _SEED_INDEX.value, config.env.frame_stack
     frame = _FRAME.value % frames
     try:
-        trainer = AtariTrainer(config)
-        state, header = trainer.restore_latest()
+        run = _Run(config)
+        state, header = run.trainer.restore_latest()
     except (ConfigError, CheckpointError) as error:
         sys.exit(f"error: {error}")
+    trainer = run.trainer
     trainer.envs.close()
     env_step = int(header["env_step"])
     pick = lambda tree: jax.tree.map(lambda x: x[seed_index], tree)
@@ -142,22 +160,22 @@ def main(argv):
     sample = jax.jit(lambda s, k: trainer.replay.sample(s, k, 1.0))
     keys = jax.random.split(jax.random.PRNGKey(_SAMPLE_SEED.value), draws)
     pool = jax.tree.map(lambda *xs: np.concatenate(xs), *[jax.device_get(sample(replay_state, k)) for k in keys])
-    chosen = _pick_samples(pool, frame, _SAMPLES.value)
+    chosen = pick_replay_samples(pool, frame, _SAMPLES.value)
     batch = jax.tree.map(lambda x: x[chosen], pool)
 
-    network, modules = trainer.agent.network, trainer.agent.psrl
+    modules = trainer.agent.psrl
 
     @jax.jit
     def correspondences(agent_state, obs_uint8, next_uint8):
         """Finest flow (native resolution, and resized to the feature map) per kind, all in eval mode."""
-        maps, skip = network.apply(
-            agent_state.params, to_float(obs_uint8), train=False, return_skip=True, method=RainbowQNetwork.encode
+        maps, skip = modules.network.apply(
+            run.online_params(agent_state), run.encoder_input(obs_uint8), train=False, return_skip=True, method="encode"
         )
         h, w = maps.shape[2:4]
         variables = {"params": agent_state.aux_params["correspondence"], "batch_stats": agent_state.batch_stats}
         pairs = {}
         if "external" in kinds:
-            target = modules.encode_target(agent_state.ema_params, to_float(next_uint8))
+            target = modules.encode_target(agent_state.ema_params, run.encoder_input(next_uint8))
             pairs["external"] = (maps[:, frame], target[:, frame], skip[:, frame])
         if "internal" in kinds:
             pairs["internal"] = (maps[:, 0], maps[:, -1], skip[:, 0])
@@ -169,6 +187,8 @@ def main(argv):
 
     next_obs = batch.future_obs[:, 0] if batch.future_obs.shape[1] else batch.obs
     flows = jax.device_get(correspondences(agent_state, batch.obs, next_obs))
+    # From here on the frames as the encoder saw them (DMC: the centre crop), so flows line up.
+    obs_shown, next_shown = run.shown(batch.obs), run.shown(next_obs)
     feat_h, feat_w = flows[kinds[0]][1].shape[1:3]
 
     rows, records = [], []
@@ -181,20 +201,21 @@ def main(argv):
         for kind in kinds:
             native, feature = flows[kind][0][j], flows[kind][1][j]
             if kind == "external":
-                source, target = batch.obs[j, frame], next_obs[j, frame]
+                source, target = obs_shown[j, frame], next_shown[j, frame]
                 label = f"sample {j} external\nframe {frame} of o_k -> frame {frame} of o_k+1"
             else:
-                source, target = batch.obs[j, 0], batch.obs[j, -1]
+                source, target = obs_shown[j, 0], obs_shown[j, -1]
                 label = f"sample {j} internal\nframe 0 -> frame {frames - 1} of o_k"
             rows.append(CorrespondenceRow(label, source, target, native, feature))
             record[f"{kind}_mean_flow_magnitude"] = float(np.linalg.norm(feature, axis=-1).mean())
             record[f"{kind}_max_flow_magnitude"] = float(np.linalg.norm(feature, axis=-1).max())
+            record[f"{kind}_outside_fraction"] = float(outside_fraction(feature))  # sample points off the map
         records.append(record)
 
-    height, width = batch.obs.shape[2:]
+    height, width = obs_shown.shape[2:4]
     cell = height / feat_h
     title = (
-        f"{config.name} | {trainer.game} | env step {env_step} | "
+        f"{config.name} | {run.env_name} | env step {env_step} | "
         f"seed index {seed_index} (seed {config.seed + seed_index}) | learned correspondences"
     )
     pairs = {

@@ -53,6 +53,7 @@ def sequence_length(config) -> int:
     return config.env.frame_stack - 1 + max(r.n_step, r.prediction_steps) + 1
 
 
+WARP_PADDINGS = ("zeros", "border")  # psrl_jax/ops/warp.py PADDINGS
 SEED_BATCHING_MODES = ("auto", "vmap", "unroll")  # psrl_jax/train/common.py resolve_seed_batching
 
 
@@ -365,6 +366,10 @@ def validate_psrl_config(config: ml_collections.ConfigDict) -> None:
     )
     _require(p.max_displacement >= 1, f"config.psrl.max_displacement must be >= 1, got {p.max_displacement}")
     _require(0.0 <= p.multiscale_decay <= 1.0, "config.psrl.multiscale_decay must be in [0, 1]")
+    _require(
+        p.get("warp_padding", "zeros") in WARP_PADDINGS,
+        f"config.psrl.warp_padding must be one of {WARP_PADDINGS}, got {p.get('warp_padding')!r}",
+    )
     _require(0.0 < p.bn_momentum < 1.0, "config.psrl.bn_momentum must be in (0, 1)")
     for name in ("transform_hidden", "projection_dim"):
         _require(isinstance(p[name], int) and p[name] >= 1, f"config.psrl.{name} must be a positive integer")

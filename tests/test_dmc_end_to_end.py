@@ -16,6 +16,7 @@ from run_helpers import (
     output_tail,
     records,
     run_command,
+    run_launch_script,
     train_until_first_checkpoint_then_kill,
 )
 
@@ -114,6 +115,30 @@ def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
         per_seed.append([r["loss/psrl"] for r in updates])
     assert per_seed[0] != per_seed[1]  # independent seeds
     assert os.path.exists(os.path.join(run_dir, "final_eval.json"))
+
+    # launch/visualize.py draws seed 1's learned correspondences from the DMC checkpoint (RGB frames,
+    # centre-cropped as the encoder saw them).
+    figure_path = str(tmp_path / "fig.png")
+    figure = run_launch_script(
+        "visualize.py", f"--run_dir={run_dir}", "--seed_index=1", "--samples=2", f"--out={figure_path}"
+    )
+    assert figure.returncode == 0, output_tail(figure)
+    with open(tmp_path / "fig.json") as f:
+        drawn = json.load(f)
+    assert drawn["env_step"] == config["total_env_steps"] and len(drawn["samples"]) == 2
+    crop = feature = config["env"]["crop_size"]
+    for stride in config["agent"]["encoder_strides"]:  # valid 3x3 convolutions (CURL's encoder)
+        feature = (feature - 3) // stride + 1
+    assert drawn["flow_units"].startswith(f"feature-map pixels ({feature}x{feature};")
+    for sample in drawn["samples"]:
+        assert sample["valid"]
+        for kind in ("external", "internal"):
+            assert math.isfinite(sample[f"{kind}_mean_flow_magnitude"]), sample
+            assert 0.0 <= sample[f"{kind}_outside_fraction"] <= 1.0, sample
+    import matplotlib.image
+
+    assert matplotlib.image.imread(figure_path).ndim == 3
+    assert crop < config["env"]["image_size"]  # so the crop above is not a no-op
 
     # The report reads the DMC trainer's own run directory (env.task, env_step in environment steps):
     # mean ± std over the two seeds' final evaluations at the run's budget.

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import matplotlib
 
@@ -20,6 +21,7 @@ from psrl_jax.analysis.flow_vis import (  # noqa: E402
     color_wheel,
     draw_flow_arrows,
     flow_to_rgb,
+    pick_replay_samples,
     plot_correspondence_figure,
     upscale_nearest,
 )
@@ -181,6 +183,63 @@ def test_plot_correspondence_figure_rejects_bad_rows(tmp_path):
     bad = CorrespondenceRow(row.label, row.source, row.target[:40], row.flow_native, row.flow_feature)
     with pytest.raises(ValueError):
         plot_correspondence_figure([bad], str(tmp_path / "x.png"), "bad")
+
+
+def test_plot_correspondence_figure_draws_rgb_frames(tmp_path):
+    """DMC frames are RGB [H, W, 3]: drawn in their colours (a pure red source shows up red)."""
+    rows = _synthetic_rows()
+    red = np.zeros((84, 84, 3), np.uint8)
+    red[..., 0] = 255
+    row = CorrespondenceRow("rgb", red, red, rows[0].flow_native, rows[0].flow_feature)
+    path = str(tmp_path / "rgb.png")
+    plot_correspondence_figure([row], path, "rgb", dpi=60)
+    rgb = mpimg.imread(path)[..., :3]
+    pure_red = (rgb[..., 0] > 0.95) & (rgb[..., 1] < 0.05) & (rgb[..., 2] < 0.05)
+    assert pure_red.mean() > 0.05  # panels (a) and (b) at least
+    gray_rows = [CorrespondenceRow("gray", red[..., 0], red[..., 0], rows[0].flow_native, rows[0].flow_feature)]
+    plot_correspondence_figure(gray_rows, path, "gray", dpi=60)
+    rgb = mpimg.imread(path)[..., :3]
+    assert ((rgb[..., 0] > 0.95) & (rgb[..., 1] < 0.05) & (rgb[..., 2] < 0.05)).mean() < 0.01  # gray: white, not red
+    rgba = np.zeros((84, 84, 4), np.uint8)
+    bad = CorrespondenceRow("rgba", rgba, rgba, rows[0].flow_native, rows[0].flow_feature)
+    with pytest.raises(ValueError):
+        plot_correspondence_figure([bad], path, "rgba")
+
+
+def _replayed(positions, valid=None, in_episode=None, blank=(), rgb=False):
+    """A stand-in SequenceBatch of NumPy arrays: F = 3 frames of o_k, K = 1 future step."""
+    n = len(positions)
+    frame = (8, 8, 3) if rgb else (8, 8)
+    obs = np.full((n, 3, *frame), 100, np.uint8)
+    future_obs = np.full((n, 1, 3, *frame), 100, np.uint8)
+    for i in blank:
+        obs[i, 0] = 0
+    ones = np.ones(n, np.float32)
+    return types.SimpleNamespace(
+        indices=np.asarray(positions),
+        valid=ones if valid is None else np.asarray(valid, np.float32),
+        future_mask=(ones if in_episode is None else np.asarray(in_episode, np.float32))[:, None],
+        obs=obs,
+        future_obs=future_obs,
+    )
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_pick_replay_samples_spreads_over_the_buffer(rgb):
+    # 20 good items in position order (as the sum tree draws them): the first, middle and last.
+    batch = _replayed(np.arange(100, 120), rgb=rgb)
+    chosen = pick_replay_samples(batch, frame=2, count=3)
+    np.testing.assert_array_equal(batch.indices[chosen], [100, 110, 119])
+
+
+def test_pick_replay_samples_prefers_valid_in_episode_nonblank_distinct():
+    positions = [5, 5, 6, 7, 8, 9]
+    batch = _replayed(positions, valid=[1, 1, 0, 1, 1, 1], in_episode=[1, 1, 1, 0, 1, 1], blank=[4])
+    # Only positions 5 (twice) and 9 are valid, in the episode and lit; then 8 (blank), then 7
+    # (episode ended), then the invalid 6.
+    assert list(batch.indices[pick_replay_samples(batch, 2, 2)]) == [5, 9]
+    assert list(batch.indices[pick_replay_samples(batch, 2, 4)]) == [5, 9, 8, 7]
+    assert sorted(batch.indices[pick_replay_samples(batch, 2, 10)]) == [5, 6, 7, 8, 9]  # distinct only
 
 
 def test_flow_vis_does_not_import_jax():

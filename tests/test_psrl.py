@@ -222,3 +222,41 @@ def test_bad_psrl_config_is_refused(field, value, message):
     config[section][name] = value
     with pytest.raises(ConfigError, match=message):
         validate_atari_config(config)
+
+
+def _flows_pushed_off_the_map(aux_params, dx=40.0):
+    """The coarse flow head outputs a constant (dx, 0): every flow points far right of the map."""
+    correspondence = dict(aux_params["correspondence"])
+    correspondence["flow3"] = {**correspondence["flow3"], "bias": jnp.asarray([dx, 0.0])}
+    return {**aux_params, "correspondence": correspondence}
+
+
+def test_warp_padding_matters_only_where_flows_leave_the_map():
+    """config.psrl.warp_padding: at init (zero flow) "zeros" and "border" give the same losses and no
+    flow leaves the map; with every flow pushed off the map both report it (outside fraction 1) and the
+    warped losses differ (zeros vs the edge's features), while the AAT terms stay the same."""
+    metrics = {}
+    for padding in ("zeros", "border"):
+        config = _config(warp_padding=padding)
+        agent = _agent(config)
+        state = agent.init(jax.random.PRNGKey(3))
+        batch = _batch(config)
+        _, (_, _, at_init) = _grads(agent, state, batch)
+        pushed = state.replace(aux_params=_flows_pushed_off_the_map(state.aux_params))
+        _, (_, _, off_map) = _grads(agent, pushed, batch)
+        metrics[padding] = (at_init, off_map)
+    warped = ("loss/cat_local", "loss/cat_global", "loss/internal")
+    for name in (*warped, "loss/aat_local", "loss/aat_global"):
+        assert float(metrics["zeros"][0][name]) == float(metrics["border"][0][name]), name
+    for name in ("psrl/flow_outside_fraction", "psrl/internal_flow_outside_fraction"):
+        assert float(metrics["zeros"][0][name]) == 0.0
+        assert float(metrics["zeros"][1][name]) == float(metrics["border"][1][name]) == 1.0
+    for name in warped:
+        assert abs(float(metrics["zeros"][1][name]) - float(metrics["border"][1][name])) > 1e-4, name
+    for name in ("loss/aat_local", "loss/aat_global"):
+        assert float(metrics["zeros"][1][name]) == float(metrics["border"][1][name]), name
+
+
+def test_unknown_warp_padding_is_a_config_error():
+    with pytest.raises(ConfigError, match="warp_padding"):
+        validate_atari_config(_config(warp_padding="reflect"))

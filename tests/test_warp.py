@@ -8,7 +8,8 @@ import pytest
 import scipy.ndimage
 from jax.test_util import check_grads
 
-from psrl_jax.ops.warp import resize_flow, warp
+from psrl_jax.config import WARP_PADDINGS
+from psrl_jax.ops.warp import PADDINGS, outside_fraction, resize_flow, warp
 
 
 def _scipy_warp(feat, flow):
@@ -87,14 +88,16 @@ def _smooth_flow(shape, key):
     return base + frac
 
 
+@pytest.mark.parametrize("padding", ["zeros", "border"])
 @pytest.mark.parametrize("modes", [("rev",), ("fwd",)])
-def test_warp_gradients_numerical(modes):
+def test_warp_gradients_numerical(modes, padding):
     key_feat, key_flow = jax.random.split(jax.random.key(2))
     feat = jax.random.normal(key_feat, (2, 5, 6, 3))
     flow = _smooth_flow((2, 5, 6, 2), key_flow)
     # eps 1e-2 << 0.3 keeps every perturbed coordinate inside its cell; float32 needs loose tolerances.
-    check_grads(lambda f: warp(f, flow), (feat,), order=1, modes=modes, eps=1e-2, atol=1e-2, rtol=1e-2)
-    check_grads(lambda fl: warp(feat, fl), (flow,), order=1, modes=modes, eps=1e-2, atol=1e-2, rtol=1e-2)
+    tolerances = dict(order=1, modes=modes, eps=1e-2, atol=1e-2, rtol=1e-2)
+    check_grads(lambda f: warp(f, flow, padding), (feat,), **tolerances)
+    check_grads(lambda fl: warp(feat, fl, padding), (flow,), **tolerances)
 
 
 def test_flow_gradient_is_nonzero_inside_map():
@@ -130,6 +133,59 @@ def test_extra_leading_axes_jit_and_vmap():
 def test_bad_shapes_raise(feat_shape, flow_shape):
     with pytest.raises(ValueError):
         warp(jnp.zeros(feat_shape), jnp.zeros(flow_shape))
+
+
+def test_unknown_padding_raises():
+    assert tuple(PADDINGS) == WARP_PADDINGS  # the config check and the op accept the same names
+    with pytest.raises(ValueError, match="padding"):
+        warp(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 4, 4, 2)), padding="reflect")
+
+
+def test_border_padding_matches_scipy_nearest():
+    """padding="border": off-map samples read the nearest edge (SciPy's mode "nearest", PyTorch's
+    grid_sample padding "border"); inside the map it is the same bilinear warp as "zeros"."""
+    rng = np.random.default_rng(7)
+    feat = rng.normal(size=(3, 6, 9, 4)).astype(np.float32)
+    flow = (rng.uniform(-1.0, 1.0, size=(3, 6, 9, 2)) * np.array([6.0, 4.0])).astype(np.float32)
+    out = np.asarray(warp(jnp.asarray(feat), jnp.asarray(flow), padding="border"))
+    ys, xs = np.meshgrid(np.arange(6), np.arange(9), indexing="ij")
+    ref = np.stack(
+        [
+            np.stack(
+                [
+                    scipy.ndimage.map_coordinates(
+                        feat[b, ..., c].astype(np.float64),
+                        [ys + flow[b, ..., 1], xs + flow[b, ..., 0]],
+                        order=1,
+                        mode="nearest",
+                    )
+                    for c in range(4)
+                ],
+                axis=-1,
+            )
+            for b in range(3)
+        ]
+    )
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    zeros = np.asarray(warp(jnp.asarray(feat), jnp.asarray(flow)))
+    x, y = xs + flow[..., 0], ys + flow[..., 1]
+    inside = (x >= 0) & (x <= 8) & (y >= 0) & (y <= 5)
+    assert 0.1 < inside.mean() < 0.9
+    np.testing.assert_allclose(out[inside], zeros[inside], atol=1e-5)
+    assert np.abs(out[~inside]).min() > 0 and np.abs(zeros[~inside]).max() < np.abs(out[~inside]).max()
+
+
+def test_outside_fraction_against_numpy():
+    rng = np.random.default_rng(3)
+    flow = (rng.normal(size=(2, 3, 5, 6, 2)) * 3.0).astype(np.float32)
+    ys, xs = np.meshgrid(np.arange(5), np.arange(6), indexing="ij")
+    x, y = xs + flow[..., 0], ys + flow[..., 1]
+    expected = np.mean((x < 0) | (x > 5) | (y < 0) | (y > 4))
+    assert 0.2 < expected < 0.9
+    np.testing.assert_allclose(float(outside_fraction(jnp.asarray(flow))), expected, atol=1e-6)
+    assert float(outside_fraction(jnp.zeros((1, 5, 6, 2)))) == 0.0  # zero flow stays on the map
+    edge = jnp.zeros((1, 5, 6, 2)).at[:, :, -1, 0].set(0.5)  # the last column half a pixel past the edge
+    np.testing.assert_allclose(float(outside_fraction(edge)), 1 / 6, atol=1e-6)
 
 
 def test_resize_constant_flow_scales_values():

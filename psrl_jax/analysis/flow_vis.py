@@ -5,7 +5,7 @@ Flow maps are [H, W, 2] arrays of (dx, dy) in pixels of the flow map, image conv
 direction, saturation = magnitude, white = no motion), `color_wheel` draws its legend and
 `draw_flow_arrows` overlays the vectors on an image shown with `imshow`, and
 `plot_correspondence_figure` assembles the source / target / colour wheel / arrows figure that
-launch/visualize.py writes. Nothing here imports JAX.
+launch/visualize.py writes; `pick_replay_samples` chooses what it draws. Nothing here imports JAX.
 """
 
 import dataclasses
@@ -88,7 +88,8 @@ class CorrespondenceRow:
     """One row of `plot_correspondence_figure`.
 
     label: row label, e.g. "sample 0 external (frame 3 of o_k -> frame 3 of o_k+1)".
-    source, target: uint8 [H, W] gray frames (the flow maps target positions into the source).
+    source, target: uint8 frames, [H, W] gray (Atari) or [H, W, 3] RGB (DMC); the flow maps
+    target positions into the source.
     flow_native: [h, w, 2] the finest flow at its own resolution, in its own pixels.
     flow_feature: [h7, w7, 2] the same flow resized to the feature map, in feature-map pixels.
     """
@@ -150,15 +151,22 @@ def plot_correspondence_figure(rows, path: str, title: str, caption: str | None 
         target = np.asarray(_row_field(row, "target"))
         native = _as_flow(_row_field(row, "flow_native"))
         feature = _as_flow(_row_field(row, "flow_feature"))
-        if source.ndim != 2 or source.shape != target.shape:
-            raise ValueError(f"source and target must be [H, W] of one shape, got {source.shape}, {target.shape}")
-        height, width = source.shape
+        rgb = source.ndim == 3 and source.shape[-1] == 3
+        if not (source.ndim == 2 or rgb) or source.shape != target.shape:
+            raise ValueError(
+                f"source and target must be [H, W] or [H, W, 3] of one shape, got {source.shape}, {target.shape}"
+            )
+        height, width = source.shape[:2]
         ax_src, ax_tgt, ax_flow, ax_arrow = axes[i]
-        gray = {"cmap": "gray", "vmin": 0, "vmax": 255, "interpolation": "nearest"}
-        ax_src.imshow(source, **gray)
+        frame_style = (
+            {"interpolation": "nearest"}
+            if rgb
+            else {"cmap": "gray", "vmin": 0, "vmax": 255, "interpolation": "nearest"}
+        )
+        ax_src.imshow(source, **frame_style)
         ax_src.set_title("(a) source", fontsize=9)
         ax_src.set_ylabel(_row_field(row, "label"), fontsize=8)
-        ax_tgt.imshow(target, **gray)
+        ax_tgt.imshow(target, **frame_style)
         ax_tgt.set_title("(b) target", fontsize=9)
 
         rim = float(np.hypot(native[..., 0], native[..., 1]).max())
@@ -171,7 +179,7 @@ def plot_correspondence_figure(rows, path: str, title: str, caption: str | None 
         legend.imshow(wheel, interpolation="bilinear")
         legend.set_axis_off()
 
-        ax_arrow.imshow(source, **gray)
+        ax_arrow.imshow(source, **frame_style)
         cell = max(height / feature.shape[0], width / feature.shape[1])
         longest = float(np.hypot(feature[..., 0], feature[..., 1]).max()) * cell  # input pixels
         gain = _nice_gain(longest, 0.5 * cell)
@@ -189,3 +197,33 @@ def plot_correspondence_figure(rows, path: str, title: str, caption: str | None 
     fig.tight_layout(rect=(0.0, 0.05 if caption else 0.0, 1.0, 0.97), h_pad=1.5)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def pick_replay_samples(batch, frame: int, count: int) -> np.ndarray:
+    """Indices into a replayed `batch` (a SequenceBatch of NumPy arrays) of `count` distinct replay
+    items, preferring valid ones whose first future step is in the same episode (future_mask[:, 0])
+    and whose drawn frames (first and last of o_k, frame `frame` of o_k+1) are not blank padding.
+    Within each preference level the picks are spread evenly over the replay positions: the sum
+    tree draws a batch in position order, so the first ones would all be the oldest data."""
+    valid = batch.valid > 0
+    in_episode = batch.future_mask[:, 0] > 0 if batch.future_mask.shape[1] else np.zeros_like(valid)
+    lit = lambda frames: frames.reshape(frames.shape[0], -1).max(axis=1) > 0  # gray [N, H, W] or RGB [N, H, W, 3]
+    nonblank = lit(batch.obs[:, 0]) & lit(batch.obs[:, -1])
+    if batch.future_obs.shape[1]:
+        nonblank &= lit(batch.future_obs[:, 0, frame])
+    score = 4 * valid + 2 * (valid & in_episode) + nonblank
+    positions = np.asarray(batch.indices).astype(np.int64)
+    chosen, seen = [], set()
+    for level in sorted(set(score.tolist()), reverse=True):
+        group = {}  # replay position -> first pool index holding it, for the distinct positions of this level
+        for i in np.flatnonzero(score == level):
+            if int(positions[i]) not in seen:
+                group.setdefault(int(positions[i]), int(i))
+        ordered = [group[p] for p in sorted(group)]
+        take = min(count - len(chosen), len(ordered))
+        for k in np.unique(np.round(np.linspace(0, len(ordered) - 1, take)).astype(np.int64)) if take else []:
+            chosen.append(ordered[k])
+            seen.add(int(positions[ordered[k]]))
+        if len(chosen) == count:
+            break
+    return np.asarray(chosen)

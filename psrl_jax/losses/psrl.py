@@ -38,7 +38,7 @@ from psrl_jax.networks.transform import (
     predict_stack,
 )
 from psrl_jax.ops.normalize import minmax_normalize
-from psrl_jax.ops.warp import warp
+from psrl_jax.ops.warp import outside_fraction, warp
 
 TERMS = PSRL_TERMS  # one list of term names, shared with the config checks
 LOCAL_TERMS = ("cat_local", "aat_local", "internal")
@@ -251,24 +251,26 @@ def psrl_loss(
             new_batch_stats = updates["batch_stats"]
             flows = flows_at(flows, h, w)  # every scale, finest first, in pixels of the feature map
         scale_weights = [p.multiscale_decay**s for s in range(len(flows))]  # finest first; 0**0 = 1
+        padding = p.get("warp_padding", "zeros")  # runs recorded before the field warped with zeros
         n_ext_pairs = n_ext * batch * frames
 
         if use_external:
             ext_flows = [f[:n_ext_pairs].reshape(n_ext, batch, frames, h, w, 2) for f in flows]
             metrics["psrl/flow_magnitude"] = jnp.mean(jnp.linalg.norm(ext_flows[0], axis=-1))
+            metrics["psrl/flow_outside_fraction"] = outside_fraction(ext_flows[0])
             for j in range(n_ext):
                 mask_j = future_mask[:, j]
                 tgt = target[:, j]
                 if "cat_local" in terms:
                     l1 = sum(
-                        sw * _l1(warp(q_norm[j], f[j]), tgt)
+                        sw * _l1(warp(q_norm[j], f[j], padding), tgt)
                         for sw, f in zip(scale_weights, ext_flows, strict=False)
                         if sw != 0
                     )
                     local_total += mask_j * l1
                     metrics.setdefault("loss/cat_local", []).append((l1, mask_j))
                 if "cat_global" in terms:
-                    warped = warp(q_norm[j], ext_flows[0][j])
+                    warped = warp(q_norm[j], ext_flows[0][j], padding)
                     ls = cosine_distance(project_online(warped), target_vectors[:, j])
                     global_total += mask_j * ls
                     metrics.setdefault("loss/cat_global", []).append((ls, mask_j))
@@ -276,11 +278,14 @@ def psrl_loss(
             int_flows = [f[n_ext_pairs:] for f in flows]
             last = jax.lax.stop_gradient(query[:, -1])
             l1 = sum(
-                sw * _l1(warp(query[:, 0], f), last) for sw, f in zip(scale_weights, int_flows, strict=False) if sw
+                sw * _l1(warp(query[:, 0], f, padding), last)
+                for sw, f in zip(scale_weights, int_flows, strict=False)
+                if sw
             )
             local_total += valid * l1
             metrics["loss/internal"] = [(l1, valid)]
             metrics["psrl/internal_flow_magnitude"] = jnp.mean(jnp.linalg.norm(int_flows[0], axis=-1))
+            metrics["psrl/internal_flow_outside_fraction"] = outside_fraction(int_flows[0])
 
     if any(t in terms for t in ("aat_local", "aat_global")):
         transform = lambda stack, action: modules.transform.apply({"params": aux_params["transform"]}, stack, action)
