@@ -12,7 +12,11 @@ as the PSRL loss pairs them (DESIGN.md 1). Writes a PNG (default <run_dir>/corre
 with one row per sample and kind: source frame, target frame, finest flow as a colour wheel, and the
 flow resized to the feature map as arrows on the source; and a JSON of the same stem with each
 sample's mean and largest flow magnitude in feature-map pixels and the fraction of its flow vectors
-that point off the feature map (where the "zeros" warp reads zeros). The drawing is
+that point off the feature map (where the "zeros" warp reads zeros). The JSON's "pool" block (also
+printed) covers all --pool replayed sequences and every frame pair the loss uses: the local L1
+between the normalised target and the query warped by no flow, by the learned flow with the "zeros"
+warp, and by the same flow with the "border" warp, which tells how much of what the module learned
+is correspondence and how much is pointing off the map (config.psrl.warp_padding). The drawing is
 psrl_jax/analysis/flow_vis.py.
 """
 
@@ -40,6 +44,7 @@ _FRAME = flags.DEFINE_integer("frame", -1, "Frame of the stack for the external 
 _SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "Key for drawing the replayed sequences")
 _KINDS = flags.DEFINE_list("kinds", list(KINDS), "Correspondences to draw: external, internal or both")
 _OUT = flags.DEFINE_string("out", None, "PNG path (default <run_dir>/correspondence_<env_step>_seed<i>.png)")
+_POOL = flags.DEFINE_integer("pool", 128, "Replayed sequences drawn for the figure's picks and the JSON's pool summary")
 flags.mark_flags_as_required(["run_dir"])
 
 
@@ -130,12 +135,14 @@ def main(argv):
     config, kinds = _load_config(run_dir)
 
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from psrl_jax.analysis.flow_vis import CorrespondenceRow, pick_replay_samples, plot_correspondence_figure
     from psrl_jax.config import ConfigError, save_json_atomic
     from psrl_jax.networks.correspondence import flows_at
-    from psrl_jax.ops.warp import outside_fraction
+    from psrl_jax.ops.normalize import minmax_normalize
+    from psrl_jax.ops.warp import outside_fraction, warp
     from psrl_jax.train.checkpoint import CheckpointError
 
     seed_index, frames = _SEED_INDEX.value, config.env.frame_stack
@@ -156,7 +163,7 @@ def main(argv):
 
     # A larger pool than needed (several batches with one fixed key), then the best `samples` of it.
     batch_size = int(config.agent.batch_size)
-    draws = math.ceil(max(4 * _SAMPLES.value, 32) / batch_size)
+    draws = math.ceil(max(_POOL.value, _SAMPLES.value) / batch_size)
     sample = jax.jit(lambda s, k: trainer.replay.sample(s, k, 1.0))
     keys = jax.random.split(jax.random.PRNGKey(_SAMPLE_SEED.value), draws)
     pool = jax.tree.map(lambda *xs: np.concatenate(xs), *[jax.device_get(sample(replay_state, k)) for k in keys])
@@ -184,6 +191,47 @@ def main(argv):
             flows = modules.correspondence.apply(variables, query, target, query_skip, train=False)
             out[kind] = (flows[0], flows_at(flows[:1], h, w)[0])
         return out
+
+    @jax.jit
+    def warp_diagnostics(agent_state, obs_uint8, next_uint8):
+        """Per pair, every frame as the loss pairs them (finest flow, eval mode): the local L1 between
+        the min-max normalised target and the query warped by no flow, by the learned flow with the
+        "zeros" warp and with the "border" warp, and the fraction of flow vectors off the map."""
+        maps, skip = modules.network.apply(
+            run.online_params(agent_state), run.encoder_input(obs_uint8), train=False, return_skip=True, method="encode"
+        )
+        batch, frames_, h, w, c = maps.shape
+        variables = {"params": agent_state.aux_params["correspondence"], "batch_stats": agent_state.batch_stats}
+        query = minmax_normalize(maps, num_feature_dims=3)
+        pairs = {}
+        if "external" in kinds:
+            target = modules.encode_target(agent_state.ema_params, run.encoder_input(next_uint8))
+            fold = lambda x: x.reshape((batch * frames_,) + x.shape[2:])
+            pairs["external"] = (fold(maps), fold(target), fold(skip), fold(query), fold(minmax_normalize(target, 3)))
+        if "internal" in kinds:
+            pairs["internal"] = (maps[:, 0], maps[:, -1], skip[:, 0], query[:, 0], query[:, -1])
+        out = {}
+        for kind, (q_maps, t_maps, q_skip, q_norm, t_norm) in pairs.items():
+            flow = flows_at(modules.correspondence.apply(variables, q_maps, t_maps, q_skip, train=False)[:1], h, w)[0]
+            l1 = lambda warped, t=t_norm: jnp.mean(jnp.abs(warped - t), axis=(1, 2, 3))
+            out[kind] = {
+                "l1_identity": l1(q_norm),
+                "l1_learned_zeros": l1(warp(q_norm, flow, "zeros")),
+                "l1_learned_border": l1(warp(q_norm, flow, "border")),
+                "outside_fraction": jax.vmap(outside_fraction)(flow),
+            }
+        return out
+
+    pool_next = pool.future_obs[:, 0] if pool.future_obs.shape[1] else pool.obs
+    diagnostics = jax.device_get(warp_diagnostics(agent_state, pool.obs, pool_next))
+    pool_summary = {"samples": int(len(pool.indices))}
+    for kind, values in diagnostics.items():
+        # The pairs the loss counts: valid samples, and for external pairs o_k+1 in o_k's episode.
+        keep = pool.valid > 0
+        if kind == "external":
+            keep = np.repeat(keep & (pool.future_mask[:, 0] > 0), frames)
+        pool_summary[kind] = {name: float(np.mean(v[keep])) for name, v in values.items()}
+        pool_summary[kind]["pairs"] = int(keep.sum())
 
     next_obs = batch.future_obs[:, 0] if batch.future_obs.shape[1] else batch.obs
     flows = jax.device_get(correspondences(agent_state, batch.obs, next_obs))
@@ -241,9 +289,19 @@ def main(argv):
         "kinds": kinds,
         "flow_units": f"feature-map pixels ({feat_h}x{feat_w}; one ~ {cell:.0f} input pixels)",
         "samples": records,
+        # Over the whole pool: how much of the local L1 the learned flow removes against no flow, and
+        # what the same flows give with the "border" warp (docs/RESULTS.md reads these).
+        "pool": pool_summary,
         "figure": os.path.abspath(out),
     }
     save_json_atomic(os.path.splitext(out)[0] + ".json", summary)
+    for kind in kinds:
+        d = pool_summary[kind]
+        print(
+            f"{kind} pairs {d['pairs']}: local L1 no flow {d['l1_identity']:.4g}, learned flow "
+            f"{d['l1_learned_zeros']:.4g} (zeros warp) / {d['l1_learned_border']:.4g} (border warp); "
+            f"{100 * d['outside_fraction']:.1f}% of flow vectors off the map"
+        )
     print(out)
 
 

@@ -135,6 +135,10 @@ def test_sac_psrl_smoke_two_seeds_dm_control(tmp_path):
         for kind in ("external", "internal"):
             assert math.isfinite(sample[f"{kind}_mean_flow_magnitude"]), sample
             assert 0.0 <= sample[f"{kind}_outside_fraction"] <= 1.0, sample
+    for kind in ("external", "internal"):  # the pool summary: every frame pair the loss counts
+        pool = drawn["pool"][kind]
+        assert pool["pairs"] >= 2 and all(math.isfinite(v) for v in pool.values()), pool
+        assert 0.0 <= pool["outside_fraction"] <= 1.0
     import matplotlib.image
 
     assert matplotlib.image.imread(figure_path).ndim == 3

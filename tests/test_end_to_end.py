@@ -128,8 +128,15 @@ def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
 
     assert matplotlib.image.imread(figure_path).ndim == 3
     with open(tmp_path / "fig.json") as f:
-        samples = json.load(f)["samples"]
+        drawn = json.load(f)
+    samples = drawn["samples"]
     assert len(samples) == 2
     for sample in samples:
         for kind in ("external", "internal"):
             assert math.isfinite(sample[f"{kind}_mean_flow_magnitude"]), sample
+    frames = 4  # rainbow_psrl's frame stack: the external summary counts every frame's pair
+    pool = drawn["pool"]
+    assert pool["external"]["pairs"] % frames == 0 and pool["external"]["pairs"] >= frames
+    assert pool["internal"]["pairs"] <= pool["samples"]
+    for kind in ("external", "internal"):
+        assert all(math.isfinite(v) for v in pool[kind].values()), pool
