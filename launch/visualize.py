@@ -36,6 +36,8 @@ from absl import app, flags, logging  # noqa: E402
 import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
 
 KINDS = ("external", "internal")
+# Per-pair figures of the JSON's pool summary (see `correspondences` in main).
+DIAGNOSTICS = ("l1_identity", "l1_learned_zeros", "l1_learned_border", "outside_fraction")
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory holding config.json and checkpoints/")
 _SEED_INDEX = flags.DEFINE_integer("seed_index", 0, "Which of the run's vmapped seeds (0 .. num_seeds-1)")
@@ -174,33 +176,15 @@ def main(argv):
 
     @jax.jit
     def correspondences(agent_state, obs_uint8, next_uint8):
-        """Finest flow (native resolution, and resized to the feature map) per kind, all in eval mode."""
-        maps, skip = modules.network.apply(
-            run.online_params(agent_state), run.encoder_input(obs_uint8), train=False, return_skip=True, method="encode"
-        )
-        h, w = maps.shape[2:4]
-        variables = {"params": agent_state.aux_params["correspondence"], "batch_stats": agent_state.batch_stats}
-        pairs = {}
-        if "external" in kinds:
-            target = modules.encode_target(agent_state.ema_params, run.encoder_input(next_uint8))
-            pairs["external"] = (maps[:, frame], target[:, frame], skip[:, frame])
-        if "internal" in kinds:
-            pairs["internal"] = (maps[:, 0], maps[:, -1], skip[:, 0])
-        out = {}
-        for kind, (query, target, query_skip) in pairs.items():
-            flows = modules.correspondence.apply(variables, query, target, query_skip, train=False)
-            out[kind] = (flows[0], flows_at(flows[:1], h, w)[0])
-        return out
-
-    @jax.jit
-    def warp_diagnostics(agent_state, obs_uint8, next_uint8):
-        """Per pair, every frame as the loss pairs them (finest flow, eval mode): the local L1 between
-        the min-max normalised target and the query warped by no flow, by the learned flow with the
+        """Every pair of the pool as the loss pairs them (external: each frame of o_k -> the same frame
+        of o_k+1, folded sample-major; internal: frame 0 -> frame F-1), in eval mode: the finest flow
+        at its own resolution and resized to the feature map, and per pair the local L1 between the
+        min-max normalised target and the query warped by no flow, by the learned flow with the
         "zeros" warp and with the "border" warp, and the fraction of flow vectors off the map."""
         maps, skip = modules.network.apply(
             run.online_params(agent_state), run.encoder_input(obs_uint8), train=False, return_skip=True, method="encode"
         )
-        batch, frames_, h, w, c = maps.shape
+        batch, frames_, h, w, _ = maps.shape
         variables = {"params": agent_state.aux_params["correspondence"], "batch_stats": agent_state.batch_stats}
         query = minmax_normalize(maps, num_feature_dims=3)
         pairs = {}
@@ -212,9 +196,12 @@ def main(argv):
             pairs["internal"] = (maps[:, 0], maps[:, -1], skip[:, 0], query[:, 0], query[:, -1])
         out = {}
         for kind, (q_maps, t_maps, q_skip, q_norm, t_norm) in pairs.items():
-            flow = flows_at(modules.correspondence.apply(variables, q_maps, t_maps, q_skip, train=False)[:1], h, w)[0]
+            native = modules.correspondence.apply(variables, q_maps, t_maps, q_skip, train=False)[0]
+            flow = flows_at([native], h, w)[0]
             l1 = lambda warped, t=t_norm: jnp.mean(jnp.abs(warped - t), axis=(1, 2, 3))
             out[kind] = {
+                "native": native,
+                "feature": flow,
                 "l1_identity": l1(q_norm),
                 "l1_learned_zeros": l1(warp(q_norm, flow, "zeros")),
                 "l1_learned_border": l1(warp(q_norm, flow, "border")),
@@ -223,18 +210,20 @@ def main(argv):
         return out
 
     pool_next = pool.future_obs[:, 0] if pool.future_obs.shape[1] else pool.obs
-    diagnostics = jax.device_get(warp_diagnostics(agent_state, pool.obs, pool_next))
+    computed = jax.device_get(correspondences(agent_state, pool.obs, pool_next))
     pool_summary = {"samples": int(len(pool.indices))}
-    for kind, values in diagnostics.items():
+    for kind, values in computed.items():
         # The pairs the loss counts: valid samples, and for external pairs o_k+1 in o_k's episode.
         keep = pool.valid > 0
         if kind == "external":
             keep = np.repeat(keep & (pool.future_mask[:, 0] > 0), frames)
-        pool_summary[kind] = {name: float(np.mean(v[keep])) for name, v in values.items()}
+        pool_summary[kind] = {name: float(np.mean(values[name][keep])) for name in DIAGNOSTICS}
         pool_summary[kind]["pairs"] = int(keep.sum())
+    # The drawn pairs: frame `frame` of each chosen sample (external), each chosen sample (internal).
+    drawn = {"external": chosen * frames + frame, "internal": chosen}
+    flows = {kind: (values["native"][drawn[kind]], values["feature"][drawn[kind]]) for kind, values in computed.items()}
 
     next_obs = batch.future_obs[:, 0] if batch.future_obs.shape[1] else batch.obs
-    flows = jax.device_get(correspondences(agent_state, batch.obs, next_obs))
     # From here on the frames as the encoder saw them (DMC: the centre crop), so flows line up.
     obs_shown, next_shown = run.shown(batch.obs), run.shown(next_obs)
     feat_h, feat_w = flows[kinds[0]][1].shape[1:3]

@@ -221,7 +221,8 @@ def pick_replay_samples(batch, frame: int, count: int) -> np.ndarray:
                 group.setdefault(int(positions[i]), int(i))
         ordered = [group[p] for p in sorted(group)]
         take = min(count - len(chosen), len(ordered))
-        for k in np.unique(np.round(np.linspace(0, len(ordered) - 1, take)).astype(np.int64)) if take else []:
+        # take <= len(ordered): steps of at least 1, so the rounded positions are distinct.
+        for k in np.round(np.linspace(0, len(ordered) - 1, take)).astype(np.int64):
             chosen.append(ordered[k])
             seen.add(int(positions[ordered[k]]))
         if len(chosen) == count:
