@@ -1,22 +1,35 @@
 """Checkpointer's config check on resume: mismatched fields are named; a field added to the
-compatibility header later (env.observation) does not lock out checkpoints written before it."""
+compatibility header later (env.observation, psrl.warp_padding) does not lock out checkpoints
+written before it, and a config that grows a field without saying what older checkpoints meant
+fails here rather than at a user's resume."""
+
+import importlib
+import pkgutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs
 from psrl_jax.config import ConfigError
-from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
+from psrl_jax.train.checkpoint import ADDED_LATER, COMPATIBILITY_FIELDS, Checkpointer, checkpoint_header
 
 
-def _config(**env):
-    return {"num_seeds": 1, "env": {"task": "cartpole_swingup", "frame_stack": 3, **env}, "agent": {"lr": 1e-3}}
+def _config(psrl=None, **env):
+    config = {"num_seeds": 1, "env": {"task": "cartpole_swingup", "frame_stack": 3, **env}, "agent": {"lr": 1e-3}}
+    if psrl is not None:
+        config["psrl"] = psrl
+    return config
 
 
 def _save(tmp_path, config_dict, drop=()):
     header = checkpoint_header(8000, config_dict, [3], 100, None, 1)
-    for field in drop:
-        del header["compatibility"][field]
+    for field in drop:  # "env.observation" is a header key; "psrl.warp_padding" is inside one
+        holder, key = header["compatibility"], field
+        if field not in holder:
+            section, _, key = field.partition(".")
+            holder = holder[section]
+        del holder[key]
     checkpointer = Checkpointer(str(tmp_path), keep=1)
     checkpointer.save(8000, {"w": jnp.arange(4.0)}, header)
     return checkpointer
@@ -49,3 +62,61 @@ def test_checkpoint_from_before_stack_padding_means_zeros(tmp_path):
     with pytest.raises(ConfigError, match="env.stack_padding: checkpoint 'zeros' vs config 'first_frame'"):
         checkpointer.restore({"w": jnp.zeros(4)}, _config(stack_padding="first_frame"))
     checkpointer.close()
+
+
+def _psrl(**fields):
+    return {"cat_local": True, "max_displacement": 2, "warp_padding": "zeros", **fields}
+
+
+def test_checkpoint_from_before_warp_padding_means_zeros(tmp_path):
+    # Seed 1's sac_psrl run (session 15) was written before psrl.warp_padding existed; resuming it
+    # with today's config must work, since "zeros" is what every warp did then.
+    checkpointer = _save(tmp_path, _config(psrl=_psrl()), drop=("psrl.warp_padding",))
+    state, _ = checkpointer.restore({"w": jnp.zeros(4)}, _config(psrl=_psrl()))
+    np.testing.assert_array_equal(state["w"], np.arange(4.0))
+    with pytest.raises(ConfigError, match="psrl: checkpoint .*'warp_padding': 'zeros'.* vs config .*'border'"):
+        checkpointer.restore({"w": jnp.zeros(4)}, _config(psrl=_psrl(warp_padding="border")))
+    with pytest.raises(ConfigError, match="psrl: checkpoint"):  # the section's older fields are still checked
+        checkpointer.restore({"w": jnp.zeros(4)}, _config(psrl=_psrl(max_displacement=1)))
+    checkpointer.close()
+
+
+# The fields of the whole-section compatibility entries ("agent", "psrl") as of 2026-12-01. Any field
+# a config has beyond these must be in ADDED_LATER, with the value that reproduces runs from before
+# it, or checkpoints from before it stop resuming (that happened with psrl.warp_padding).
+SECTION_FIELDS_SNAPSHOT = {
+    "agent": {
+        *("actor_update_every", "adam_b1", "adam_b2", "adam_eps", "alpha_b1", "alpha_b2"),
+        *("alpha_learning_rate", "augmentation", "batch_size", "compute_dtype", "critic_target_update_every"),
+        *("critic_tau", "double_q", "dropout_rate", "dueling", "encoder", "encoder_channels"),
+        *("encoder_strides", "encoder_tau", "gamma", "hidden", "hidden_size", "init_temperature"),
+        *("latent_dim", "learning_rate", "learning_rate_per_task", "log_std_max", "log_std_min"),
+        *("max_grad_norm", "noisy", "noisy_sigma0", "num_atoms", "target_entropy_per_dim"),
+        *("target_update_period", "trunk_tanh", "v_max", "v_min", "weight_init"),
+    },
+    "psrl": {
+        *("aat_global", "aat_local", "bn_momentum", "cat_global", "cat_local", "cat_steps", "correlation"),
+        *("correspondence_width", "global_weight", "internal", "leaky_relu_slope", "local_weight"),
+        *("max_displacement", "multiscale_decay", "projection_dim", "refinement_levels", "shared_shift"),
+        *("target_ema_decay", "transform_hidden"),
+    },
+}
+
+
+def _every_config():
+    for module in pkgutil.iter_modules(configs.__path__):
+        for variant in ("", "smoke"):
+            yield module.name, variant, importlib.import_module(f"configs.{module.name}").get_config(variant).to_dict()
+
+
+def test_every_new_section_field_says_what_older_checkpoints_meant():
+    sections = [field for field in COMPATIBILITY_FIELDS if "." not in field and field != "num_seeds"]
+    assert sorted(sections) == sorted(SECTION_FIELDS_SNAPSHOT)
+    for name, variant, config in _every_config():
+        for section in sections:
+            for field in config.get(section) or {}:
+                assert field in SECTION_FIELDS_SNAPSHOT[section] or f"{section}.{field}" in ADDED_LATER, (
+                    f"configs/{name}.py:{variant} has {section}.{field}, which checkpoints written before it "
+                    f"lack: add '{section}.{field}' to checkpoint.ADDED_LATER with the value that reproduces "
+                    "older runs (or to SECTION_FIELDS_SNAPSHOT if older checkpoints must be refused)"
+                )

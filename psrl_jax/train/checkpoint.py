@@ -7,6 +7,7 @@ shapes the current config implies (a clear error for a corrupted or mismatched c
 restore never deletes or overwrites anything.
 """
 
+import copy
 import os
 
 import jax
@@ -35,7 +36,9 @@ COMPATIBILITY_FIELDS = (
 )
 # Fields added after checkpoints were first written, with the value an older header without one
 # implies (None: whatever the config says; the state's shapes still are checked when it is restored).
-ADDED_LATER = {"env.observation": None, "env.stack_padding": "zeros"}
+# A field inside a whole-section entry ("psrl") is named by its full path. tests/test_checkpoint.py
+# fails when a config grows a field that is in neither this table nor its snapshot of older fields.
+ADDED_LATER = {"env.observation": None, "env.stack_padding": "zeros", "psrl.warp_padding": "zeros"}
 
 
 class CheckpointError(RuntimeError):
@@ -55,7 +58,8 @@ def _lookup(config_dict: dict, dotted: str):
 def compatibility_header(config_dict: dict) -> dict:
     header = {field: _lookup(config_dict, field) for field in COMPATIBILITY_FIELDS}
     # A config without an added field means what an old header without it means.
-    return {k: ADDED_LATER.get(k) if v is None and ADDED_LATER.get(k) is not None else v for k, v in header.items()}
+    header = {k: ADDED_LATER.get(k) if v is None and ADDED_LATER.get(k) is not None else v for k, v in header.items()}
+    return fill_added_later(header, header)
 
 
 class Checkpointer:
@@ -89,9 +93,7 @@ class Checkpointer:
                 "It was left untouched; move it away to resume from an older one, or start a new run_dir."
             ) from error
         expected = compatibility_header(config_dict)
-        saved = header.get("compatibility", {})
-        missing_ok = {k: expected[k] if v is None else v for k, v in ADDED_LATER.items() if k not in saved}
-        saved = {**missing_ok, **saved}
+        saved = fill_added_later(header.get("compatibility", {}), expected)
         mismatched = [k for k in expected if _normalise(saved.get(k)) != _normalise(expected[k])]
         if mismatched:
             details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {expected[k]!r}" for k in mismatched)
@@ -111,6 +113,34 @@ class Checkpointer:
 
     def close(self):
         self._manager.close()
+
+
+def _section(dotted: str):
+    """(the compatibility field that holds `dotted`, the path inside it): ("psrl", ["warp_padding"])."""
+    for field in COMPATIBILITY_FIELDS:
+        if dotted == field:
+            return field, []
+        if dotted.startswith(field + "."):
+            return field, dotted[len(field) + 1 :].split(".")
+    raise KeyError(f"ADDED_LATER names {dotted!r}, which no compatibility field holds")
+
+
+def fill_added_later(saved: dict, expected: dict) -> dict:
+    """`saved` (a checkpoint's compatibility header) with every ADDED_LATER field it lacks set to
+    what its absence meant when it was written (or to the expected value, where that entry is None)."""
+    saved = copy.deepcopy(saved)
+    for dotted, implied in ADDED_LATER.items():
+        field, path = _section(dotted)
+        if not path:
+            if field not in saved:
+                saved[field] = expected.get(field) if implied is None else implied
+            continue
+        holder = saved.get(field)
+        for part in path[:-1]:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and path[-1] not in holder:
+            holder[path[-1]] = _lookup(expected.get(field) or {}, ".".join(path)) if implied is None else implied
+    return saved
 
 
 def _normalise(value):
