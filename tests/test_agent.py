@@ -71,7 +71,9 @@ def test_scanned_updates_under_vmap_match_per_seed_and_change_params(config_modu
     buffers = jax.tree.map(lambda x: jnp.stack([x, x]), buffer)
 
     def run(state, buf):
-        return agent.update_many(state, replay, buf, jnp.float32(0.4), 3, unroll=3)
+        return agent.update_many(
+            state, replay, buf, jnp.float32(0.4), 3, unroll=1
+        )  # rolled (the GPU path; the CPU trainer unrolls, tested end to end): one body to compile
 
     new_states, new_buffers, metrics = jax.jit(jax.vmap(run))(states, buffers)
     chex.assert_shape(metrics["loss/rl"], (2,))
