@@ -281,7 +281,7 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         "config.agent.compute_dtype must be 'float32' or 'bfloat16'",
     )
     _require(
-        agent.get("weight_init", "orthogonal") in ("orthogonal", "lecun"),
+        agent.get("weight_init", "lecun") in ("orthogonal", "lecun"),
         f"config.agent.weight_init must be 'orthogonal' or 'lecun', got {agent.get('weight_init')!r}",
     )
     _require(

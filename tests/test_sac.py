@@ -308,6 +308,9 @@ def test_orthogonal_init_is_sac_ae_and_lecun_is_flax_default():
     assert np.asarray(lecun["torso"]["Conv_0"]["kernel"])[0, 0].any()
     k = np.asarray(lecun["q1"]["Dense_0"]["kernel"], np.float64)
     assert np.abs(k.T @ k - np.eye(k.shape[1])).max() > 0.1
+    # A config.json from before the field (the sessions 6-8 runs in docs/runs) means Flax's default.
+    del config.agent["weight_init"]
+    chex.assert_trees_all_equal(_agent(config).init(jax.random.key(0)).critic_params["params"], lecun)
 
 
 def test_trunk_is_layer_norm_and_tanh_only_when_asked():

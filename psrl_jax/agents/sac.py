@@ -89,7 +89,7 @@ class SACAgent:
             latent_dim=a.latent_dim,
             hidden=tuple(a.hidden),
             dtype=compute_dtype(a),
-            weight_init=a.get("weight_init", "orthogonal"),
+            weight_init=a.get("weight_init", "lecun"),  # runs before the field existed used Flax's LeCun init
             trunk_tanh=bool(a.get("trunk_tanh", True)),  # runs before the field existed had the tanh
         )
 
@@ -104,7 +104,7 @@ class SACAgent:
             log_std_min=a.log_std_min,
             log_std_max=a.log_std_max,
             dtype=compute_dtype(a),
-            weight_init=a.get("weight_init", "orthogonal"),
+            weight_init=a.get("weight_init", "lecun"),  # runs before the field existed used Flax's LeCun init
             trunk_tanh=bool(a.get("trunk_tanh", True)),  # runs before the field existed had the tanh
         )
 

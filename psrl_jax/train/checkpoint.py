@@ -36,9 +36,19 @@ COMPATIBILITY_FIELDS = (
 )
 # Fields added after checkpoints were first written, with the value an older header without one
 # implies (None: whatever the config says; the state's shapes still are checked when it is restored).
-# A field inside a whole-section entry ("psrl") is named by its full path. tests/test_checkpoint.py
-# fails when a config grows a field that is in neither this table nor its snapshot of older fields.
-ADDED_LATER = {"env.observation": None, "env.stack_padding": "zeros", "psrl.warp_padding": "zeros"}
+# A field inside a whole-section entry ("agent", "psrl") is named by its full path and applies only
+# where the current config has that field (trunk_tanh is SAC's, not Rainbow's). agent.weight_init is
+# left out on purpose: checkpoints from before it also moved the critic target's trunk at critic_tau,
+# a change no field records, so they are refused. tests/test_checkpoint.py fails when a config grows
+# a section field that is in neither this table nor its snapshot of older fields.
+ADDED_LATER = {
+    "env.observation": None,
+    "env.stack_padding": "zeros",
+    "psrl": None,  # Rainbow runs from before PSRL: a PSRL config is then refused when the arrays are restored
+    "agent.compute_dtype": "float32",
+    "agent.trunk_tanh": True,
+    "psrl.warp_padding": "zeros",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -58,8 +68,7 @@ def _lookup(config_dict: dict, dotted: str):
 def compatibility_header(config_dict: dict) -> dict:
     header = {field: _lookup(config_dict, field) for field in COMPATIBILITY_FIELDS}
     # A config without an added field means what an old header without it means.
-    header = {k: ADDED_LATER.get(k) if v is None and ADDED_LATER.get(k) is not None else v for k, v in header.items()}
-    return fill_added_later(header, header)
+    return {k: ADDED_LATER.get(k) if v is None and ADDED_LATER.get(k) is not None else v for k, v in header.items()}
 
 
 class Checkpointer:
@@ -127,7 +136,8 @@ def _section(dotted: str):
 
 def fill_added_later(saved: dict, expected: dict) -> dict:
     """`saved` (a checkpoint's compatibility header) with every ADDED_LATER field it lacks set to
-    what its absence meant when it was written (or to the expected value, where that entry is None)."""
+    what its absence meant when it was written (or to the expected value, where that entry is None).
+    A field inside a section is filled only where `expected` (the current config) has it."""
     saved = copy.deepcopy(saved)
     for dotted, implied in ADDED_LATER.items():
         field, path = _section(dotted)
@@ -135,11 +145,12 @@ def fill_added_later(saved: dict, expected: dict) -> dict:
             if field not in saved:
                 saved[field] = expected.get(field) if implied is None else implied
             continue
+        now = _lookup(expected.get(field) or {}, ".".join(path))
         holder = saved.get(field)
         for part in path[:-1]:
             holder = holder.get(part) if isinstance(holder, dict) else None
-        if isinstance(holder, dict) and path[-1] not in holder:
-            holder[path[-1]] = _lookup(expected.get(field) or {}, ".".join(path)) if implied is None else implied
+        if now is not None and isinstance(holder, dict) and path[-1] not in holder:
+            holder[path[-1]] = now if implied is None else implied
     return saved
 
 
