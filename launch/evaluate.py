@@ -42,6 +42,10 @@ def main(argv):
         sys.exit(f"error: {_RUN_DIR.value} is not a run directory (no config.json)")
     with open(config_path) as f:
         config = ml_collections.ConfigDict(json.load(f))
+    if "psrl" not in config:  # a Rainbow run from before the psrl section: every PSRL term off
+        from configs.rainbow import psrl_config
+
+        config.psrl = psrl_config()
     config.run_dir = _RUN_DIR.value
     config.resume = True
     config.eval.episodes = config.eval.final_episodes = _EPISODES.value  # validated against max_parallel_envs

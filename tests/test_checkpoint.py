@@ -137,6 +137,12 @@ def test_agent_fields_added_later_apply_only_where_the_config_has_them(tmp_path)
     checkpointer = _save(tmp_path / "rainbow", _config(agent=rainbow), drop=("agent.compute_dtype",))
     checkpointer.restore({"w": jnp.zeros(4)}, _config(agent=rainbow))
     checkpointer.close()
+    # The other way round: an older config.json (evaluate.py reads the run's own) and a newer header.
+    checkpointer = _save(tmp_path / "newer", _config(agent=rainbow))
+    checkpointer.restore({"w": jnp.zeros(4)}, _config(agent={"lr": 1e-3}))
+    with pytest.raises(ConfigError, match="'compute_dtype': 'float32'.* vs config .*'bfloat16'"):
+        checkpointer.restore({"w": jnp.zeros(4)}, _config(agent={**rainbow, "compute_dtype": "bfloat16"}))
+    checkpointer.close()
     # weight_init is not in ADDED_LATER: a header without it is refused.
     checkpointer = _save(tmp_path / "init", _config(agent=sac), drop=("agent.weight_init",))
     with pytest.raises(ConfigError, match="agent: checkpoint"):

@@ -130,3 +130,23 @@ def test_seed_batching_modes():
     assert resolve_seed_batching("unroll", backend="gpu") == "unroll"
     with pytest.raises(ConfigError, match="seed_batching"):
         resolve_seed_batching("map")
+
+
+def test_resume_truncates_metrics_and_sets_aside_a_partial_last_line(tmp_path):
+    """A run killed mid-write leaves a partial last line; resume at a checkpoint keeps the records up
+    to it, and moves the later ones and the partial line to seed_<i>.jsonl.after_<step>."""
+    import json
+    import os
+
+    from psrl_jax.train.run_dir import metrics_path, truncate_metrics_after
+
+    os.makedirs(tmp_path / "metrics")
+    records = [{"kind": "update", "env_step": step} for step in (1000, 2000, 3000)]
+    partial = '{"kind": "update", "env_st'
+    with open(metrics_path(str(tmp_path), 0), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records) + partial)
+    truncate_metrics_after(str(tmp_path), [0], 2000)
+    with open(metrics_path(str(tmp_path), 0)) as f:
+        assert [json.loads(line) for line in f] == records[:2]
+    with open(metrics_path(str(tmp_path), 0) + ".after_2000") as f:
+        assert f.read() == json.dumps(records[2]) + "\n" + partial + "\n"

@@ -101,8 +101,9 @@ class Checkpointer:
                 f"checkpoint {where} is corrupted or unreadable ({type(error).__name__}: {error}). "
                 "It was left untouched; move it away to resume from an older one, or start a new run_dir."
             ) from error
-        expected = compatibility_header(config_dict)
-        saved = fill_added_later(header.get("compatibility", {}), expected)
+        current, saved = compatibility_header(config_dict), header.get("compatibility", {})
+        # Either side may be the older one: an old header, or an old run's config.json (evaluate.py).
+        expected, saved = fill_added_later(current, saved), fill_added_later(saved, current)
         mismatched = [k for k in expected if _normalise(saved.get(k)) != _normalise(expected[k])]
         if mismatched:
             details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {expected[k]!r}" for k in mismatched)
@@ -135,9 +136,9 @@ def _section(dotted: str):
 
 
 def fill_added_later(saved: dict, expected: dict) -> dict:
-    """`saved` (a checkpoint's compatibility header) with every ADDED_LATER field it lacks set to
-    what its absence meant when it was written (or to the expected value, where that entry is None).
-    A field inside a section is filled only where `expected` (the current config) has it."""
+    """`saved` (a compatibility header) with every ADDED_LATER field it lacks set to what its absence
+    meant when it was written (or to the expected value, where that entry is None). A field inside a
+    section is filled only where `expected` (the header it is compared with) has it."""
     saved = copy.deepcopy(saved)
     for dotted, implied in ADDED_LATER.items():
         field, path = _section(dotted)

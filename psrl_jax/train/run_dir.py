@@ -74,16 +74,21 @@ def read_metrics(run_dir: str, seed_index: int) -> list:
 
 def truncate_metrics_after(run_dir: str, seed_indices, env_step: int) -> None:
     """On resume from a checkpoint at `env_step`, drop the records of these seeds written after it
-    (they will be produced again); the dropped lines are kept in seed_<i>.jsonl.after_<step>."""
+    (they will be produced again); the dropped lines are kept in seed_<i>.jsonl.after_<step>, and so
+    is a line that does not parse (a run killed mid-write leaves a partial last line)."""
     for i in seed_indices:
         path = metrics_path(run_dir, i)
         if not os.path.exists(path):
             continue
         with open(path) as f:
-            lines = [line for line in f if line.strip()]
+            lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
         keep, dropped = [], []
         for line in lines:
-            (keep if json.loads(line).get("env_step", 0) <= env_step else dropped).append(line)
+            try:
+                later = json.loads(line).get("env_step", 0) > env_step
+            except json.JSONDecodeError:
+                later = True
+            (dropped if later else keep).append(line)
         if dropped:
             with open(f"{path}.after_{env_step}", "a") as f:
                 f.writelines(dropped)
