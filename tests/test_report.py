@@ -14,7 +14,7 @@ import scipy.stats
 from rliable import metrics as rliable_metrics
 
 from psrl_jax.analysis import published, statistics
-from psrl_jax.analysis.report import ReportOptions, build_report
+from psrl_jax.analysis.report import ReportOptions, build_report, gather
 from psrl_jax.analysis.runs import NotARunDirectory, load_run
 from psrl_jax.config import save_json_atomic
 from psrl_jax.train.run_dir import MetricsLogger
@@ -308,3 +308,26 @@ def test_project_results_regenerate_from_committed_run_records(tmp_path):
     assert "| rainbow | RoadRunner | 1/1 | 40,000 | 40,000 | complete |" in text
     assert "14,022.0 ± 0.0 (n=1)" in text  # launch/evaluate.py's 100 episodes beat the 10-episode eval
     assert any("unfinished" in w for w in warnings)
+
+
+def test_runs_under_one_name_with_different_methods_are_flagged(tmp_path):
+    """Pixel SAC seed 2 (docs/runs) ran with orthogonal init and no trunk tanh, unlike seeds 0 and 1
+    (whose config.json predates both fields: LeCun init, tanh); it was renamed by hand to keep it
+    apart. Under the shared name the report says so; the two sac_psrl seeds, written before and after
+    env.stack_padding and psrl.warp_padding existed, are the same method and are not flagged."""
+    import shutil
+
+    runs = os.path.join(REPO, "docs", "runs")
+    renamed = str(tmp_path / "sac-s2")
+    shutil.copytree(os.path.join(runs, "sac-cartpole_swingup-100k-s2"), renamed)
+    with open(os.path.join(renamed, "config.json")) as f:
+        config = json.load(f)
+    assert config["name"] != "sac"
+    config["name"] = "sac"
+    save_json_atomic(os.path.join(renamed, "config.json"), config)
+    same = [os.path.join(runs, f"sac_psrl-cartpole_swingup-100k-s{seed}") for seed in (0, 1)]
+    _, warnings = gather([os.path.join(runs, "sac-cartpole_swingup-100k-s0"), renamed, *same])
+    flagged = [w for w in warnings if "share a name but not a config" in w]
+    assert len(flagged) == 1, warnings
+    assert "agent.weight_init: 'lecun' vs 'orthogonal'" in flagged[0]
+    assert "agent.trunk_tanh: True vs False" in flagged[0]

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from psrl_jax.analysis import figures, published, statistics
-from psrl_jax.analysis.runs import load_run
+from psrl_jax.analysis.runs import load_run, method_differences
 
 DMC_BUDGETS = (100_000, 500_000)
 DAGGER = "†"
@@ -62,11 +62,20 @@ class ReportOptions:
 def gather(run_dirs: list) -> tuple[dict, list]:
     """{(domain, method, env): Entry} and the warnings found while merging runs."""
     warnings = []
-    entries = {}
+    entries, configs = {}, {}
     for run_dir in run_dirs:
         run = load_run(run_dir)
         key = (run.domain, run.method, run.env)
         entry = entries.setdefault(key, Entry(run.domain, run.method, run.env, set(), [], {}, 0, 0))
+        if entry.run_dirs:  # one method name, one method: runs renamed by hand are kept apart
+            first = entry.run_dirs[0]
+            differences = method_differences(configs[first], run.config)
+            if differences:
+                warnings.append(
+                    f"{run.method} on {run.env}: {run_dir} and {first} share a name but not a config "
+                    f"({'; '.join(differences)}); give one a different config.name to report them apart"
+                )
+        configs[run_dir] = run.config
         entry.budgets.add(run.budget)
         entry.run_dirs.append(run_dir)
         entry.expected_seeds += run.num_seeds

@@ -46,6 +46,7 @@ class Run:
     num_seeds: int  # seeds the run was started with (config.num_seeds)
     seeds: list  # [SeedResult] for the seeds that wrote metrics
     finished: bool  # final_eval.json written: the run reached its budget and ran its final evaluation
+    config: dict = dataclasses.field(default_factory=dict, repr=False)  # its config.json
 
     @property
     def missing_seeds(self) -> list:
@@ -103,7 +104,66 @@ def load_run(run_dir: str) -> Run:
         num_seeds=int(config.get("num_seeds", len(seeds))),
         seeds=seeds,
         finished=os.path.isfile(os.path.join(run_dir, "final_eval.json")),
+        config=config,
     )
+
+
+# Config fields that do not change what a run measures: where and how its seeds are placed and run
+# (tested equal), its logging and checkpoints, its seed and budget (budgets are compared apart).
+NOT_THE_METHOD = (
+    *("seed", "num_seeds", "run_dir", "resume", "total_env_steps", "log", "checkpoint", "seed_batching"),
+    *("shard_seeds", "loop", "update_scan_unroll", "env.backend", "eval.max_parallel_envs"),
+)
+# What a field missing from an older config.json meant (train/checkpoint.py ADDED_LATER, plus the
+# fields it leaves to the config or refuses). Where neither run has a field, nothing is compared.
+IMPLIED = {
+    "env.observation": "pixels",
+    "env.stack_padding": "zeros",
+    "agent.compute_dtype": "float32",
+    "agent.trunk_tanh": True,
+    "agent.weight_init": "lecun",
+    "psrl.warp_padding": "zeros",
+}
+PSRL_TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _method_fields(config: dict, other: dict) -> dict:
+    """config's fields that define the method, flattened, with the fields it lacks and `other` has
+    read as what they meant before they existed; a config.json from before the psrl section is a run
+    with every PSRL term off."""
+    flat = {
+        k: v for k, v in _flatten(config).items() if not any(k == p or k.startswith(p + ".") for p in NOT_THE_METHOD)
+    }
+    if "psrl" not in config:
+        flat.update({f"psrl.{term}": False for term in PSRL_TERMS})
+    for key, value in IMPLIED.items():
+        if key not in flat and key in _flatten(other):
+            flat[key] = value
+    return flat
+
+
+def method_differences(a: dict, b: dict) -> list:
+    """The fields where config dicts a and b describe different methods, as "field: a_value vs
+    b_value" strings. The rest of the psrl section is compared only where a PSRL term is on in both."""
+    fa, fb = _method_fields(a, b), _method_fields(b, a)
+    psrl_on = any(fa.get(f"psrl.{t}") for t in PSRL_TERMS) and any(fb.get(f"psrl.{t}") for t in PSRL_TERMS)
+    differences = []
+    for key in sorted(set(fa) | set(fb)):
+        if key.startswith("psrl.") and key[5:] not in PSRL_TERMS and not psrl_on:
+            continue
+        if fa.get(key, "(none)") != fb.get(key, "(none)"):
+            differences.append(f"{key}: {fa.get(key, '(none)')!r} vs {fb.get(key, '(none)')!r}")
+    return differences
 
 
 def _keep_most_episodes(evals: dict, step, mean, episodes) -> None:
