@@ -150,3 +150,33 @@ def test_resume_truncates_metrics_and_sets_aside_a_partial_last_line(tmp_path):
         assert [json.loads(line) for line in f] == records[:2]
     with open(metrics_path(str(tmp_path), 0) + ".after_2000") as f:
         assert f.read() == json.dumps(records[2]) + "\n" + partial + "\n"
+
+
+def test_resume_keeps_the_run_info_it_changes(tmp_path):
+    """config.json / versions.json as they were before a resume that changes them are kept as
+    *.before_<step>.json; a resume that changes nothing but config.resume keeps no copy."""
+    import json
+    import os
+
+    from configs import rainbow
+    from psrl_jax.train.run_dir import write_run_info
+
+    config = rainbow.get_config("smoke")
+    write_run_info(str(tmp_path), config)
+    config.resume = True
+    write_run_info(str(tmp_path), config, resumed_at=400)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "versions.json"]
+    config.eval.episodes = 7
+    write_run_info(str(tmp_path), config, resumed_at=800, seed_placement={"devices": ["elsewhere"]})
+    assert sorted(os.listdir(tmp_path)) == [
+        "config.before_800.json",
+        "config.json",
+        "versions.before_800.json",
+        "versions.json",
+    ]
+    with open(tmp_path / "config.before_800.json") as f:
+        assert json.load(f)["eval"]["episodes"] != 7
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["eval"]["episodes"] == 7
+    with open(tmp_path / "versions.json") as f:
+        assert json.load(f)["seed_placement"] == {"devices": ["elsewhere"]}

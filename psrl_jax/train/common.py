@@ -237,7 +237,8 @@ class RunRecords:
                 log(f"a previous attempt's logs (no checkpoint) were moved to {path}")
         multihost.barrier("run_dir_ready")  # no process opens its logs before the old ones are moved
         if multihost.is_main():
-            write_run_info(run_dir, config, seed_placement=sharding.describe(seeds.sharding))
+            resumed_at = None if header is None else int(header["env_step"])
+            write_run_info(run_dir, config, resumed_at, seed_placement=sharding.describe(seeds.sharding))
         self.logger = MetricsLogger(run_dir, seeds.seed_indices, config.log.tensorboard)
         if header is None:
             for i in seeds.seed_indices:

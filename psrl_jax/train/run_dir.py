@@ -3,6 +3,8 @@
 Layout (one directory per run):
     config.json            the resolved config (every field, after overrides)
     versions.json          python, platform, jax backend/devices, XLA_FLAGS and package versions
+    *.before_<step>.json   config.json / versions.json as they were before a resume at <step>
+                           that changed them (other packages, other non-shape settings)
     metrics/seed_<i>.jsonl one JSON record per line: {"kind": "train_episode"|"update"|"eval"|..., "env_step": ...}
     tensorboard/seed_<i>/  TensorBoard event files with the same scalars
     checkpoints/           orbax checkpoints (see checkpoint.py)
@@ -55,11 +57,19 @@ def package_versions() -> dict:
     }
 
 
-def write_run_info(run_dir: str, config, **extra) -> None:
+def write_run_info(run_dir: str, config, resumed_at: int | None = None, **extra) -> None:
     """config.json and versions.json; `extra` entries (e.g. seed_placement: the devices the seeds
-    span) are added to versions.json."""
-    save_json_atomic(os.path.join(run_dir, "config.json"), config_to_dict(config))
-    save_json_atomic(os.path.join(run_dir, "versions.json"), {**package_versions(), **extra})
+    span) are added to versions.json. On a resume (`resumed_at`: the checkpoint's step) a file whose
+    content changes (beyond config.resume) is first kept as <name>.before_<step>.json, so a run
+    continued under other packages or settings records both."""
+    for name, content in (("config", config_to_dict(config)), ("versions", {**package_versions(), **extra})):
+        path = os.path.join(run_dir, f"{name}.json")
+        if resumed_at is not None and os.path.exists(path):
+            with open(path) as f:
+                previous = json.load(f)
+            if {**previous, "resume": None} != {**json.loads(json.dumps(content)), "resume": None}:
+                os.replace(path, os.path.join(run_dir, f"{name}.before_{resumed_at}.json"))
+        save_json_atomic(path, content)
 
 
 def metrics_path(run_dir: str, seed_index: int | str) -> str:
