@@ -31,7 +31,7 @@ def psrl_config() -> ml_collections.ConfigDict:
     p.max_displacement = 3  # local correlation window radius, in feature-map pixels
     p.leaky_relu_slope = 0.1  # (ours)
     p.bn_momentum = 0.9  # flax convention (= PyTorch momentum 0.1)
-    p.multiscale_decay = 0.5  # local CAT loss weight of the s-th coarser flow scale: decay**s (0: finest only)
+    p.multiscale_decay = 0.5  # local CAT loss weight of the s-th coarser flow scale: decay**s (0: finest only; ours)
     # What the warp reads where a flow points off the feature map: "zeros" (DESIGN.md, grid_sample's
     # default) or "border", the nearest edge value (ours, an ablation: with zeros, pointing off the map
     # is a way to output zeros, and the logged psrl/flow_outside_fraction shows how much that is used).
@@ -45,7 +45,7 @@ def psrl_config() -> ml_collections.ConfigDict:
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "rainbow"
-    c.seed = 0  # seed of the first agent; agent i uses an independent key folded from (seed, i)
+    c.seed = 0  # seed of the first agent; agent i uses PRNGKey(seed + i), as a one-seed run with that seed
     c.num_seeds = 1  # S independent agents trained in one process (vmapped); S = 1 is the same code
     # Seed axis over devices (psrl_jax/train/sharding.py): "auto" shards it over all devices when there
     # is more than one and num_seeds is a multiple of the device count; "on" requires that (a
