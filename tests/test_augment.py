@@ -98,6 +98,11 @@ def test_augment_observations():
     chex.assert_shape(out, obs.shape)
     chex.assert_type(out, jnp.float32)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 2 * 0.05 + 1e-6
+    # The composition of the two steps tested above, shift first (on uint8), with the split keys.
+    shift_key, intensity_key = jax.random.split(jax.random.key(1))
+    want = random_intensity(intensity_key, to_float(random_shift(shift_key, obs, 4)), 0.05)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    assert float(jnp.mean(jnp.abs(out - to_float(obs)))) > 0.05  # it did augment
     plain = augment_observations(jax.random.key(1), obs, 0, 0.0)
     np.testing.assert_allclose(plain, to_float(obs))
     np.testing.assert_allclose(to_float(jnp.array([0, 255], jnp.uint8)), [0.0, 1.0])
@@ -105,6 +110,8 @@ def test_augment_observations():
     keys = jax.random.split(jax.random.key(2), 2)
     seeded = jax.vmap(lambda k, o: augment_observations(k, o, 4, 0.05))(keys, obs.reshape(2, 4, 4, 84, 84))
     chex.assert_shape(seeded, (2, 4, 4, 84, 84))
+    for i in range(2):  # each seed's slice is that seed's own call
+        np.testing.assert_allclose(seeded[i], augment_observations(keys[i], obs.reshape(2, 4, 4, 84, 84)[i], 4, 0.05))
 
 
 # ----- DMC: random crop (CURL / RAD), centre crop, augment_pixels -------------------------------
