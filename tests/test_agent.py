@@ -119,3 +119,24 @@ def test_one_update_per_dispatch_updates_and_reprioritises():
         jax.tree.leaves((twice.params, twice_buffer)), jax.tree.leaves((both.params, both_buffer)), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_target_network_follows_its_period_and_drives_the_bootstrap():
+    """target_params is copied from the online params every target_update_period updates and left
+    bit for bit alone in between; the distributional bootstrap reads it (another target, another loss)."""
+    from synthetic import sequence_batch
+
+    config = rainbow.get_config("smoke")
+    config.agent.target_update_period = 2
+    agent = _agent(config)
+    state = agent.init(jax.random.PRNGKey(0))
+    batch = sequence_batch(config, NUM_ACTIONS)
+    update = jax.jit(agent.update)
+    once, _, metrics = update(state, batch)
+    chex.assert_trees_all_equal(once.target_params, state.target_params)  # not due
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, once.params, state.params)))
+    twice, _, _ = update(once, batch)
+    chex.assert_trees_all_equal(twice.target_params, twice.params)  # due: a copy of the online network
+    other = state.replace(target_params=jax.tree.map(lambda x: 1.5 * x, state.target_params))
+    _, _, other_metrics = update(other, batch)
+    assert float(other_metrics["loss/rl"]) != float(metrics["loss/rl"])

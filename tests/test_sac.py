@@ -211,6 +211,8 @@ def test_target_ema_and_delayed_actor_schedule(sac_setup):
     assert int(state1.update_step) == 1
     assert _any_leaf_changed(state1.critic_params, state0.critic_params)  # the critic learns every update
     assert _leaves_equal(state1.critic_target, old_target)  # not due: bit-for-bit unchanged
+    _, metrics_own_target = update(state, _batch(config, seed=1))  # same params, batch and key
+    assert float(metrics_own_target["loss/critic"]) != float(metrics1["loss/critic"])  # the bootstrap reads the target
     assert _leaves_equal(state1.actor_params, state0.actor_params)
     assert np.array_equal(state1.log_alpha, state0.log_alpha)
 
