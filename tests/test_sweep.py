@@ -212,3 +212,45 @@ def test_dmc_run_directory_of_another_task_is_refused(tmp_path):
         json.dump(config_to_dict(config), f)
     with pytest.raises(SweepError, match="env.task"):
         plan_sweep(DMC_CONFIG, seeds=1, root=str(tmp_path), tasks="walker_walk")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"games": ""}, "--games is empty"),  # an unset $GAMES must not mean all 26
+        ({"games": "Pong", "seeds_per_run": 0}, "must be positive"),
+        ({"games": "Pong", "overrides": ["agent.batch_size=0"]}, "every run would fail.*batch_size"),
+        ({"games": "Pong", "overrides": ["agent.batch_size=two"]}, "agent.batch_size=two"),
+        ({"tasks": "", "config_arg": os.path.join(ROOT, "configs", "sac.py")}, "--tasks is empty"),
+        (
+            {
+                "tasks": "cartpole_swingup",
+                "config_arg": os.path.join(ROOT, "configs", "sac.py"),
+                "overrides": ["env.action_repeat=0"],
+            },
+            "action_repeat",
+        ),
+        (
+            {"games": "Pong", "config_arg": os.path.join(ROOT, "configs", "rainbow.py") + ":nosuch"},
+            "get_config\\('nosuch'\\) failed",
+        ),
+        ({"games": "Pong", "config_arg": os.path.join(ROOT, "README.md")}, "not a Python config file"),
+        ({"games": "Pong", "config_arg": os.path.join(ROOT, "psrl_jax", "schedules.py")}, "no get_config"),
+    ],
+)
+def test_a_sweep_that_would_fail_is_refused_before_anything_is_made(tmp_path, kwargs, message):
+    kwargs = {"config_arg": CONFIG, "seeds": 2, **kwargs}
+    with pytest.raises(SweepError, match=message):
+        plan_sweep(root=str(tmp_path / "root"), **kwargs)
+    assert not os.path.exists(tmp_path / "root")
+
+
+def test_sweep_root_that_is_a_file_and_a_broken_config_json_are_errors(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SweepError, match="is a file"):
+        plan_sweep(CONFIG, "Pong", 2, root=str(tmp_path / "file"))
+    run_dir = tmp_path / "root" / "rainbow-smoke" / "Pong" / "s0x2"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{not json")
+    with pytest.raises(SweepError, match="not valid JSON"):
+        plan_sweep(CONFIG, "Pong", 2, root=str(tmp_path / "root"))

@@ -15,6 +15,7 @@ A directory whose config.json names another config, game, seed or seed count is 
 or skipping it would silently mix experiments.
 """
 
+import ast
 import dataclasses
 import difflib
 import glob
@@ -68,9 +69,16 @@ def load_config(config_arg: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise SweepError(f"config file {path!r} not found")
     spec = importlib.util.spec_from_file_location("sweep_config", path)
+    if spec is None or not path.endswith(".py"):
+        raise SweepError(f"{path} is not a Python config file (configs/<name>.py[:variant])")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(*variant)
+    if not callable(getattr(module, "get_config", None)):
+        raise SweepError(f"{path} defines no get_config(): it is not a config file")
+    try:
+        return module.get_config(*variant)
+    except Exception as error:  # e.g. an unknown variant name
+        raise SweepError(f"{config_arg}: get_config({', '.join(map(repr, variant))}) failed: {error}") from error
 
 
 def _game_key(name: str) -> str:
@@ -126,7 +134,7 @@ def parse_tasks(spec: str) -> tuple:
 
 def seed_groups(seeds: int, seeds_per_run: int | None, first_seed: int = 0) -> list:
     """[(first global seed, seeds in the run)]: `seeds` seeds from `first_seed`, `seeds_per_run` per run."""
-    seeds_per_run = seeds_per_run or seeds
+    seeds_per_run = seeds if seeds_per_run is None else seeds_per_run
     if seeds < 1 or seeds_per_run < 1:
         raise SweepError(f"--seeds and --seeds_per_run must be positive, got {seeds} and {seeds_per_run}")
     if seeds % seeds_per_run:
@@ -161,6 +169,36 @@ def parse_overrides(config, overrides) -> dict:
     return parsed
 
 
+def check_override_values(config, override_values: dict, env_field: str, game: str) -> None:
+    """Apply the overrides to a copy of `config` as the launcher would (Python literals, else
+    strings) and run its value checks, so a sweep of runs that would each fail is refused now."""
+    from psrl_jax.config import ConfigError, validate_atari_config, validate_dmc_config
+
+    trial = ml_collections.ConfigDict(config.to_dict())
+    for field, text in {**override_values, env_field: game}.items():
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        try:
+            trial.update_from_flattened_dict({field: value})
+        except (TypeError, ValueError, KeyError) as error:
+            raise SweepError(f"--override {field}={text}: {error}") from error
+    try:
+        if env_field == "env.task":
+            from psrl_jax.envs.dmc import action_repeat_for, resolve_task
+
+            repeat = trial.env.action_repeat
+            if repeat is not None and (not isinstance(repeat, int) or repeat < 1):
+                raise ConfigError(f"config.env.action_repeat must be an integer >= 1, got {repeat!r}")
+            trial.env.action_repeat = action_repeat_for(resolve_task(game), repeat or 0)
+            validate_dmc_config(trial)
+        else:
+            validate_atari_config(trial)
+    except ConfigError as error:
+        raise SweepError(f"with these overrides every run would fail: {error}") from error
+
+
 # ----- state of a run directory ------------------------------------------------------------------
 
 
@@ -182,8 +220,13 @@ def check_same_run(run_dir: str, expected: dict) -> None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        saved = json.load(f)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except json.JSONDecodeError as error:
+        raise SweepError(f"{path} is not valid JSON ({error}); move it away or fix it") from error
+    if not isinstance(saved, dict) or not isinstance(saved.get("env", {}), dict):
+        raise SweepError(f"{path} is not a run's config.json; move it away or fix it")
     found = {
         "name": saved.get("name"),
         "env.game": saved.get("env", {}).get("game"),
@@ -237,13 +280,16 @@ def plan_sweep(
     if is_dmc_config(config):
         if games is not None:
             raise SweepError(f"{config_arg} is a DMC config: name tasks with --tasks (e.g. planet6), not --games")
-        game_names, env_field, script = parse_tasks(tasks or "planet6"), "env.task", "dmc.py"
+        game_names, env_field, script = parse_tasks("planet6" if tasks is None else tasks), "env.task", "dmc.py"
     else:
         if tasks is not None:
             raise SweepError(f"{config_arg} is an Atari config: name games with --games (e.g. atari26), not --tasks")
-        game_names, env_field, script = parse_games(games or "atari26"), "env.game", "atari.py"
+        game_names, env_field, script = parse_games("atari26" if games is None else games), "env.game", "atari.py"
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise SweepError(f"--root {root} is a file, not a directory")
     groups = seed_groups(seeds, seeds_per_run, first_seed)
     override_values = parse_overrides(config, overrides)
+    check_override_values(config, override_values, env_field, game_names[0])
     name = override_values.get("name", config.name)
     override_flags = tuple(f"--config.{field}={value}" for field, value in override_values.items())
     runs = []
