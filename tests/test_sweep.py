@@ -9,11 +9,10 @@ import pytest
 
 from psrl_jax.config import config_to_dict
 from psrl_jax.envs.dmc import PLANET_ACTION_REPEAT
-from psrl_jax.train.run_dir import set_aside_previous_attempt
+from psrl_jax.train.run_dir import latest_checkpoint_step, set_aside_previous_attempt
 from psrl_jax.train.sweep import (
     ATARI_26,
     SweepError,
-    latest_checkpoint_step,
     load_config,
     parse_games,
     plan_sweep,

@@ -180,3 +180,25 @@ def test_resume_keeps_the_run_info_it_changes(tmp_path):
         assert json.load(f)["eval"]["episodes"] == 7
     with open(tmp_path / "versions.json") as f:
         assert json.load(f)["seed_placement"] == {"devices": ["elsewhere"]}
+
+
+def test_resume_without_a_checkpoint_is_refused_before_anything_is_created(tmp_path):
+    """A misspelt --config.run_dir with resume, or a run killed before its first checkpoint: a clear
+    error, and no directory (or checkpoints/ inside the run) appears."""
+    import os
+
+    from configs import rainbow
+    from psrl_jax.train.common import open_run_dir
+
+    config = rainbow.get_config("smoke")
+    config.resume = True
+    for run_dir in (tmp_path / "typo", tmp_path / "killed"):
+        if run_dir.name == "killed":
+            run_dir.mkdir()
+            (run_dir / "config.json").write_text("{}")
+        config.run_dir = str(run_dir)
+        before = sorted(os.listdir(tmp_path))
+        with pytest.raises(ConfigError, match="holds no complete checkpoint"):
+            open_run_dir(config, "rainbow")
+        assert sorted(os.listdir(tmp_path)) == before
+        assert not os.path.exists(run_dir / "checkpoints")

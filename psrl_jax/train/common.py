@@ -21,6 +21,7 @@ from psrl_jax.train import multihost, sharding
 from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
 from psrl_jax.train.run_dir import (
     MetricsLogger,
+    latest_checkpoint_step,
     set_aside_previous_attempt,
     truncate_metrics_after,
     write_episode_records,
@@ -209,6 +210,8 @@ def open_run_dir(config, default_name: str) -> tuple[str, Checkpointer]:
         raise ConfigError("config.resume=True needs config.run_dir pointing at the run to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(multihost.shared_time()))  # process 0's clock
     run_dir = config.run_dir or os.path.join("runs", f"{default_name}-{stamp}")
+    if config.resume and latest_checkpoint_step(run_dir) is None:  # before anything is created there
+        raise ConfigError(f"config.resume=True, but {run_dir} holds no complete checkpoint to continue")
     check_writable_directory(run_dir)
     checkpointer = Checkpointer(run_dir, config.checkpoint.keep)
     if not config.resume and checkpointer.latest_step() is not None:

@@ -220,3 +220,16 @@ def write_eval_records(logger: MetricsLogger, kind: str, env_step: int, returns,
             },
         )
     logger.flush()
+
+
+def latest_checkpoint_step(run_dir: str):
+    """The latest complete checkpoint step under run_dir/checkpoints, or None: the same lookup as
+    Checkpointer.latest_step (orbax's standard step names; unfinished *.orbax-checkpoint-tmp-* saves
+    do not count), without creating anything."""
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory) or not os.listdir(directory):
+        return None  # the common case, answered without importing orbax (and JAX)
+    from orbax.checkpoint import path as ocp_path
+
+    latest = ocp_path.step.latest_step_metadata(os.path.abspath(directory), ocp_path.step.standard_name_format())
+    return None if latest is None else latest.step

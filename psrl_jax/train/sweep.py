@@ -26,6 +26,7 @@ import os
 import ml_collections
 
 from psrl_jax.analysis.published import atari_table
+from psrl_jax.train.run_dir import latest_checkpoint_step
 
 # The Atari 100k benchmark (Kaiser et al. 2020): the 26 games of the published table shipped in
 # psrl_jax/analysis/data/ (the set and envpool spelling used by SPR, Schwarzer et al. 2021).
@@ -200,19 +201,6 @@ def check_override_values(config, override_values: dict, env_field: str, game: s
 
 
 # ----- state of a run directory ------------------------------------------------------------------
-
-
-def latest_checkpoint_step(run_dir: str):
-    """The latest complete checkpoint step under run_dir/checkpoints, or None: the same lookup as
-    Checkpointer.latest_step (orbax's standard step names; unfinished *.orbax-checkpoint-tmp-* saves
-    do not count), without creating anything."""
-    directory = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(directory) or not os.listdir(directory):
-        return None  # the common case, answered without importing orbax (and JAX)
-    from orbax.checkpoint import path as ocp_path
-
-    latest = ocp_path.step.latest_step_metadata(os.path.abspath(directory), ocp_path.step.standard_name_format())
-    return None if latest is None else latest.step
 
 
 def check_same_run(run_dir: str, expected: dict) -> None:
