@@ -83,6 +83,20 @@ def test_missing_gl_library_names_the_packages():
     assert gl.load_gl() == gl.load_gl()  # idempotent
 
 
+def test_dm_control_without_a_usable_gl_names_the_packages(monkeypatch):
+    """With libEGL hidden, envpool's private copy satisfies load_gl but dm_control's PyOpenGL finds
+    none and its import fails (an AttributeError deep in PyOpenGL, seen in a mount namespace that
+    hid the system libEGL): that is a GLError naming the packages, not a traceback."""
+    import sys
+
+    import dm_control
+
+    monkeypatch.delattr(dm_control, "suite", raising=False)
+    monkeypatch.setitem(sys.modules, "dm_control.suite", None)  # the import fails
+    with pytest.raises(gl.GLError, match="libegl1.*libosmesa6.*env.gl=osmesa"):
+        dmc.make_dmc_envs("cartpole_swingup", 1, 0, action_repeat=8, backend="dm_control")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

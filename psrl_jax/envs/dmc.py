@@ -43,6 +43,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import re
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -51,7 +52,7 @@ import envpool
 import numpy as np
 
 from psrl_jax.envs.atari import FinishedEpisode, FrameStacker, _num_threads
-from psrl_jax.envs.gl import load_gl
+from psrl_jax.envs.gl import INSTALL_HINT, GLError, load_gl
 
 _DMC_ENTRY_MODULE = "envpool.mujoco.dmc"
 _TASK_SUFFIX = "-v1"
@@ -332,7 +333,16 @@ class DMControlEnvs(_DMCEnvsBase):
 
     def __init__(self, task, num_envs, seed, action_repeat, image_size, camera_id, observation="pixels"):
         super().__init__(task, num_envs, action_repeat, image_size, camera_id, observation)
-        from dm_control import suite  # after load_gl: the import picks the GL backend
+        try:
+            from dm_control import suite  # after load_gl: the import picks the GL backend
+        except (AttributeError, ImportError, OSError) as error:
+            # PyOpenGL finds no usable libEGL / libOSMesa by name (envpool's private libEGL, which
+            # load_gl can use, does not serve dm_control): a GL setup problem, not a bug.
+            raise GLError(
+                f"dm_control could not set up MuJoCo rendering with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
+                f"({type(error).__name__}: {error}): the OpenGL libraries it loads by name are missing or unusable; "
+                f"{INSTALL_HINT}; with OSMesa only, pass --config.env.gl=osmesa"
+            ) from error
 
         # No dm_control time limit: the clock below ends episodes exactly where envpool does.
         self._envs = [
