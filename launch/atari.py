@@ -22,9 +22,10 @@ from psrl_jax import host_malloc  # noqa: E402
 
 host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from psrl_jax import cli  # noqa: E402
 from psrl_jax.config import ConfigError  # noqa: E402
 from psrl_jax.train import multihost  # noqa: E402
 from psrl_jax.train.checkpoint import CheckpointError  # noqa: E402
@@ -48,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

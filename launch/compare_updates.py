@@ -40,9 +40,10 @@ from psrl_jax import host_malloc  # noqa: E402
 
 host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
+from psrl_jax import cli  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
@@ -262,4 +263,4 @@ def _time_by_scope(row: dict, dispatches: int, depth: int, trace_dir: str) -> di
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -31,9 +31,10 @@ from psrl_jax import host_malloc  # noqa: E402
 
 host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
+from psrl_jax import cli  # noqa: E402
 
 KINDS = ("external", "internal")
 # Per-pair figures of the JSON's pool summary (see `correspondences` in main).
@@ -295,4 +296,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -64,6 +64,10 @@ def _check_seed_batching(config) -> None:
 
 def validate_atari_config(config: ml_collections.ConfigDict) -> None:
     """Raise ConfigError with a clear message for values that cannot work. Cheap: no env, no compile."""
+    _require(
+        "game" in config.env,
+        "this config names no env.game: a DMC config (env.task) is trained with launch/dmc.py, not launch/atari.py",
+    )
     env, replay, agent, ev = config.env, config.replay, config.agent, config.eval
     positive = {
         "num_seeds": config.num_seeds,

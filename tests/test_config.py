@@ -67,7 +67,10 @@ def _launch(*args):
 def test_launcher_rejects_unknown_field_and_game_before_compiling(tmp_path):
     typo = _launch("--config.agent.bach_size=3", f"--config.run_dir={tmp_path}/a")
     assert typo.returncode != 0
-    assert "bach_size" in typo.stderr
+    # one line with the close match, not ml_collections' traceback (psrl_jax/cli.py)
+    assert 'Did you mean "batch_size"' in typo.stderr and "Traceback" not in typo.stderr, typo.stderr[-2000:]
+    word = _launch("--config.num_seeds=two", f"--config.run_dir={tmp_path}/a")
+    assert word.returncode != 0 and "num_seeds=two" in word.stderr and "Traceback" not in word.stderr
     game = _launch("--config.env.game=Brekout", f"--config.run_dir={tmp_path}/b")
     assert game.returncode != 0
     assert "Breakout" in game.stderr  # the close match is suggested
@@ -75,3 +78,13 @@ def test_launcher_rejects_unknown_field_and_game_before_compiling(tmp_path):
     assert size.returncode != 0 and "batch_size" in size.stderr
     # Nothing was trained: no checkpoints, no metrics.
     assert not os.path.exists(tmp_path / "c" / "checkpoints")
+
+
+def test_a_config_for_the_other_launcher_is_named():
+    from configs import sac
+    from psrl_jax.train.dmc_trainer import resolve_dmc_env
+
+    with pytest.raises(ConfigError, match="launch/dmc.py"):
+        validate_atari_config(sac.get_config("smoke"))
+    with pytest.raises(ConfigError, match="launch/atari.py"):
+        resolve_dmc_env(rainbow.get_config("smoke"))

@@ -53,6 +53,11 @@ class TrainState:
 def resolve_dmc_env(config):
     """(DMCTask, action repeat) of config.env, or a ConfigError naming the field. Cheap: reads
     envpool's registry only."""
+    if "task" not in config.env:
+        raise ConfigError(
+            "this config names no env.task: an Atari config (env.game) is trained with launch/atari.py, "
+            "not launch/dmc.py"
+        )
     try:
         task = resolve_task(config.env.task)
     except ValueError as error:

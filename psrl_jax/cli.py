@@ -1,0 +1,28 @@
+"""What the absl launchers (launch/*.py) share: flag parsing whose mistakes are one-line errors.
+
+absl reports its own flag errors in one line, but a --config override is parsed by ml_collections,
+which raises Python exceptions (an unknown field is an AttributeError with a "did you mean"), so a
+misspelt field used to end in a traceback. `run(main)` is app.run(main) with that turned into
+`error: ...` and exit status 1, before anything is built or compiled.
+"""
+
+import sys
+
+from absl import app, flags
+
+
+def parse_flags(argv: list) -> list:
+    """flags.FLAGS(argv), with any parsing error (absl's or ml_collections') as a one-line exit."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"error: {error}\nPass --helpshort or --helpfull to see help on flags.")
+    except Exception as error:  # ml_collections: AttributeError / KeyError / ValueError while loading --config
+        cause = error
+        while isinstance(cause, BaseException) and cause.args:  # ml_collections wraps a KeyError's text
+            cause = cause.args[0]
+        sys.exit(f"error: bad --config flags: {' '.join(str(cause).split())}")
+
+
+def run(main) -> None:
+    app.run(main, flags_parser=parse_flags)
