@@ -41,8 +41,14 @@ def main(argv):
     config_path = os.path.join(_RUN_DIR.value, "config.json")
     if not os.path.exists(config_path):
         sys.exit(f"error: {_RUN_DIR.value} is not a run directory (no config.json)")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    try:
+        with open(config_path) as f:
+            loaded = json.load(f)
+    except json.JSONDecodeError as error:
+        sys.exit(f"error: {config_path} is not valid JSON ({error})")
+    if not isinstance(loaded, dict) or "env" not in loaded:
+        sys.exit(f"error: {config_path} is not a run's config (no env section)")
+    config = ml_collections.ConfigDict(loaded)
     if "psrl" not in config:  # a Rainbow run from before the psrl section: every PSRL term off
         from configs.rainbow import psrl_config
 

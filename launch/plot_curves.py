@@ -5,7 +5,6 @@
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -13,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from psrl_jax.analysis.curves import plot_learning_curves, reference_scores  # noqa: E402
 from psrl_jax.analysis.published import ATARI_CSV  # noqa: E402
+from psrl_jax.analysis.runs import NotARunDirectory, load_run  # noqa: E402
 
 
 def main():
@@ -22,12 +22,32 @@ def main():
     parser.add_argument("--reference", default=ATARI_CSV, help="published scores (default: the project's copy)")
     parser.add_argument("--methods", default="random,der,spr")
     args = parser.parse_args()
-    with open(os.path.join(args.run_dirs[0], "config.json")) as f:
-        config = json.load(f)
-    game = config["env"]["game"]
+    # Everything is checked before anything is drawn: run directories, the table, methods, --out.
+    try:
+        runs = [load_run(run_dir) for run_dir in args.run_dirs]
+    except NotARunDirectory as error:
+        sys.exit(f"error: {error}")
+    if any(run.domain != "atari" for run in runs):
+        sys.exit(
+            "error: plot_curves.py draws Atari runs next to the Atari 100k table; launch/report.py draws DMC curves"
+        )
+    if not os.path.isfile(args.reference):
+        sys.exit(f"error: --reference {args.reference} is not a file")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        sys.exit(f"error: --out {args.out}: directory {out_dir} does not exist")
+    game = runs[0].env
     table = reference_scores(args.reference, game)
-    references = {m: table[m] for m in args.methods.split(",") if m in table}
-    plot_learning_curves(args.run_dirs, args.out, title=f"{config['name']} on {game}", references=references)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in table]
+    if unknown:
+        known = ", ".join(sorted(table)) or f"none: {game} is not in {args.reference}"
+        sys.exit(f"error: --methods {', '.join(unknown)}: no such column for {game} (known: {known})")
+    title = f"{runs[0].method} on {game}"
+    try:
+        plot_learning_curves(args.run_dirs, args.out, title=title, references={m: table[m] for m in methods})
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     print(f"wrote {args.out}")
 
 

@@ -43,8 +43,12 @@ def main():
         sys.exit(f"error: --dmc_budgets must be integers separated by commas, got {args.dmc_budgets!r}")
     notes = ""
     if args.notes:
+        if not os.path.isfile(args.notes):
+            sys.exit(f"error: --notes {args.notes} is not a file")
         with open(args.notes) as f:
             notes = f.read()
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        sys.exit(f"error: --out {args.out} is a file; it names the report's directory")
     options = ReportOptions(
         atari_step=args.atari_step,
         dmc_budgets=budgets,

@@ -63,8 +63,14 @@ def _load_config(run_dir):
     checkpoints = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(checkpoints) or not any(d.isdigit() for d in os.listdir(checkpoints)):
         sys.exit(f"error: {run_dir} holds no checkpoint (nothing under {checkpoints})")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    try:
+        with open(config_path) as f:
+            loaded = json.load(f)
+    except json.JSONDecodeError as error:
+        sys.exit(f"error: {config_path} is not valid JSON ({error})")
+    if not isinstance(loaded, dict) or "env" not in loaded:
+        sys.exit(f"error: {config_path} is not a run's config (no env section)")
+    config = ml_collections.ConfigDict(loaded)
     # Runs written before the psrl section existed are plain Rainbow runs.
     terms = active_terms(config.psrl) if "psrl" in config else ()
     if "correspondence" not in needed_modules(terms):

@@ -44,3 +44,36 @@ def test_reference_scores_lookup(tmp_path):
     path.write_text("game,random,der\nRoadRunner,11.5,9600.0\n")
     assert reference_scores(str(path), "roadrunner") == {"random": 11.5, "der": 9600.0}
     assert reference_scores(str(path), "Pong") == {}
+
+
+def test_plot_curves_script_checks_its_input_first(tmp_path):
+    """launch/plot_curves.py on the committed RoadRunner run: draws it (with a partial last metrics
+    line, as a killed run leaves); a missing table, an unknown method, a DMC run, a bad run directory
+    and an --out in a missing directory are one-line errors, and nothing is drawn for them."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = str(tmp_path / "rainbow")
+    shutil.copytree(os.path.join(root, "docs", "runs", "rainbow-RoadRunner-100k-s0"), run)
+    with open(os.path.join(run, "metrics", "seed_0.jsonl"), "a") as f:
+        f.write('{"kind": "eval", "env_st')
+
+    def plot(*args):
+        command = [sys.executable, os.path.join(root, "launch", "plot_curves.py"), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    out = str(tmp_path / "curve.png")
+    drawn = plot(run, "--out", out)
+    assert drawn.returncode == 0 and os.path.isfile(out), drawn.stderr[-2000:]
+    dmc_run = os.path.join(root, "docs", "runs", "sac-cartpole_swingup-100k-s0")
+    for args, message in [
+        ((run, "--out", out, "--reference", str(tmp_path / "none.csv")), "is not a file"),
+        ((run, "--out", out, "--methods", "der,sprr"), "sprr: no such column for RoadRunner"),
+        ((dmc_run, "--out", out), "launch/report.py draws DMC curves"),
+        ((str(tmp_path), "--out", out), "is not a run directory"),
+        ((run, "--out", str(tmp_path / "missing" / "c.png")), "does not exist"),
+    ]:
+        failed = plot(*args)
+        assert failed.returncode != 0 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr

@@ -299,6 +299,26 @@ def test_cli_refuses_a_directory_that_is_not_a_run(tmp_path):
     assert "is not a run directory" in result.stderr and "config.json" in result.stderr
 
 
+def test_cli_checks_notes_out_and_config_json_before_reading_runs(tmp_path):
+    run = write_run(str(tmp_path / "run"), name="m", seed=0, num_seeds=1, budget=10, returns=[{10: 1.0}], game="Pong")
+    (tmp_path / "file").write_text("")
+
+    def report(*args):
+        command = [sys.executable, os.path.join(REPO, "launch", "report.py"), *args]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    for args, message in [
+        ((run, "--out", str(tmp_path / "o"), "--notes", str(tmp_path / "none.md")), "--notes"),
+        ((run, "--out", str(tmp_path / "file")), "is a file"),
+    ]:
+        failed = report(*args)
+        assert failed.returncode != 0 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+    with open(os.path.join(run, "config.json"), "w") as f:
+        f.write("{not json")
+    failed = report(run, "--out", str(tmp_path / "o"))
+    assert "config.json is not valid JSON" in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+
 def test_project_results_regenerate_from_committed_run_records(tmp_path):
     """docs/RESULTS.md is the report on docs/runs/: the committed records still load and score."""
     runs = sorted(glob.glob(os.path.join(REPO, "docs", "runs", "*")))

@@ -63,8 +63,13 @@ def load_run(run_dir: str) -> Run:
             f"{run_dir} is not a run directory: it needs config.json and metrics/seed_<i>.jsonl "
             "(written by launch/atari.py or launch/dmc.py)"
         )
-    with open(config_path) as f:
-        config = json.load(f)
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as error:
+        raise NotARunDirectory(f"{config_path} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise NotARunDirectory(f"{config_path} holds no config (a JSON {type(config).__name__})")
     env = config.get("env", {})
     if "game" in env:
         domain, name = "atari", env["game"]

@@ -78,8 +78,17 @@ def metrics_path(run_dir: str, seed_index: int | str) -> str:
 
 
 def read_metrics(run_dir: str, seed_index: int) -> list:
+    """The seed's records; a last line that does not parse (a run killed mid-write) is skipped."""
     with open(metrics_path(run_dir, seed_index)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{metrics_path(run_dir, seed_index)}: record {number} is not valid JSON") from None
+    return records
 
 
 def truncate_metrics_after(run_dir: str, seed_indices, env_step: int) -> None:
