@@ -38,11 +38,13 @@ from psrl_jax import host_malloc  # noqa: E402
 
 host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
 
+import ml_collections  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
 from psrl_jax import cli  # noqa: E402
+from psrl_jax.config import ConfigError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed dispatches per measurement")
@@ -388,6 +390,57 @@ def main(argv):
         sys.exit("error: vary one thing per benchmark: --seeds_list or --updates_per_dispatch_list")
     if _LOOPS.value and is_dmc(config):
         sys.exit("error: --loops compares Atari's host and fused loops; DMC configs have the host loop only")
+    _check_before_measuring(config)
+    try:
+        results = _measure_all(config)
+    except ConfigError as error:  # e.g. a seed count the device count does not divide
+        sys.exit(f"error: {error}")
+    text = json.dumps(results, indent=2)
+    print(text)
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            f.write(text + "\n")
+
+
+def _positive_ints(text: str, flag: str) -> list:
+    try:
+        values = [int(n) for n in text.split(",")] if text else []
+    except ValueError:
+        sys.exit(f"error: {flag} must be integers separated by commas, got {text!r}")
+    if any(v < 1 for v in values):
+        sys.exit(f"error: {flag} values must be >= 1, got {text!r}")
+    return values
+
+
+def _check_before_measuring(config) -> None:
+    """Flags, --out and every configuration the benchmark will build, before the first compile (a
+    mistake found after minutes of measuring would lose them)."""
+    from psrl_jax.config import validate_atari_config, validate_dmc_config
+    from psrl_jax.train.dmc_trainer import resolve_dmc_env
+
+    if _REPEATS.value < 1:
+        sys.exit(f"error: --repeats must be >= 1, got {_REPEATS.value}")
+    if _OUT.value and not os.path.isdir(os.path.dirname(os.path.abspath(_OUT.value))):
+        sys.exit(f"error: --out {_OUT.value}: its directory does not exist")
+    variants = [{"num_seeds": n} for n in _positive_ints(_SEEDS_LIST.value, "--seeds_list")]
+    variants += [
+        {"update_every": u, "updates_per_step": 1}
+        for u in _positive_ints(_DISPATCH_LIST.value, "--updates_per_dispatch_list")
+    ]
+    for variant in variants or [{}]:
+        trial = ml_collections.ConfigDict(config.to_dict())
+        trial.update(variant)
+        try:
+            if is_dmc(trial):
+                trial.env.action_repeat = resolve_dmc_env(trial)[1]
+                validate_dmc_config(trial)
+            else:
+                validate_atari_config(trial)
+        except ConfigError as error:
+            sys.exit(f"error: {error}" + (f" (with {variant})" if variant else ""))
+
+
+def _measure_all(config) -> dict:
     if _SHARDING.value:
         runs = _over_seed_counts(
             config,
@@ -415,11 +468,7 @@ def main(argv):
             lambda r: f"{r['updates_per_s_all_seeds']:.1f} updates/s",
         )
         results = runs[0] if len(runs) == 1 else {"runs": runs, "seed_scaling": _seed_scaling(runs)}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    return results
 
 
 def _over_seed_counts(config, measure_one, summary) -> list:

@@ -44,6 +44,7 @@ from absl import flags, logging  # noqa: E402
 
 import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
 from psrl_jax import cli  # noqa: E402
+from psrl_jax.config import ConfigError  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
@@ -62,31 +63,57 @@ _SCOPE_DEPTH = flags.DEFINE_integer("scope_depth", 0, "With --scopes: cut scope 
 
 
 def load_config(spec: str):
-    """'path[:variant][@a.b=v,c=w]' -> a validated ConfigDict."""
+    """'path[:variant][@a.b=v,c=w]' -> a validated ConfigDict; ConfigError naming the spec otherwise."""
     import importlib.util
 
     import yaml  # ml_collections depends on PyYAML; parses 1, 0.5, true, strings
 
-    from psrl_jax.config import validate_atari_config, validate_dmc_config
+    from psrl_jax.config import ConfigError, validate_atari_config, validate_dmc_config
 
+    text = spec
     spec, _, overrides = spec.partition("@")
     path, _, variant = spec.partition(":")
+    if not os.path.isfile(path) or not path.endswith(".py"):
+        raise ConfigError(f"{text}: {path} is not a config file")
     module_spec = importlib.util.spec_from_file_location("config_module", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    config = module.get_config(variant)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"{text}: {path} defines no get_config()")
+    try:
+        config = module.get_config(variant)
+    except ValueError as error:  # an unknown variant
+        raise ConfigError(f"{text}: {error}") from error
     for item in filter(None, overrides.split(",")):
-        field, _, value = item.partition("=")
+        field, sep, value = item.partition("=")
         *parents, name = field.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[name] = type(node[name])(yaml.safe_load(value)) if node[name] is not None else yaml.safe_load(value)
+        try:
+            if not sep:
+                raise ValueError("an override must look like field=value")
+            node = config
+            for parent in parents:
+                node = node[parent]
+            old = node[name]
+            node[name] = type(old)(yaml.safe_load(value)) if old is not None else yaml.safe_load(value)
+        except (KeyError, AttributeError, TypeError, ValueError) as error:
+            cause = error
+            while isinstance(cause, BaseException) and cause.args:  # ConfigDict wraps a KeyError's text
+                cause = cause.args[0]
+            raise ConfigError(f"{text}: override {item!r}: {' '.join(str(cause).split())}") from error
     if is_dmc(config):
+        from psrl_jax.train.dmc_trainer import resolve_dmc_env  # the task name, as the trainer checks it
+
+        resolve_dmc_env(config)
         if config.env.action_repeat is None:
             config.env.action_repeat = 4  # the update's cost does not depend on it
         validate_dmc_config(config)
     else:
+        from psrl_jax.envs.atari import resolve_game
+
+        try:
+            resolve_game(config.env.game)
+        except ValueError as error:
+            raise ConfigError(f"{text}: config.env.game: {error}") from error
         validate_atari_config(config)
     return config
 
@@ -160,9 +187,15 @@ def main(argv):
         sys.exit("error: --scopes and --scope_depth must be >= 0")
     # S copies of one seed's state and batch: the cost does not depend on the values
     with_seed_axis = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * _NUM_SEEDS.value), tree)  # noqa: E731
+    if _OUT.value and not os.path.isdir(os.path.dirname(os.path.abspath(_OUT.value))):
+        sys.exit(f"error: --out {_OUT.value}: its directory does not exist")
+    try:  # every spec, before the first compile
+        configs = {spec: load_config(spec) for spec in specs}
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
     rows = []
     for spec, seed_axis in [(spec, axis) for spec in specs for axis in _SEED_AXIS.value]:
-        config = load_config(spec)
+        config = configs[spec].copy_and_resolve_references()
         if is_dmc(config) and config.env.get("observation", "pixels") != "pixels":
             sys.exit(f"error: {spec}: env.observation={config.env.observation!r}; this script times pixel updates")
         size, frames = config.env.image_size, config.env.frame_stack

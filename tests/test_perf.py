@@ -181,3 +181,41 @@ def test_compare_updates_times_each_way_of_holding_the_seed_axis(tmp_path):
 
     bad = run_launch_script("compare_updates.py", "configs/rainbow.py:smoke", "--seed_axis=pmap")
     assert bad.returncode != 0 and "unknown ['pmap']" in output_tail(bad)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--seeds_list=1,two",), "--seeds_list must be integers"),
+        (("--out=/nonexistent-dir/b.json",), "its directory does not exist"),
+        (("--seeds_list=1,2", "--config.agent.batch_size=0"), "batch_size"),
+        (("--config.env.game=Breakuot",), "did you mean Breakout"),
+    ],
+)
+def test_benchmark_checks_flags_and_configs_before_measuring(flags, message):
+    """A mistake found after minutes of measuring would lose them: every flag and every configuration
+    the benchmark will build is checked first, and reported in one line."""
+    from run_helpers import output_tail, run_launch_script
+
+    result = run_launch_script("benchmark.py", "--config=configs/rainbow.py:smoke", *flags, timeout=120)
+    tail = output_tail(result)
+    assert result.returncode != 0 and message in tail and "Traceback" not in tail and "measured" not in tail, tail
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("configs/rainbow.py@agent.batchsize=32", 'Did you mean "batch_size"'),
+        ("configs/rainbow.py@env.game=Breakuot", "did you mean Breakout"),
+        ("configs/sac.py@env.task=walker_wlak", "did you mean walker_walk"),
+        ("configs/rainbow.py:nosuch", "unknown variant 'nosuch'"),
+        ("configs/rainbow.py@num_seeds=two", "num_seeds=two"),
+    ],
+)
+def test_compare_updates_loads_every_spec_before_compiling(spec, message):
+    """The first spec is valid: a mistake in a later one must stop the script before it compiles."""
+    from run_helpers import output_tail, run_launch_script
+
+    result = run_launch_script("compare_updates.py", "configs/rainbow.py:smoke", spec, timeout=120)
+    tail = output_tail(result)
+    assert result.returncode != 0 and message in tail and "Traceback" not in tail and "compile" not in tail, tail
