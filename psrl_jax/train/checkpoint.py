@@ -106,7 +106,7 @@ class Checkpointer:
         expected, saved = fill_added_later(current, saved), fill_added_later(saved, current)
         mismatched = [k for k in expected if _normalise(saved.get(k)) != _normalise(expected[k])]
         if mismatched:
-            details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {expected[k]!r}" for k in mismatched)
+            details = "; ".join(line for k in mismatched for line in _differences(k, saved.get(k), expected[k]))
             raise ConfigError(
                 f"checkpoint {where} was written with an incompatible config ({details}). "
                 "Resume with the run's original config.json values, or start a new run_dir."
@@ -153,6 +153,18 @@ def fill_added_later(saved: dict, expected: dict) -> dict:
         if now is not None and isinstance(holder, dict) and path[-1] not in holder:
             holder[path[-1]] = now if implied is None else implied
     return saved
+
+
+def _differences(name: str, saved, current) -> list:
+    """'field: checkpoint X vs config Y' for each differing leaf (a section names its fields)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        lines = []
+        for key in sorted(set(saved) | set(current), key=str):
+            have, want = saved.get(key, "(absent)"), current.get(key, "(absent)")
+            if _normalise(have) != _normalise(want):
+                lines += _differences(f"{name}.{key}", have, want)
+        return lines
+    return [f"{name}: checkpoint {saved!r} vs config {current!r}"]
 
 
 def _normalise(value):
