@@ -98,7 +98,7 @@ class Checkpointer:
             header = self._manager.restore(step, args=ocp.args.Composite(header=ocp.args.JsonRestore())).header
         except Exception as error:  # orbax raises many types for unreadable files
             raise CheckpointError(
-                f"checkpoint {where} is corrupted or unreadable ({type(error).__name__}: {error}). "
+                f"checkpoint {where} is corrupted or unreadable ({_brief(error)}). "
                 "It was left untouched; move it away to resume from an older one, or start a new run_dir."
             ) from error
         current, saved = compatibility_header(config_dict), header.get("compatibility", {})
@@ -117,7 +117,7 @@ class Checkpointer:
         except Exception as error:
             raise CheckpointError(
                 f"checkpoint {where} could not be restored into the current state "
-                f"({type(error).__name__}: {error}). It was left untouched."
+                f"({_brief(error)}). It was left untouched."
             ) from error
         return restored.state, header
 
@@ -153,6 +153,12 @@ def fill_added_later(saved: dict, expected: dict) -> dict:
         if now is not None and isinstance(holder, dict) and path[-1] not in holder:
             holder[path[-1]] = now if implied is None else implied
     return saved
+
+
+def _brief(error: Exception, limit: int = 300) -> str:
+    """An orbax / TensorStore error in one line: their messages carry whole JSON specs."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:limit]}{' ...' if len(text) > limit else ''}"
 
 
 def _differences(name: str, saved, current) -> list:
