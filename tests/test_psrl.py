@@ -265,3 +265,20 @@ def test_warp_padding_matters_only_where_flows_leave_the_map():
 def test_unknown_warp_padding_is_a_config_error():
     with pytest.raises(ConfigError, match="warp_padding"):
         validate_atari_config(_config(warp_padding="reflect"))
+
+
+def test_shared_shift_gives_o_k_and_its_future_frames_one_augmentation():
+    """psrl.shared_shift: with o_{k+1} equal to o_k, an untrained module (zero flow, EMA target equal
+    to the online encoder, no dropout) sees the same maps on both sides only if both got the same
+    random shift and intensity: the CAT local loss is then 0; independent augmentations make it > 0."""
+    losses = {}
+    for shared in (True, False):
+        config = _config(terms=("cat_local",), shared_shift=shared)
+        config.agent.dropout_rate = 0.0
+        agent = _agent(config)
+        state = agent.init(jax.random.PRNGKey(0))
+        batch = _batch(config)
+        same = jnp.broadcast_to(batch.obs[:, None], batch.future_obs.shape)
+        batch = batch.replace(future_obs=same)
+        losses[shared] = float(_loss_metrics(jax.jit(agent.loss), state, batch)["loss/cat_local"])
+    assert losses[True] < 1e-6 < 0.01 < losses[False], losses
