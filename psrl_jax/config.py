@@ -334,6 +334,19 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
 
 PSRL_TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
 
+# Fields added after run directories were first written, with the value that reproduces the runs
+# from before them: what a config.json or checkpoint header without the field means. One table for
+# every reader of older runs (train/checkpoint.py's resume check, analysis/runs.py's report); code
+# that reads a loaded config.json uses the same values in its `.get(field, default)`.
+FIELDS_ADDED_LATER = {
+    "env.observation": "pixels",  # DMC
+    "env.stack_padding": "zeros",
+    "agent.compute_dtype": "float32",
+    "agent.trunk_tanh": True,  # SAC
+    "agent.weight_init": "lecun",  # SAC (Flax's default)
+    "psrl.warp_padding": "zeros",
+}
+
 
 def validate_psrl_config(config: ml_collections.ConfigDict) -> None:
     """Checks of the psrl section (configs/rainbow.py psrl_config); nothing to check when every term is off."""

@@ -18,6 +18,8 @@ import json
 import os
 import re
 
+from psrl_jax.config import FIELDS_ADDED_LATER, PSRL_TERMS
+
 
 class NotARunDirectory(ValueError):
     pass
@@ -119,17 +121,8 @@ NOT_THE_METHOD = (
     *("seed", "num_seeds", "run_dir", "resume", "total_env_steps", "log", "checkpoint", "seed_batching"),
     *("shard_seeds", "loop", "update_scan_unroll", "env.backend", "eval.max_parallel_envs"),
 )
-# What a field missing from an older config.json meant (train/checkpoint.py ADDED_LATER, plus the
-# fields it leaves to the config or refuses). Where neither run has a field, nothing is compared.
-IMPLIED = {
-    "env.observation": "pixels",
-    "env.stack_padding": "zeros",
-    "agent.compute_dtype": "float32",
-    "agent.trunk_tanh": True,
-    "agent.weight_init": "lecun",
-    "psrl.warp_padding": "zeros",
-}
-PSRL_TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
+# What a field missing from an older config.json meant. Where neither run has a field, nothing is compared.
+IMPLIED = FIELDS_ADDED_LATER
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

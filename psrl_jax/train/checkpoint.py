@@ -13,7 +13,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from psrl_jax.config import ConfigError
+from psrl_jax.config import FIELDS_ADDED_LATER, ConfigError
 
 # Config fields that change array shapes or the meaning of the saved state: a checkpoint written with
 # other values cannot be continued.
@@ -34,20 +34,19 @@ COMPATIBILITY_FIELDS = (
     "agent",
     "psrl",
 )
-# Fields added after checkpoints were first written, with the value an older header without one
-# implies (None: whatever the config says; the state's shapes still are checked when it is restored).
-# A field inside a whole-section entry ("agent", "psrl") is named by its full path and applies only
-# where the current config has that field (trunk_tanh is SAC's, not Rainbow's). agent.weight_init is
-# left out on purpose: checkpoints from before it also moved the critic target's trunk at critic_tau,
-# a change no field records, so they are refused. tests/test_checkpoint.py fails when a config grows
-# a section field that is in neither this table nor its snapshot of older fields.
+# config.FIELDS_ADDED_LATER as a resume reads it (None: whatever the config says; the state's shapes
+# are still checked when it is restored). A field inside a whole-section entry ("agent", "psrl")
+# applies only where the current config has it (trunk_tanh is SAC's, not Rainbow's). Exceptions:
+# env.observation is None, since Atari headers record it as None; "psrl" (the whole section) is
+# None for Rainbow runs from before PSRL (a PSRL config is then refused when the arrays are
+# restored); agent.weight_init is left out on purpose: checkpoints from before it also moved the
+# critic target's trunk at critic_tau, a change no field records, so they are refused.
+# tests/test_checkpoint.py fails when a config grows a section field that is in neither this table
+# nor its snapshot of older fields.
 ADDED_LATER = {
+    **{k: v for k, v in FIELDS_ADDED_LATER.items() if k != "agent.weight_init"},
     "env.observation": None,
-    "env.stack_padding": "zeros",
-    "psrl": None,  # Rainbow runs from before PSRL: a PSRL config is then refused when the arrays are restored
-    "agent.compute_dtype": "float32",
-    "agent.trunk_tanh": True,
-    "psrl.warp_padding": "zeros",
+    "psrl": None,
 }
 
 
