@@ -328,21 +328,37 @@ class EnvpoolDMCEnvs(_DMCEnvsBase):
 # dm_control backend
 
 
+def prepare_rendering(backend: str, observation: str, gl: str = "auto") -> None:
+    """What rendering needs, before any env is built (a trainer calls it before it creates its run
+    directory, so a missing GL library leaves nothing behind): an OpenGL platform when pixels are
+    rendered or dm_control is used (importing dm_control fixes its GL backend), and dm_control's
+    suite importable on it. Raises GLError naming the packages otherwise."""
+    if observation == "pixels" or backend == "dm_control":
+        load_gl(gl)
+    if backend == "dm_control":
+        _dm_control_suite()
+
+
+def _dm_control_suite():
+    try:
+        from dm_control import suite  # after load_gl: the import picks the GL backend
+    except (AttributeError, ImportError, OSError) as error:
+        # PyOpenGL finds no usable libEGL / libOSMesa by name (envpool's private libEGL, which
+        # load_gl can use, does not serve dm_control): a GL setup problem, not a bug.
+        raise GLError(
+            f"dm_control could not set up MuJoCo rendering with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
+            f"({type(error).__name__}: {error}): the OpenGL libraries it loads by name are missing or unusable; "
+            f"{INSTALL_HINT}; with OSMesa only, pass --config.env.gl=osmesa"
+        ) from error
+    return suite
+
+
 class DMControlEnvs(_DMCEnvsBase):
     backend = "dm_control"
 
     def __init__(self, task, num_envs, seed, action_repeat, image_size, camera_id, observation="pixels"):
         super().__init__(task, num_envs, action_repeat, image_size, camera_id, observation)
-        try:
-            from dm_control import suite  # after load_gl: the import picks the GL backend
-        except (AttributeError, ImportError, OSError) as error:
-            # PyOpenGL finds no usable libEGL / libOSMesa by name (envpool's private libEGL, which
-            # load_gl can use, does not serve dm_control): a GL setup problem, not a bug.
-            raise GLError(
-                f"dm_control could not set up MuJoCo rendering with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
-                f"({type(error).__name__}: {error}): the OpenGL libraries it loads by name are missing or unusable; "
-                f"{INSTALL_HINT}; with OSMesa only, pass --config.env.gl=osmesa"
-            ) from error
+        suite = _dm_control_suite()
 
         # No dm_control time limit: the clock below ends episodes exactly where envpool does.
         self._envs = [
@@ -460,8 +476,7 @@ def make_dmc_envs(
     """
     resolved = resolve_task(task)
     _check_arguments(num_envs, seed, action_repeat, image_size, backend, camera_id, observation)
-    if observation == "pixels" or backend == "dm_control":  # importing dm_control fixes its GL backend
-        load_gl(gl)
+    prepare_rendering(backend, observation, gl)
     if backend == "envpool":
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")

@@ -23,7 +23,14 @@ import numpy as np
 from psrl_jax.agents.sac import SACAgent, SACState, learning_rate
 from psrl_jax.config import ConfigError, config_to_dict
 from psrl_jax.config import validate_dmc_config as validate_config
-from psrl_jax.envs.dmc import DMCEpisodeStats, action_repeat_for, make_dmc_envs, resolve_task, run_dmc_evaluation
+from psrl_jax.envs.dmc import (
+    DMCEpisodeStats,
+    action_repeat_for,
+    make_dmc_envs,
+    prepare_rendering,
+    resolve_task,
+    run_dmc_evaluation,
+)
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay, sequence_length
 from psrl_jax.train import sharding
 from psrl_jax.train.common import (
@@ -83,6 +90,7 @@ class DMCTrainer:
         config.env.action_repeat = repeat  # resolved, so config.json records the repeat used
         validate_config(config)
         self.seeds = SeedAxis.for_config(config)
+        prepare_rendering(config.env.backend, config.env.get("observation", "pixels"), config.env.gl)
         self.run_dir, self.checkpointer = open_run_dir(
             config, f"{config.name}-{self.task.name}-s{config.seed}x{config.num_seeds}"
         )
