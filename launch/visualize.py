@@ -92,6 +92,13 @@ def _load_config(run_dir):
         sys.exit(f"error: --seed_index={_SEED_INDEX.value} is out of range: the run has {config.num_seeds} seed(s)")
     if _SAMPLES.value < 1:
         sys.exit(f"error: --samples must be >= 1, got {_SAMPLES.value}")
+    if _OUT.value:  # before the restore and compile, not after
+        from psrl_jax.config import ConfigError, check_writable_directory
+
+        try:
+            check_writable_directory(os.path.dirname(os.path.abspath(_OUT.value)))
+        except ConfigError as error:
+            sys.exit(f"error: --out {_OUT.value}: {error}")
     frames = config.env.frame_stack
     if not -frames <= _FRAME.value < frames:
         sys.exit(f"error: --frame={_FRAME.value} is outside the stack of {frames} frames")

@@ -351,3 +351,12 @@ def test_runs_under_one_name_with_different_methods_are_flagged(tmp_path):
     assert len(flagged) == 1, warnings
     assert "agent.weight_init: 'lecun' vs 'orthogonal'" in flagged[0]
     assert "agent.trunk_tanh: True vs False" in flagged[0]
+
+
+def test_a_run_directory_given_twice_counts_once(tmp_path):
+    run = write_run(str(tmp_path / "run"), name="m", seed=0, num_seeds=1, budget=10, returns=[{10: 1.0}], game="Pong")
+    entries, warnings = gather([run, run + "/"])
+    (entry,) = entries.values()
+    assert entry.expected_seeds == 1 and list(entry.seeds) == [0]
+    assert any("given more than once" in w for w in warnings)
+    assert not any("missing" in w or "several run directories" in w for w in warnings), warnings

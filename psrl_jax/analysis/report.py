@@ -63,7 +63,11 @@ def gather(run_dirs: list) -> tuple[dict, list]:
     """{(domain, method, env): Entry} and the warnings found while merging runs."""
     warnings = []
     entries, configs = {}, {}
-    for run_dir in run_dirs:
+    unique = list(dict.fromkeys(os.path.normpath(d) for d in run_dirs))
+    repeated = sorted({d for d in unique if [os.path.normpath(r) for r in run_dirs].count(d) > 1})
+    if repeated:
+        warnings.append(f"given more than once, counted once: {', '.join(repeated)}")
+    for run_dir in unique:
         run = load_run(run_dir)
         key = (run.domain, run.method, run.env)
         entry = entries.setdefault(key, Entry(run.domain, run.method, run.env, set(), [], {}, 0, 0))
