@@ -42,7 +42,7 @@ def main(argv):
     from psrl_jax.train.atari_trainer import train
 
     try:
-        run_dir = train(_CONFIG.value)
+        run_dir = train(cli.loaded(_CONFIG.value))
     except (ConfigError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     print(f"run directory: {run_dir}")

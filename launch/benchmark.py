@@ -383,7 +383,7 @@ def measure_sharding(config, repeats: int) -> dict:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
+    config = cli.loaded(_CONFIG.value)
     config.run_dir = config.run_dir or "/tmp/psrl_jax_benchmark"
     config.resume = False
     if _SEEDS_LIST.value and _DISPATCH_LIST.value:

@@ -41,7 +41,7 @@ def main(argv):
     from psrl_jax.train.dmc_trainer import train
 
     try:
-        run_dir = train(_CONFIG.value)
+        run_dir = train(cli.loaded(_CONFIG.value))
     except (ConfigError, CheckpointError, GLError) as error:
         sys.exit(f"error: {error}")
     print(f"run directory: {run_dir}")

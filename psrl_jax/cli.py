@@ -16,7 +16,11 @@ def parse_flags(argv: list) -> list:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        sys.exit(f"error: {error}\nPass --helpshort or --helpfull to see help on flags.")
+        text = str(error)
+        if "Traceback (most recent call last):" in text:  # ml_collections quotes the config file's traceback
+            head, tail = text.split("Traceback (most recent call last):", 1)
+            text = f"{head.strip()} {[line for line in tail.splitlines() if line.strip()][-1].strip()}"
+        sys.exit(f"error: {text}\nPass --helpshort or --helpfull to see help on flags.")
     except Exception as error:  # ml_collections: AttributeError / KeyError / ValueError while loading --config
         cause = error
         while isinstance(cause, BaseException) and cause.args:  # ml_collections wraps a KeyError's text
@@ -26,3 +30,13 @@ def parse_flags(argv: list) -> list:
 
 def run(main) -> None:
     app.run(main, flags_parser=parse_flags)
+
+
+def loaded(config):
+    """The --config flag's value, or a one-line exit: ml_collections defers a config file it could not
+    load (a missing path) to the first use of the value, as an OSError."""
+    try:
+        config.keys()
+    except OSError as error:
+        sys.exit(f"error: --config: {' '.join(str(error).split())}")
+    return config

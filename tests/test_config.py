@@ -88,3 +88,22 @@ def test_a_config_for_the_other_launcher_is_named():
         validate_atari_config(sac.get_config("smoke"))
     with pytest.raises(ConfigError, match="launch/atari.py"):
         resolve_dmc_env(rainbow.get_config("smoke"))
+
+
+@pytest.mark.parametrize(
+    "script, config, message",
+    [
+        ("atari.py", "configs/nosuch.py", "No such file or directory: 'configs/nosuch.py'"),
+        ("dmc.py", "configs/sac.py:nosuch", "unknown variant 'nosuch'"),
+        ("benchmark.py", "configs/nosuch.py", "No such file or directory"),
+    ],
+)
+def test_launchers_report_a_config_file_they_cannot_load_in_one_line(script, config, message):
+    result = subprocess.run(
+        [sys.executable, f"launch/{script}", "--config", config],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
