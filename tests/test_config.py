@@ -107,3 +107,25 @@ def test_launchers_report_a_config_file_they_cannot_load_in_one_line(script, con
         timeout=120,
     )
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_evaluate_and_visualize_name_a_bad_config_json_and_out_before_restoring(tmp_path):
+    import json
+
+    from configs import rainbow_psrl
+    from psrl_jax.config import config_to_dict
+
+    def script(name, *args):
+        command = [sys.executable, f"launch/{name}", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "100").mkdir(parents=True)
+    (run / "config.json").write_text("{not json")
+    for name in ("evaluate.py", "visualize.py"):
+        bad = script(name, f"--run_dir={run}")
+        assert bad.returncode != 0 and "is not valid JSON" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    (run / "config.json").write_text(json.dumps(config_to_dict(rainbow_psrl.get_config("smoke"))))
+    (tmp_path / "file").write_text("")
+    out = script("visualize.py", f"--run_dir={run}", f"--out={tmp_path / 'file' / 'fig.png'}")
+    assert out.returncode != 0 and "--out" in out.stderr and "Traceback" not in out.stderr, out.stderr
