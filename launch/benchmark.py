@@ -415,13 +415,12 @@ def _positive_ints(text: str, flag: str) -> list:
 def _check_before_measuring(config) -> None:
     """Flags, --out and every configuration the benchmark will build, before the first compile (a
     mistake found after minutes of measuring would lose them)."""
-    from psrl_jax.config import validate_atari_config, validate_dmc_config
-    from psrl_jax.train.dmc_trainer import resolve_dmc_env
+    from psrl_jax.config import validate_any_config
 
     if _REPEATS.value < 1:
         sys.exit(f"error: --repeats must be >= 1, got {_REPEATS.value}")
-    if _OUT.value and not os.path.isdir(os.path.dirname(os.path.abspath(_OUT.value))):
-        sys.exit(f"error: --out {_OUT.value}: its directory does not exist")
+    if _OUT.value:
+        cli.require_out_directory(_OUT.value)
     variants = [{"num_seeds": n} for n in _positive_ints(_SEEDS_LIST.value, "--seeds_list")]
     variants += [
         {"update_every": u, "updates_per_step": 1}
@@ -431,11 +430,7 @@ def _check_before_measuring(config) -> None:
         trial = ml_collections.ConfigDict(config.to_dict())
         trial.update(variant)
         try:
-            if is_dmc(trial):
-                trial.env.action_repeat = resolve_dmc_env(trial)[1]
-                validate_dmc_config(trial)
-            else:
-                validate_atari_config(trial)
+            validate_any_config(trial)
         except ConfigError as error:
             sys.exit(f"error: {error}" + (f" (with {variant})" if variant else ""))
 

@@ -68,7 +68,7 @@ def load_config(spec: str):
 
     import yaml  # ml_collections depends on PyYAML; parses 1, 0.5, true, strings
 
-    from psrl_jax.config import ConfigError, validate_atari_config, validate_dmc_config
+    from psrl_jax.config import ConfigError, validate_any_config
 
     text = spec
     spec, _, overrides = spec.partition("@")
@@ -96,25 +96,15 @@ def load_config(spec: str):
             old = node[name]
             node[name] = type(old)(yaml.safe_load(value)) if old is not None else yaml.safe_load(value)
         except (KeyError, AttributeError, TypeError, ValueError) as error:
-            cause = error
-            while isinstance(cause, BaseException) and cause.args:  # ConfigDict wraps a KeyError's text
-                cause = cause.args[0]
-            raise ConfigError(f"{text}: override {item!r}: {' '.join(str(cause).split())}") from error
-    if is_dmc(config):
-        from psrl_jax.train.dmc_trainer import resolve_dmc_env  # the task name, as the trainer checks it
-
-        resolve_dmc_env(config)
-        if config.env.action_repeat is None:
-            config.env.action_repeat = 4  # the update's cost does not depend on it
-        validate_dmc_config(config)
-    else:
+            raise ConfigError(f"{text}: override {item!r}: {cli.error_text(error)}") from error
+    if not is_dmc(config):  # the game name, as AtariTrainer checks it (a DMC task is checked below)
         from psrl_jax.envs.atari import resolve_game
 
         try:
             resolve_game(config.env.game)
         except ValueError as error:
             raise ConfigError(f"{text}: config.env.game: {error}") from error
-        validate_atari_config(config)
+    validate_any_config(config)  # a DMC task's default action repeat: the update's cost does not depend on it
     return config
 
 
@@ -187,8 +177,8 @@ def main(argv):
         sys.exit("error: --scopes and --scope_depth must be >= 0")
     # S copies of one seed's state and batch: the cost does not depend on the values
     with_seed_axis = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * _NUM_SEEDS.value), tree)  # noqa: E731
-    if _OUT.value and not os.path.isdir(os.path.dirname(os.path.abspath(_OUT.value))):
-        sys.exit(f"error: --out {_OUT.value}: its directory does not exist")
+    if _OUT.value:
+        cli.require_out_directory(_OUT.value)
     try:  # every spec, before the first compile
         configs = {spec: load_config(spec) for spec in specs}
     except ConfigError as error:

@@ -7,7 +7,6 @@ Plays full, unclipped episodes on fresh evaluation envs (as the final evaluation
 own config.json is used, so the network and environment match the checkpoint.
 """
 
-import json
 import os
 import sys
 import time
@@ -32,27 +31,12 @@ flags.mark_flags_as_required(["run_dir"])
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    import ml_collections
     import numpy as np
 
     from psrl_jax.config import ConfigError, save_json_atomic
     from psrl_jax.train.checkpoint import CheckpointError
 
-    config_path = os.path.join(_RUN_DIR.value, "config.json")
-    if not os.path.exists(config_path):
-        sys.exit(f"error: {_RUN_DIR.value} is not a run directory (no config.json)")
-    try:
-        with open(config_path) as f:
-            loaded = json.load(f)
-    except json.JSONDecodeError as error:
-        sys.exit(f"error: {config_path} is not valid JSON ({error})")
-    if not isinstance(loaded, dict) or "env" not in loaded:
-        sys.exit(f"error: {config_path} is not a run's config (no env section)")
-    config = ml_collections.ConfigDict(loaded)
-    if "psrl" not in config:  # a Rainbow run from before the psrl section: every PSRL term off
-        from configs.rainbow import psrl_config
-
-        config.psrl = psrl_config()
+    config = cli.load_run_config(_RUN_DIR.value)
     config.run_dir = _RUN_DIR.value
     config.resume = True
     config.eval.episodes = config.eval.final_episodes = _EPISODES.value  # validated against max_parallel_envs

@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from psrl_jax import cli  # noqa: E402
 from psrl_jax.analysis.curves import plot_learning_curves, reference_scores  # noqa: E402
 from psrl_jax.analysis.published import ATARI_CSV  # noqa: E402
 from psrl_jax.analysis.runs import NotARunDirectory, load_run  # noqa: E402
@@ -33,9 +34,7 @@ def main():
         )
     if not os.path.isfile(args.reference):
         sys.exit(f"error: --reference {args.reference} is not a file")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        sys.exit(f"error: --out {args.out}: directory {out_dir} does not exist")
+    cli.require_out_directory(args.out)
     game = runs[0].env
     table = reference_scores(args.reference, game)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

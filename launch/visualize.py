@@ -20,7 +20,6 @@ is correspondence and how much is pointing off the map (config.psrl.warp_padding
 psrl_jax/analysis/flow_vis.py.
 """
 
-import json
 import math
 import os
 import sys
@@ -53,26 +52,14 @@ flags.mark_flags_as_required(["run_dir"])
 
 def _load_config(run_dir):
     """The run's config, checked for everything a figure needs before anything is built or compiled."""
-    import ml_collections
 
     from psrl_jax.losses.psrl import active_terms, needed_modules
 
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(config_path):
-        sys.exit(f"error: {run_dir} is not a run directory (no config.json)")
+    config = cli.load_run_config(run_dir)  # a run from before the psrl section: every term off
     checkpoints = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(checkpoints) or not any(d.isdigit() for d in os.listdir(checkpoints)):
         sys.exit(f"error: {run_dir} holds no checkpoint (nothing under {checkpoints})")
-    try:
-        with open(config_path) as f:
-            loaded = json.load(f)
-    except json.JSONDecodeError as error:
-        sys.exit(f"error: {config_path} is not valid JSON ({error})")
-    if not isinstance(loaded, dict) or "env" not in loaded:
-        sys.exit(f"error: {config_path} is not a run's config (no env section)")
-    config = ml_collections.ConfigDict(loaded)
-    # Runs written before the psrl section existed are plain Rainbow runs.
-    terms = active_terms(config.psrl) if "psrl" in config else ()
+    terms = active_terms(config.psrl)
     if "correspondence" not in needed_modules(terms):
         sys.exit(
             f"error: {run_dir} ({config.name}) was trained without PSRL's correspondence module "

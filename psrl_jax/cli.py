@@ -1,4 +1,4 @@
-"""What the absl launchers (launch/*.py) share: flag parsing whose mistakes are one-line errors.
+"""What the launchers (launch/*.py) share: flag parsing and input checks whose mistakes are one-line errors.
 
 absl reports its own flag errors in one line, but a --config override is parsed by ml_collections,
 which raises Python exceptions (an unknown field is an AttributeError with a "did you mean"), so a
@@ -6,6 +6,7 @@ misspelt field used to end in a traceback. `run(main)` is app.run(main) with tha
 `error: ...` and exit status 1, before anything is built or compiled.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -22,10 +23,48 @@ def parse_flags(argv: list) -> list:
             text = f"{head.strip()} {[line for line in tail.splitlines() if line.strip()][-1].strip()}"
         sys.exit(f"error: {text}\nPass --helpshort or --helpfull to see help on flags.")
     except Exception as error:  # ml_collections: AttributeError / KeyError / ValueError while loading --config
-        cause = error
-        while isinstance(cause, BaseException) and cause.args:  # ml_collections wraps a KeyError's text
-            cause = cause.args[0]
-        sys.exit(f"error: bad --config flags: {' '.join(str(cause).split())}")
+        sys.exit(f"error: bad --config flags: {error_text(error)}")
+
+
+def error_text(error: BaseException) -> str:
+    """An exception's message in one line, unwrapped: ConfigDict raises an AttributeError around a
+    KeyError whose str() is quoted and escaped ('\\'batchsize\\'\\nDid you mean ...')."""
+    cause = error
+    while isinstance(cause, BaseException) and cause.args:
+        cause = cause.args[0]
+    return " ".join(str(cause).split())
+
+
+def require_out_directory(path: str) -> None:
+    """A one-line exit, before any work, when --out's directory does not exist."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        sys.exit(f"error: --out {path}: its directory does not exist ({directory})")
+
+
+def load_run_config(run_dir: str):
+    """A run directory's config.json as a ConfigDict, or a one-line exit. A Rainbow run from before
+    the psrl section gets one with every PSRL term off (configs/rainbow.py), which is what it ran."""
+    import json
+
+    import ml_collections
+
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        sys.exit(f"error: {run_dir} is not a run directory (no config.json)")
+    try:
+        with open(path) as f:
+            loaded = json.load(f)
+    except json.JSONDecodeError as error:
+        sys.exit(f"error: {path} is not valid JSON ({error})")
+    if not isinstance(loaded, dict) or "env" not in loaded:
+        sys.exit(f"error: {path} is not a run's config (no env section)")
+    config = ml_collections.ConfigDict(loaded)
+    if "psrl" not in config:
+        from configs.rainbow import psrl_config
+
+        config.psrl = psrl_config()
+    return config
 
 
 def run(main) -> None:

@@ -348,6 +348,19 @@ FIELDS_ADDED_LATER = {
 }
 
 
+def validate_any_config(config: ml_collections.ConfigDict) -> None:
+    """The value checks a trainer runs before building anything, for either domain: a DMC config's
+    task is resolved and its action repeat written into config.env.action_repeat first (so pass a
+    copy to keep the original). Cheap: envpool's task registry, no env, no compile."""
+    if "task" in config.env:
+        from psrl_jax.envs.dmc import resolve_dmc_env
+
+        config.env.action_repeat = resolve_dmc_env(config)[1]
+        validate_dmc_config(config)
+    else:
+        validate_atari_config(config)
+
+
 def validate_psrl_config(config: ml_collections.ConfigDict) -> None:
     """Checks of the psrl section (configs/rainbow.py psrl_config); nothing to check when every term is off."""
     p = config.psrl

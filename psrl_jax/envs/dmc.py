@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import envpool
 import numpy as np
 
+from psrl_jax.config import ConfigError
 from psrl_jax.envs.atari import FinishedEpisode, FrameStacker, _num_threads
 from psrl_jax.envs.gl import INSTALL_HINT, GLError, load_gl
 
@@ -132,6 +133,26 @@ def resolve_task(name: str) -> DMCTask:
         f"unknown DMC task {name!r}{hint} ({len(tasks)} envpool DMC tasks exist, "
         "e.g. cartpole_swingup, walker_walk, cheetah_run)"
     )
+
+
+def resolve_dmc_env(config):
+    """(DMCTask, action repeat) of config.env, or a ConfigError naming the field. Cheap: reads
+    envpool's registry only."""
+    if "task" not in config.env:
+        raise ConfigError(
+            "this config names no env.task: an Atari config (env.game) is trained with launch/atari.py, "
+            "not launch/dmc.py"
+        )
+    try:
+        task = resolve_task(config.env.task)
+    except ValueError as error:
+        raise ConfigError(f"config.env.task: {error}") from error
+    requested = config.env.action_repeat
+    if requested is not None and (not isinstance(requested, int) or requested < 1):
+        raise ConfigError(
+            f"config.env.action_repeat must be an integer >= 1 (or unset for the task's default), got {requested!r}"
+        )
+    return task, action_repeat_for(task, 0 if requested is None else requested)
 
 
 def action_repeat_for(task: DMCTask, requested: int) -> int:

@@ -21,14 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from psrl_jax.agents.sac import SACAgent, SACState, learning_rate
-from psrl_jax.config import ConfigError, config_to_dict
+from psrl_jax.config import config_to_dict
 from psrl_jax.config import validate_dmc_config as validate_config
 from psrl_jax.envs.dmc import (
     DMCEpisodeStats,
-    action_repeat_for,
     make_dmc_envs,
     prepare_rendering,
-    resolve_task,
+    resolve_dmc_env,  # re-exported: where the trainer's callers have found it
     run_dmc_evaluation,
 )
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay, sequence_length
@@ -55,26 +54,6 @@ class TrainState:
     replay: object
     frame_stack: jax.Array  # uint8 [E, F, H, W, 3] (states: float32 [E, F, D]): the actor's observation per env
     key: jax.Array
-
-
-def resolve_dmc_env(config):
-    """(DMCTask, action repeat) of config.env, or a ConfigError naming the field. Cheap: reads
-    envpool's registry only."""
-    if "task" not in config.env:
-        raise ConfigError(
-            "this config names no env.task: an Atari config (env.game) is trained with launch/atari.py, "
-            "not launch/dmc.py"
-        )
-    try:
-        task = resolve_task(config.env.task)
-    except ValueError as error:
-        raise ConfigError(f"config.env.task: {error}") from error
-    requested = config.env.action_repeat
-    if requested is not None and (not isinstance(requested, int) or requested < 1):
-        raise ConfigError(
-            f"config.env.action_repeat must be an integer >= 1 (or unset for the task's default), got {requested!r}"
-        )
-    return task, action_repeat_for(task, 0 if requested is None else requested)
 
 
 def replay_rows_needed(total_agent_steps: int, envs_per_seed: int, seq_len: int) -> int:

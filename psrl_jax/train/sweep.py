@@ -173,7 +173,7 @@ def parse_overrides(config, overrides) -> dict:
 def check_override_values(config, override_values: dict, env_field: str, game: str) -> None:
     """Apply the overrides to a copy of `config` as the launcher would (Python literals, else
     strings) and run its value checks, so a sweep of runs that would each fail is refused now."""
-    from psrl_jax.config import ConfigError, validate_atari_config, validate_dmc_config
+    from psrl_jax.config import ConfigError, validate_any_config
 
     trial = ml_collections.ConfigDict(config.to_dict())
     for field, text in {**override_values, env_field: game}.items():
@@ -186,16 +186,7 @@ def check_override_values(config, override_values: dict, env_field: str, game: s
         except (TypeError, ValueError, KeyError) as error:
             raise SweepError(f"--override {field}={text}: {error}") from error
     try:
-        if env_field == "env.task":
-            from psrl_jax.envs.dmc import action_repeat_for, resolve_task
-
-            repeat = trial.env.action_repeat
-            if repeat is not None and (not isinstance(repeat, int) or repeat < 1):
-                raise ConfigError(f"config.env.action_repeat must be an integer >= 1, got {repeat!r}")
-            trial.env.action_repeat = action_repeat_for(resolve_task(game), repeat or 0)
-            validate_dmc_config(trial)
-        else:
-            validate_atari_config(trial)
+        validate_any_config(trial)
     except ConfigError as error:
         raise SweepError(f"with these overrides every run would fail: {error}") from error
 
