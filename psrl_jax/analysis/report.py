@@ -8,6 +8,7 @@ seeds, unfinished runs, budgets that differ between methods, games not covered b
 duplicate seeds all become warnings at the top of the report and columns in its coverage table.
 """
 
+import collections
 import dataclasses
 import datetime
 import os
@@ -63,11 +64,11 @@ def gather(run_dirs: list) -> tuple[dict, list]:
     """{(domain, method, env): Entry} and the warnings found while merging runs."""
     warnings = []
     entries, configs = {}, {}
-    unique = list(dict.fromkeys(os.path.normpath(d) for d in run_dirs))
-    repeated = sorted({d for d in unique if [os.path.normpath(r) for r in run_dirs].count(d) > 1})
+    given = collections.Counter(os.path.normpath(d) for d in run_dirs)  # insertion-ordered
+    repeated = sorted(d for d, count in given.items() if count > 1)
     if repeated:
         warnings.append(f"given more than once, counted once: {', '.join(repeated)}")
-    for run_dir in unique:
+    for run_dir in given:
         run = load_run(run_dir)
         key = (run.domain, run.method, run.env)
         entry = entries.setdefault(key, Entry(run.domain, run.method, run.env, set(), [], {}, 0, 0))

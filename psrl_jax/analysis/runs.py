@@ -19,6 +19,7 @@ import os
 import re
 
 from psrl_jax.config import FIELDS_ADDED_LATER, PSRL_TERMS
+from psrl_jax.train.run_dir import read_metrics
 
 
 class NotARunDirectory(ValueError):
@@ -85,15 +86,11 @@ def load_run(run_dir: str) -> Run:
     for path in paths:
         index = int(re.fullmatch(r"seed_(\d+)\.jsonl", os.path.basename(path)).group(1))
         evals, reached = {}, 0
-        with open(path) as f:
-            lines = [line for line in f if line.strip()]
-        for line_number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if line_number == len(lines):
-                    continue  # a run killed mid-write leaves a partial last line
-                raise NotARunDirectory(f"{path}: record {line_number} is not valid JSON") from None
+        try:
+            records = read_metrics(run_dir, index)  # a partial last line (a killed run) is skipped
+        except ValueError as error:
+            raise NotARunDirectory(str(error)) from None
+        for record in records:
             reached = max(reached, int(record.get("env_step", 0)))
             if record.get("kind") in ("eval", "final_eval"):
                 _keep_most_episodes(evals, record["env_step"], record["return_mean"], record.get("episodes", 0))
@@ -121,8 +118,6 @@ NOT_THE_METHOD = (
     *("seed", "num_seeds", "run_dir", "resume", "total_env_steps", "log", "checkpoint", "seed_batching"),
     *("shard_seeds", "loop", "update_scan_unroll", "env.backend", "eval.max_parallel_envs"),
 )
-# What a field missing from an older config.json meant. Where neither run has a field, nothing is compared.
-IMPLIED = FIELDS_ADDED_LATER
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -137,15 +132,16 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def _method_fields(config: dict, other: dict) -> dict:
     """config's fields that define the method, flattened, with the fields it lacks and `other` has
-    read as what they meant before they existed; a config.json from before the psrl section is a run
-    with every PSRL term off."""
+    read as what they meant before they existed (config.FIELDS_ADDED_LATER); a config.json from
+    before the psrl section is a run with every PSRL term off."""
     flat = {
         k: v for k, v in _flatten(config).items() if not any(k == p or k.startswith(p + ".") for p in NOT_THE_METHOD)
     }
     if "psrl" not in config:
         flat.update({f"psrl.{term}": False for term in PSRL_TERMS})
-    for key, value in IMPLIED.items():
-        if key not in flat and key in _flatten(other):
+    other_fields = _flatten(other)
+    for key, value in FIELDS_ADDED_LATER.items():
+        if key not in flat and key in other_fields:
             flat[key] = value
     return flat
 
