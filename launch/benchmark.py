@@ -44,7 +44,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
 from psrl_jax import cli  # noqa: E402
-from psrl_jax.config import ConfigError  # noqa: E402
+from psrl_jax.config import ConfigError, added_later_field  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed dispatches per measurement")
@@ -111,7 +111,7 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     device = jax.devices()[0]
     results["device"] = f"{device} ({getattr(device, 'device_kind', '')})"
     results["backend"] = jax.default_backend()
-    results["compute_dtype"] = config.agent.get("compute_dtype", "float32")
+    results["compute_dtype"] = added_later_field(config.agent, "agent.compute_dtype")
 
     start = time.perf_counter()
     state = jax.block_until_ready(trainer.init_fn(trainer.seeds.keys()))

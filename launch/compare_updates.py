@@ -44,7 +44,7 @@ from absl import flags, logging  # noqa: E402
 
 import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
 from psrl_jax import cli  # noqa: E402
-from psrl_jax.config import ConfigError  # noqa: E402
+from psrl_jax.config import ConfigError, added_later_field  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
@@ -186,7 +186,7 @@ def main(argv):
     rows = []
     for spec, seed_axis in [(spec, axis) for spec in specs for axis in _SEED_AXIS.value]:
         config = configs[spec].copy_and_resolve_references()
-        if is_dmc(config) and config.env.get("observation", "pixels") != "pixels":
+        if is_dmc(config) and added_later_field(config.env, "env.observation") != "pixels":
             sys.exit(f"error: {spec}: env.observation={config.env.observation!r}; this script times pixel updates")
         size, frames = config.env.image_size, config.env.frame_stack
         if is_dmc(config):

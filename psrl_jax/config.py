@@ -40,7 +40,7 @@ def _require_even_eval_split(ev) -> None:
 
 
 def _require_stack_padding(env) -> None:
-    padding = env.get("stack_padding", "zeros")
+    padding = added_later_field(env, "env.stack_padding")
     _require(
         padding in ("zeros", "first_frame"),
         f"config.env.stack_padding must be 'zeros' or 'first_frame', got {padding!r}",
@@ -120,7 +120,7 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
         agent.encoder in ("stacked", "framewise"),
         f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
     )
-    compute_dtype = agent.get("compute_dtype", "float32")  # run dirs written before the field existed
+    compute_dtype = added_later_field(agent, "agent.compute_dtype")
     _require(
         compute_dtype in ("float32", "bfloat16"),
         f"config.agent.compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}",
@@ -238,7 +238,7 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         },
         minimum=0,
     )
-    observation = env.get("observation", "pixels")
+    observation = added_later_field(env, "env.observation")
     _require(
         observation in ("pixels", "state"), f"config.env.observation must be 'pixels' or 'state', got {observation!r}"
     )
@@ -281,15 +281,15 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
     )
     _require(
-        agent.get("compute_dtype", "float32") in ("float32", "bfloat16"),
+        added_later_field(agent, "agent.compute_dtype") in ("float32", "bfloat16"),
         "config.agent.compute_dtype must be 'float32' or 'bfloat16'",
     )
     _require(
-        agent.get("weight_init", "lecun") in ("orthogonal", "lecun"),
+        added_later_field(agent, "agent.weight_init") in ("orthogonal", "lecun"),
         f"config.agent.weight_init must be 'orthogonal' or 'lecun', got {agent.get('weight_init')!r}",
     )
     _require(
-        isinstance(agent.get("trunk_tanh", True), bool),
+        isinstance(added_later_field(agent, "agent.trunk_tanh"), bool),
         f"config.agent.trunk_tanh must be True or False, got {agent.get('trunk_tanh')!r}",
     )
     _require(
@@ -336,8 +336,8 @@ PSRL_TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
 
 # Fields added after run directories were first written, with the value that reproduces the runs
 # from before them: what a config.json or checkpoint header without the field means. One table for
-# every reader of older runs (train/checkpoint.py's resume check, analysis/runs.py's report); code
-# that reads a loaded config.json uses the same values in its `.get(field, default)`.
+# every reader of older runs (train/checkpoint.py's resume check, analysis/runs.py's report, and
+# the code that builds a run from a loaded config.json, through added_later_field).
 FIELDS_ADDED_LATER = {
     "env.observation": "pixels",  # DMC
     "env.stack_padding": "zeros",
@@ -346,6 +346,13 @@ FIELDS_ADDED_LATER = {
     "agent.weight_init": "lecun",  # SAC (Flax's default)
     "psrl.warp_padding": "zeros",
 }
+
+
+def added_later_field(section, field: str):
+    """The value of `field` (a key of FIELDS_ADDED_LATER, e.g. "agent.trunk_tanh") in `section`
+    (here config.agent), or, in a config.json written before the field existed, the value the table
+    says reproduces that run. A field not in the table is a KeyError, not a silent default."""
+    return section.get(field.rpartition(".")[2], FIELDS_ADDED_LATER[field])
 
 
 def validate_any_config(config: ml_collections.ConfigDict) -> None:
@@ -397,7 +404,7 @@ def validate_psrl_config(config: ml_collections.ConfigDict) -> None:
     _require(p.max_displacement >= 1, f"config.psrl.max_displacement must be >= 1, got {p.max_displacement}")
     _require(0.0 <= p.multiscale_decay <= 1.0, "config.psrl.multiscale_decay must be in [0, 1]")
     _require(
-        p.get("warp_padding", "zeros") in WARP_PADDINGS,
+        added_later_field(p, "psrl.warp_padding") in WARP_PADDINGS,
         f"config.psrl.warp_padding must be one of {WARP_PADDINGS}, got {p.get('warp_padding')!r}",
     )
     _require(0.0 < p.bn_momentum < 1.0, "config.psrl.bn_momentum must be in (0, 1)")

@@ -129,3 +129,35 @@ def test_evaluate_and_visualize_name_a_bad_config_json_and_out_before_restoring(
     (tmp_path / "file").write_text("")
     out = script("visualize.py", f"--run_dir={run}", f"--out={tmp_path / 'file' / 'fig.png'}")
     assert out.returncode != 0 and "--out" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_added_later_field_reads_the_table_for_older_config_json():
+    from psrl_jax.config import FIELDS_ADDED_LATER, added_later_field
+
+    for field, older in FIELDS_ADDED_LATER.items():
+        name = field.rpartition(".")[2]
+        assert added_later_field({}, field) == older
+        assert added_later_field({name: "set"}, field) == "set"
+    with pytest.raises(KeyError):
+        added_later_field({}, "agent.not_in_the_table")
+
+
+def test_no_hand_written_default_repeats_the_added_later_table():
+    """Code that reads a field of FIELDS_ADDED_LATER from a possibly older config.json goes through
+    added_later_field, so the value an absent field means is written once."""
+    import pathlib
+    import re
+
+    from psrl_jax.config import FIELDS_ADDED_LATER
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    names = "|".join(sorted({field.rpartition(".")[2] for field in FIELDS_ADDED_LATER}))
+    pattern = re.compile(rf"""\.get\(\s*["']({names})["']\s*,""")
+    found = [
+        f"{path.relative_to(root)}:{number}: {line.strip()}"
+        for folder in ("psrl_jax", "launch")
+        for path in sorted((root / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, "use config.added_later_field instead of:\n" + "\n".join(found)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from psrl_jax.config import added_later_field
 from psrl_jax.losses import sac as sac_losses
 from psrl_jax.losses.psrl import ema_source, init_psrl_params, make_psrl_modules, psrl_enabled, psrl_loss
 from psrl_jax.networks.q_network import compute_dtype
@@ -72,7 +73,7 @@ class SACAgent:
 
     @property
     def pixels(self) -> bool:
-        return self.config.env.get("observation", "pixels") == "pixels"
+        return added_later_field(self.config.env, "env.observation") == "pixels"
 
     @property
     def encoder(self) -> str:
@@ -89,8 +90,8 @@ class SACAgent:
             latent_dim=a.latent_dim,
             hidden=tuple(a.hidden),
             dtype=compute_dtype(a),
-            weight_init=a.get("weight_init", "lecun"),  # runs before the field existed used Flax's LeCun init
-            trunk_tanh=bool(a.get("trunk_tanh", True)),  # runs before the field existed had the tanh
+            weight_init=added_later_field(a, "agent.weight_init"),
+            trunk_tanh=bool(added_later_field(a, "agent.trunk_tanh")),
         )
 
     @property
@@ -104,8 +105,8 @@ class SACAgent:
             log_std_min=a.log_std_min,
             log_std_max=a.log_std_max,
             dtype=compute_dtype(a),
-            weight_init=a.get("weight_init", "lecun"),  # runs before the field existed used Flax's LeCun init
-            trunk_tanh=bool(a.get("trunk_tanh", True)),  # runs before the field existed had the tanh
+            weight_init=added_later_field(a, "agent.weight_init"),
+            trunk_tanh=bool(added_later_field(a, "agent.trunk_tanh")),
         )
 
     @property

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from psrl_jax.config import PSRL_TERMS
+from psrl_jax.config import PSRL_TERMS, added_later_field
 from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
 from psrl_jax.networks.q_network import compute_dtype
 from psrl_jax.networks.transform import (
@@ -251,7 +251,7 @@ def psrl_loss(
             new_batch_stats = updates["batch_stats"]
             flows = flows_at(flows, h, w)  # every scale, finest first, in pixels of the feature map
         scale_weights = [p.multiscale_decay**s for s in range(len(flows))]  # finest first; 0**0 = 1
-        padding = p.get("warp_padding", "zeros")  # runs recorded before the field warped with zeros
+        padding = added_later_field(p, "psrl.warp_padding")
         n_ext_pairs = n_ext * batch * frames
 
         if use_external:

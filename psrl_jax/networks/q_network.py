@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from psrl_jax.config import added_later_field
 from psrl_jax.networks.encoders import AtariEncoder, concat_frames
 from psrl_jax.networks.heads import DuelingC51Head
 
@@ -18,7 +19,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def compute_dtype(agent_config: ml_collections.ConfigDict):
     """The networks' compute dtype from config.agent.compute_dtype ("float32" or "bfloat16");
     parameters, optimiser state and losses stay float32 either way."""
-    name = agent_config.get("compute_dtype", "float32")
+    name = added_later_field(agent_config, "agent.compute_dtype")
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}")
     return COMPUTE_DTYPES[name]

@@ -23,6 +23,8 @@ from flashbax.buffers.prioritised_trajectory_buffer import (
     PrioritisedTrajectoryBufferState,
 )
 
+from psrl_jax.config import added_later_field
+
 ReplayState = PrioritisedTrajectoryBufferState
 
 
@@ -281,7 +283,7 @@ class SequenceReplay:
 
 def configured_stack_padding(config) -> str:
     """config.env.stack_padding, "zeros" for configs written before the field existed."""
-    return str(config.env.get("stack_padding", "zeros"))
+    return str(added_later_field(config.env, "env.stack_padding"))
 
 
 def make_sequence_replay(

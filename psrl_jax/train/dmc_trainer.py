@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psrl_jax.agents.sac import SACAgent, SACState, learning_rate
-from psrl_jax.config import config_to_dict
+from psrl_jax.config import added_later_field, config_to_dict
 from psrl_jax.config import validate_dmc_config as validate_config
 from psrl_jax.envs.dmc import (
     DMCEpisodeStats,
@@ -69,7 +69,7 @@ class DMCTrainer:
         config.env.action_repeat = repeat  # resolved, so config.json records the repeat used
         validate_config(config)
         self.seeds = SeedAxis.for_config(config)
-        prepare_rendering(config.env.backend, config.env.get("observation", "pixels"), config.env.gl)
+        prepare_rendering(config.env.backend, added_later_field(config.env, "env.observation"), config.env.gl)
         self.run_dir, self.checkpointer = open_run_dir(
             config, f"{config.name}-{self.task.name}-s{config.seed}x{config.num_seeds}"
         )
@@ -116,7 +116,7 @@ class DMCTrainer:
             camera_id=env.camera_id,
             num_threads=env.num_threads,
             gl=env.gl,
-            observation=env.get("observation", "pixels"),  # config.json of runs before the field
+            observation=added_later_field(env, "env.observation"),
         )
 
     # ----- jitted, vmapped pieces ---------------------------------------------------------------
