@@ -39,6 +39,14 @@ def _require_even_eval_split(ev) -> None:
         )
 
 
+def _require_compute_dtype(agent) -> None:
+    compute_dtype = added_later_field(agent, "agent.compute_dtype")
+    _require(
+        compute_dtype in ("float32", "bfloat16"),
+        f"config.agent.compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}",
+    )
+
+
 def _require_stack_padding(env) -> None:
     padding = added_later_field(env, "env.stack_padding")
     _require(
@@ -120,11 +128,7 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
         agent.encoder in ("stacked", "framewise"),
         f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
     )
-    compute_dtype = added_later_field(agent, "agent.compute_dtype")
-    _require(
-        compute_dtype in ("float32", "bfloat16"),
-        f"config.agent.compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}",
-    )
+    _require_compute_dtype(agent)
     shard_seeds = config.get("shard_seeds", "auto")  # run dirs written before the field existed: "auto"
     _require(
         shard_seeds in ("auto", "on", "off"),
@@ -280,10 +284,7 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         agent.encoder in ("stacked", "framewise"),
         f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
     )
-    _require(
-        added_later_field(agent, "agent.compute_dtype") in ("float32", "bfloat16"),
-        "config.agent.compute_dtype must be 'float32' or 'bfloat16'",
-    )
+    _require_compute_dtype(agent)
     _require(
         added_later_field(agent, "agent.weight_init") in ("orthogonal", "lecun"),
         f"config.agent.weight_init must be 'orthogonal' or 'lecun', got {agent.get('weight_init')!r}",
