@@ -186,3 +186,26 @@ def test_a_trained_psrl_agent_state_round_trips_exactly(tmp_path):
     chex.assert_trees_all_equal(restored, trained)
     assert header["updates_per_seed"] == 1
     checkpointer.close()
+
+
+def test_an_unsharded_resume_lowers_the_fresh_runs_programs(tmp_path):
+    """An unsharded run's state from SeedAxis.jit and the same state restored into the trainers'
+    template (SeedAxis.state_template) lower a jitted step to the same program text, so a resumed
+    run reads its programs from a persistent compilation cache instead of compiling them again.
+    (Orbax restores committed arrays, which lower with sharding annotations; a fresh run's state
+    was uncommitted, without them.)"""
+    import jax
+
+    from psrl_jax.train.common import SeedAxis, vmap_seeds
+
+    seeds = SeedAxis(2, 0, None, slice(0, 2))
+    init = seeds.jit(vmap_seeds(lambda key: {"w": jax.random.normal(key, (3,)), "count": jnp.zeros((), jnp.int32)}))
+    fresh = init(seeds.keys())
+    config_dict = _config()
+    checkpointer = Checkpointer(str(tmp_path), keep=1)
+    checkpointer.save(100, fresh, checkpoint_header(100, config_dict, [0, 1], 1, None, 0))
+    restored, _ = checkpointer.restore(seeds.state_template(init), config_dict)
+    step = seeds.jit(vmap_seeds(lambda state: jax.tree.map(lambda x: x + 1, state)))
+    assert step.lower(restored).as_text() == step.lower(fresh).as_text()
+    assert step.lower(step(fresh)).as_text() == step.lower(fresh).as_text()  # and the run's later steps
+    checkpointer.close()

@@ -107,11 +107,17 @@ def gather_rows(tree):
     return jax.tree.map(gather, tree)
 
 
+def default_device_sharding() -> jax.sharding.SingleDeviceSharding:
+    """The one device an unsharded run's seeds live on."""
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
 def with_sharding(abstract_tree, sharding: NamedSharding | None):
     """jax.ShapeDtypeStruct leaves (e.g. from jax.eval_shape) that carry `sharding`: checkpoint
-    restore then places every array straight onto its devices."""
+    restore then places every array straight onto its devices. None (unsharded): the default device,
+    where SeedAxis.jit commits an unsharded run's state."""
     if sharding is None:
-        return abstract_tree
+        sharding = default_device_sharding()
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_tree)
 
 
