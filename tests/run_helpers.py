@@ -24,6 +24,13 @@ def launch_command(script, run_dir, *extra, config):
     ]
 
 
+def host_devices_env(devices):
+    """The environment of a subprocess whose JAX sees `devices` CPU devices, keeping the XLA_FLAGS the
+    tests run with (tests/conftest.py)."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+
+
 def run_command(command, timeout=600):
     """Runs `command` (a list, e.g. from launch_command) from the repository root to completion and
     returns the CompletedProcess (stdout and stderr captured as text) for the caller to check,

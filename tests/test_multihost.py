@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from run_helpers import ROOT, checkpoint_steps
+from run_helpers import ROOT, checkpoint_steps, host_devices_env
 
 TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "agent_steps_per_s_all_seeds", "seconds"}
 
@@ -33,10 +33,6 @@ ATARI = [
 ]
 
 
-def _devices(n):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-
-
 def _free_port():
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
@@ -47,14 +43,16 @@ def _launch(script, args, run_dir, processes, devices_per_process, *extra, timeo
     """Runs launch/<script> as `processes` cooperating processes; returns [(returncode, stderr)]."""
     command = [sys.executable, f"launch/{script}", "--config", *args, f"--config.run_dir={run_dir}", *extra]
     if processes == 1:
-        run = subprocess.run(command, cwd=ROOT, env=_devices(devices_per_process), capture_output=True, text=True)
+        run = subprocess.run(
+            command, cwd=ROOT, env=host_devices_env(devices_per_process), capture_output=True, text=True
+        )
         return [(run.returncode, run.stderr)]
     port = _free_port()
     running = [
         subprocess.Popen(
             [*command, f"--coordinator=localhost:{port}", f"--num_processes={processes}", f"--process_id={i}"],
             cwd=ROOT,
-            env=_devices(devices_per_process),
+            env=host_devices_env(devices_per_process),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

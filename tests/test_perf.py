@@ -112,7 +112,9 @@ def test_benchmark_loops_refuses_dmc_configs_before_compiling(tmp_path):
 
 def _benchmark(tmp_path, name, devices, *flags):
     out = tmp_path / f"{name}.json"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    from run_helpers import host_devices_env
+
+    env = host_devices_env(devices)
     result = subprocess.run(
         [
             sys.executable,
