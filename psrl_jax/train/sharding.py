@@ -123,7 +123,7 @@ def with_sharding(abstract_tree, sharding: NamedSharding | None):
 
 def describe(sharding: NamedSharding | None) -> dict:
     """For versions.json and the run_info record: how many devices the seeds span, and which."""
-    devices = list(sharding.mesh.devices.flat) if sharding is not None else [jax.devices()[0]]
+    devices = list(sharding.mesh.devices.flat if sharding is not None else default_device_sharding().device_set)
     return {
         "shard_seeds": sharding is not None,
         "seed_devices": len(devices),
