@@ -28,21 +28,23 @@ _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _O1 = "--xla_backend_optimization_level=1"
 
 
-def _compile_at_o1(config):
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: its environment is the controller's, set below
+    _compile_at_o1()
+    _make_cache(config)
+
+
+def _compile_at_o1():
     flags = os.environ.get("XLA_FLAGS", "")
-    if hasattr(config, "workerinput") or "xla_backend_optimization_level" in flags:
-        return  # an xdist worker (inherits the controller's flags) or the caller's own level
-    if os.environ.get("PSRL_JAX_TEST_XLA_O1", "1") == "0":
-        return
+    if "xla_backend_optimization_level" in flags or os.environ.get("PSRL_JAX_TEST_XLA_O1", "1") == "0":
+        return  # the caller's own level, or XLA's default asked for
     os.environ["XLA_FLAGS"] = f"{flags} {_O1}".strip()  # read when JAX creates its CPU backend
 
 
-def pytest_configure(config):
-    _compile_at_o1(config)
-    if hasattr(config, "workerinput") or os.environ.get(_CACHE_ENV):
-        return  # an xdist worker (its controller set the variable) or the caller's own cache
-    if os.environ.get("PSRL_JAX_TEST_XLA_CACHE", "1") == "0":
-        return
+def _make_cache(config):
+    if os.environ.get(_CACHE_ENV) or os.environ.get("PSRL_JAX_TEST_XLA_CACHE", "1") == "0":
+        return  # the caller's own cache, or none asked for
     path = tempfile.mkdtemp(prefix="psrl_jax_test_xla_cache_")
     os.environ[_CACHE_ENV] = path  # for xdist workers and launched subprocesses
     jax.config.update("jax_compilation_cache_dir", path)  # for tests run in this process

@@ -2,16 +2,14 @@
 
 import glob
 import json
-import os
 import subprocess
 import sys
 import types
 
 import pytest
+from run_helpers import ROOT, host_devices_env
 
 from psrl_jax.perf import TFLOP, cpu_peak_flops, peak_flops
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cpu_peak_from_cpuinfo(tmp_path):
@@ -112,8 +110,6 @@ def test_benchmark_loops_refuses_dmc_configs_before_compiling(tmp_path):
 
 def _benchmark(tmp_path, name, devices, *flags):
     out = tmp_path / f"{name}.json"
-    from run_helpers import host_devices_env
-
     env = host_devices_env(devices)
     result = subprocess.run(
         [

@@ -10,13 +10,12 @@ import sys
 import textwrap
 
 import pytest
-from run_helpers import host_devices_env
+from run_helpers import ROOT, host_devices_env
 
 from configs import rainbow
 from psrl_jax.config import ConfigError, validate_atari_config
 from psrl_jax.train.sharding import use_seed_sharding
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOUR_DEVICES = host_devices_env(4)
 TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "seconds"}
 
