@@ -15,6 +15,9 @@ gives them back to Eigen; dots and everything else keep XLA's defaults.
 - PSRL_JAX_XLA_CPU_DEFAULTS=1 is in the environment (keep XLA's defaults, e.g. to measure them).
 XLA reads XLA_FLAGS once, when the first backend is created: if JAX is already running, this warns
 and changes nothing. GPU and TPU programs are unaffected (the flag is a CPU-backend option).
+
+`one_shot_compiler_options()` is the other XLA:CPU choice made here: programs that run once (the
+trainers' init) compile with LLVM at -O1 instead of XLA's default -O3.
 """
 
 import importlib.metadata
@@ -23,6 +26,8 @@ import os
 import sys
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+LEVEL_FLAG = "xla_backend_optimization_level"
+ONE_SHOT_LEVEL = 1
 CHECKED_JAXLIB = ((0, 9, 2), (0, 11, 0))  # [first, last) jaxlib versions with the flag, checked
 
 
@@ -64,3 +69,19 @@ def configure() -> None:
             )
             return
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FLAG}".strip()
+
+
+def one_shot_compiler_options(environ=os.environ, backend: str | None = None) -> dict | None:
+    """`jax.jit(..., compiler_options=...)` for a program that runs once: LLVM at -O1 on the CPU.
+
+    The agents' init is hundreds of small fusions of random initialisers, and compiling it is mostly
+    LLVM optimising them at XLA's default level (3), for a program that runs once. At -O1 the
+    `sac_psrl` init compiles in 11 s instead of 33-39 s, `rainbow_psrl:smoke` in 9 instead of 35 s,
+    `rainbow` 4 instead of 13 s (2 cores of an AMD EPYC, docs/BENCHMARKS.md), and the parameters are
+    bit-identical (tests/test_xla_cpu.py checks this). None (XLA's default) on GPU/TPU, or when
+    XLA_FLAGS sets a level (the user's choice wins)."""
+    import jax  # not at import time: configure() must run before JAX starts its backend
+
+    if (backend or jax.default_backend()) != "cpu" or LEVEL_FLAG in environ.get("XLA_FLAGS", ""):
+        return None
+    return {LEVEL_FLAG: ONE_SHOT_LEVEL}

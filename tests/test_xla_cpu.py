@@ -78,3 +78,47 @@ def test_defaults_kept_on_request_and_values_agree():
     eigen = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
     np.testing.assert_allclose(np.load(out), eigen, rtol=1e-4, atol=1e-4)
     os.remove(out)
+
+
+@pytest.mark.parametrize(
+    "environ,backend,expected",
+    [
+        ({}, "cpu", {xla_cpu.LEVEL_FLAG: 1}),
+        ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, "cpu", {xla_cpu.LEVEL_FLAG: 1}),
+        ({"XLA_FLAGS": "--xla_backend_optimization_level=3"}, "cpu", None),  # the user's level wins
+        ({}, "gpu", None),
+        ({}, "tpu", None),
+    ],
+)
+def test_one_shot_compiler_options(environ, backend, expected):
+    assert xla_cpu.one_shot_compiler_options(environ, backend) == expected
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the one-shot level is an XLA:CPU option")
+@pytest.mark.parametrize("config_name", ["rainbow:smoke", "sac_psrl:smoke"])
+def test_init_at_the_one_shot_level_is_bit_identical_to_xla_default(config_name):
+    """The trainers compile the agents' init at -O1 (one_shot_compiler_options): every parameter,
+    BatchNorm statistic, optimiser moment and key must be what XLA's default level (-O3, which this
+    test names explicitly: the suite itself runs at -O1) computes, bit for bit. Noisy nets (rainbow)
+    and the SAC + PSRL modules cover every initialiser the agents use."""
+    import importlib
+
+    from psrl_jax.agents.rainbow import RainbowAgent
+    from psrl_jax.agents.sac import SACAgent
+
+    module, variant = config_name.split(":")
+    config = importlib.import_module(f"configs.{module}").get_config(variant)
+    size = config.env.image_size
+    if module.startswith("sac"):
+        agent = SACAgent(config, 2, (config.env.frame_stack, size, size, 3))
+    else:
+        agent = RainbowAgent(config, 6, (config.env.frame_stack, size, size))
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    lowered = jax.jit(jax.vmap(agent.init)).lower(keys)
+    default = lowered.compile(compiler_options={xla_cpu.LEVEL_FLAG: 3})(keys)
+    one_shot = lowered.compile(compiler_options=xla_cpu.one_shot_compiler_options({}, "cpu"))(keys)
+    default, one_shot = jax.device_get(default), jax.device_get(one_shot)
+    paths = jax.tree_util.tree_flatten_with_path(default)[0]
+    assert len(paths) > 20  # the whole agent state, not an empty tree
+    for (path, a), b in zip(paths, jax.tree.leaves(one_shot), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psrl_jax import xla_cpu
 from psrl_jax.agents.rainbow import RainbowAgent, RainbowState
 from psrl_jax.config import ConfigError, config_to_dict, validate_atari_config
 from psrl_jax.envs.atari import (
@@ -136,7 +137,10 @@ class AtariTrainer:
         return vmap_seeds(self._update_single, in_axes=(0, None), unroll=self.unroll_seeds)
 
     def _compile(self):
-        self.init_fn = self.seeds.jit(vmap_seeds(self._init_single))
+        # Runs once per run: compiled for a short compile (same parameters, bit for bit).
+        self.init_fn = self.seeds.jit(
+            vmap_seeds(self._init_single), compiler_options=xla_cpu.one_shot_compiler_options()
+        )
         self.collect_random = self.seeds.jit(self.vmapped_collect(random_actions=True), donate_argnums=0)
         self.collect_policy = self.seeds.jit(self.vmapped_collect(random_actions=False), donate_argnums=0)
         self.update_fn = self.seeds.jit(self.vmapped_update, replicated_argnums=(1,), donate_argnums=0)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psrl_jax import xla_cpu
 from psrl_jax.agents.sac import SACAgent, SACState, learning_rate
 from psrl_jax.config import added_later_field, config_to_dict
 from psrl_jax.config import validate_dmc_config as validate_config
@@ -156,7 +157,10 @@ class DMCTrainer:
         return vmap_seeds(self._update_single, unroll=self.unroll_seeds)
 
     def _compile(self):
-        self.init_fn = self.seeds.jit(vmap_seeds(self._init_single))
+        # Runs once per run: compiled for a short compile (same parameters, bit for bit).
+        self.init_fn = self.seeds.jit(
+            vmap_seeds(self._init_single), compiler_options=xla_cpu.one_shot_compiler_options()
+        )
         self.collect_random = self.seeds.jit(
             vmap_seeds(functools.partial(self._collect_single, random_actions=True)), donate_argnums=0
         )
