@@ -117,21 +117,27 @@ def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
     """rainbow_psrl:smoke, 2 vmapped seeds: every PSRL term logged per seed, finite; BatchNorm
     statistics, EMA target and PSRL modules survive a kill and resume."""
     run_dir = str(tmp_path / "psrl")
-    command = functools.partial(_command, run_dir, config="configs/rainbow_psrl.py:smoke")
+    # 600 of the smoke config's 800 steps: killed at the 400-step checkpoint (replay.min_size: no
+    # update yet), resumed for 200 steps of updates (200 per seed, half the smoke run's; they are
+    # most of this test's time on a 2-core CPU).
+    total = 600
+    command = functools.partial(
+        _command, run_dir, f"--config.total_env_steps={total}", config="configs/rainbow_psrl.py:smoke"
+    )
     first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
-    assert 0 < first_checkpoint < 800
+    assert 0 < first_checkpoint < total
     resumed = run_command(command("--config.resume=True"), timeout=900)
     assert resumed.returncode == 0, output_tail(resumed)
     terms = ("loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
     for seed in (0, 1):
         updates = [r for r in records(run_dir, seed, "update") if r["updates_per_seed"] > 0]
-        assert updates and updates[-1]["env_step"] == 800
+        assert updates and updates[-1]["env_step"] == total
         for record in updates:
             for name in (*terms, "loss/psrl", "loss/rl", "psrl/flow_magnitude", "psrl/internal_flow_magnitude"):
                 assert name in record and math.isfinite(record[name]), (name, record)
         assert updates[-1]["psrl/flow_magnitude"] > 0  # the correspondence module has learned something
         assert len(records(run_dir, seed, "final_eval")) == 1
-    assert checkpoint_steps(run_dir)[-1] == 800
+    assert checkpoint_steps(run_dir)[-1] == total
 
     # The learned correspondences of seed 1 can be drawn from the latest checkpoint.
     figure_path = str(tmp_path / "fig.png")
