@@ -129,11 +129,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if variant == "smoke":
         # Same code, small: a few minutes on a 2-core CPU with software rendering.
         c.name = "sac-smoke"
-        # Several smoke seeds are vmapped, not unrolled as "auto" does on the CPU: a smoke run is
-        # mostly compiling, and with 2 seeds the vmapped update compiles in about half the time
-        # (rainbow_psrl:smoke 86 -> 47 s, sac_psrl:smoke 57 -> 30 s, rainbow 35 -> 18 s, sac 24 -> 12 s)
-        # and runs at 78-95% of the unrolled speed (docs/BENCHMARKS.md, 2 cores of an AMD EPYC). One
-        # seed is the same program either way.
+        # Several smoke seeds are vmapped, not unrolled as "auto" does on the CPU: the update compiles
+        # in half the time (sac 24 -> 12 s, sac_psrl 57 -> 30 s with 2 seeds), which is most of a
+        # smoke run, and runs at 78-86% of the unrolled speed (configs/rainbow.py, docs/BENCHMARKS.md).
         c.seed_batching = "vmap"
         c.total_env_steps = 2400  # cartpole_swingup: 300 agent steps = 2.4 episodes
         c.env.image_size = 64

@@ -137,7 +137,7 @@ class AtariTrainer:
         return vmap_seeds(self._update_single, in_axes=(0, None), unroll=self.unroll_seeds)
 
     def _compile(self):
-        # Runs once per run: compiled for a short compile (same parameters, bit for bit).
+        # Runs once per run: on the CPU, LLVM -O1 compiles it ~3x faster, same parameters bit for bit.
         self.init_fn = self.seeds.jit(
             vmap_seeds(self._init_single), compiler_options=xla_cpu.one_shot_compiler_options()
         )
