@@ -23,9 +23,10 @@ import tempfile
 import jax
 
 import psrl_jax  # noqa: F401
+from psrl_jax import xla_cpu
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
-_O1 = "--xla_backend_optimization_level=1"
+_O1 = f"--{xla_cpu.LEVEL_FLAG}=1"
 
 
 def pytest_configure(config):
@@ -37,7 +38,7 @@ def pytest_configure(config):
 
 def _compile_at_o1():
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_optimization_level" in flags or os.environ.get("PSRL_JAX_TEST_XLA_O1", "1") == "0":
+    if xla_cpu.LEVEL_FLAG in flags or os.environ.get("PSRL_JAX_TEST_XLA_O1", "1") == "0":
         return  # the caller's own level, or XLA's default asked for
     os.environ["XLA_FLAGS"] = f"{flags} {_O1}".strip()  # read when JAX creates its CPU backend
 

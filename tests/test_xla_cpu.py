@@ -140,4 +140,5 @@ def test_trainers_compile_their_init_with_the_one_shot_options(monkeypatch, tmp_
         with pytest.raises(Exception, match="xla_not_an_option_psrl_jax"):
             trainer.init_fn.lower(trainer.seeds.keys()).compile()
     finally:
+        trainer.checkpointer.close()
         trainer.envs.close()
