@@ -22,6 +22,7 @@ def _filled_replay(config, key, steps=60):
     size = config.env.image_size
     replay = make_sequence_replay(config, (size, size))
     state = replay.init()
+    add = jax.jit(replay.add)  # eagerly, each add re-traced and recompiled flashbax's scans
     e = config.env.envs_per_seed
     for t in range(steps):
         key, k1, k2 = jax.random.split(key, 3)
@@ -32,7 +33,7 @@ def _filled_replay(config, key, steps=60):
             discount=jnp.ones((e,), jnp.float32),
             first=jnp.full((e,), t % 25 == 0),
         )
-        state = replay.add(state, step)
+        state = add(state, step)
     return replay, state
 
 

@@ -354,6 +354,7 @@ def test_float32_frames_are_stored_and_stacked_exactly():
     first = np.zeros(10, bool)
     first[[0, 5]] = True
     state = replay.init()
+    add = jax.jit(replay.add)  # one compile, not flashbax's scans re-traced on every eager add
     for t in range(10):
         step = Step(
             frame=rows[t][None],
@@ -362,7 +363,7 @@ def test_float32_frames_are_stored_and_stacked_exactly():
             discount=np.ones(1, np.float32),
             first=first[t][None],
         )
-        state = replay.add(state, step)
+        state = add(state, step)
     assert state.experience.frame.dtype == jnp.float32
     np.testing.assert_array_equal(state.experience.frame[0, :10], rows)
     batch = replay.sample(state, jax.random.key(0), 0.0)
