@@ -156,19 +156,11 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     start = time.perf_counter()
     compiled = lowered.compile()
     results["compile_update_seconds"] = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     U = trainer.updates_per_dispatch
     results["updates_per_dispatch"] = U
     results["update_every"] = config.update_every
-    # XLA's cost analysis counts a rolled loop's body once: exact per-update FLOPs need a full unroll.
-    counted_updates = U if trainer.scan_unroll >= U else 1
-    # Sharded, the compiled program is one device's: its S / devices seeds (SeedAxis.jit).
-    seed_devices = len(trainer.seeds.sharding.device_set) if trainer.seeds.sharding is not None else 1
-    results["seed_devices"] = seed_devices
-    results["flops_per_update_per_seed"] = flops / (counted_updates * (S // seed_devices))
-    results["flops_count_exact"] = trainer.scan_unroll >= U
+    results.update(update_flops(compiled, trainer, S))
+    seed_devices = results["seed_devices"]
 
     def update_once():
         holder["state"], metrics = trainer.update_fn(holder["state"], *args)
@@ -238,6 +230,23 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     env.close()
     trainer.checkpointer.close()
     return results
+
+
+def update_flops(compiled, trainer, num_seeds: int) -> dict:
+    """XLA's FLOP count of a compiled update dispatch, per update and per seed."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    U = trainer.updates_per_dispatch
+    # XLA's cost analysis counts a rolled loop's body once: exact per-update FLOPs need a full unroll.
+    counted_updates = U if trainer.scan_unroll >= U else 1
+    # Sharded, the compiled program is one device's: its S / devices seeds (SeedAxis.jit).
+    seed_devices = len(trainer.seeds.sharding.device_set) if trainer.seeds.sharding is not None else 1
+    return {
+        "seed_devices": seed_devices,
+        "flops_per_update_per_seed": flops / (counted_updates * (num_seeds // seed_devices)),
+        "flops_count_exact": trainer.scan_unroll >= U,
+    }
 
 
 def measure_loops(config, chunks: int) -> dict:
@@ -330,7 +339,8 @@ COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "
 
 def measure_sharding(config, repeats: int) -> dict:
     """ms per update dispatch, sharded over every device: shard_map vs the SPMD partitioner, timed
-    alternately on the same state; and the collectives XLA put into each compiled program."""
+    alternately on the same state; the collectives XLA put into each compiled program; and the
+    shard_map update's FLOPs per update per seed, counted as measure() counts them."""
     import re
 
     import jax
@@ -361,8 +371,10 @@ def measure_sharding(config, repeats: int) -> dict:
     results["updates_per_dispatch"] = trainer.updates_per_dispatch
     times = {name: [] for name in programs}
     for name, fn in programs.items():
-        text = fn.lower(state, *args).compile().as_text()
-        results[f"{name}_collectives"] = len(re.findall(pattern, text))
+        compiled = fn.lower(state, *args).compile()
+        results[f"{name}_collectives"] = len(re.findall(pattern, compiled.as_text()))
+        if name == "shard_map":  # the trainer's own update, as measure() counts it
+            results.update(update_flops(compiled, trainer, S))
         state, metrics = fn(state, *args)  # compile and warm up
         jax.block_until_ready(metrics)
     for _ in range(3):  # alternate, keep each one's best
