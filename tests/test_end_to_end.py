@@ -117,12 +117,17 @@ def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
     """rainbow_psrl:smoke, 2 vmapped seeds: every PSRL term logged per seed, finite; BatchNorm
     statistics, EMA target and PSRL modules survive a kill and resume."""
     run_dir = str(tmp_path / "psrl")
-    # 600 of the smoke config's 800 steps: killed at the 400-step checkpoint (replay.min_size: no
-    # update yet), resumed for 200 steps of updates (200 per seed, half the smoke run's; they are
-    # most of this test's time on a 2-core CPU).
-    total = 600
+    # 500 of the smoke config's 800 steps: killed at the 400-step checkpoint (replay.min_size: no
+    # update yet), resumed for 100 steps of updates (100 per seed, a quarter of the smoke run's; they
+    # are most of this test's time on a 2-core CPU). No periodic evaluation (the Rainbow run above
+    # checks those); the final one runs.
+    total = 500
     command = functools.partial(
-        _command, run_dir, f"--config.total_env_steps={total}", config="configs/rainbow_psrl.py:smoke"
+        _command,
+        run_dir,
+        f"--config.total_env_steps={total}",
+        "--config.eval.every_steps=0",
+        config="configs/rainbow_psrl.py:smoke",
     )
     first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
     assert 0 < first_checkpoint < total
