@@ -95,7 +95,7 @@ class SeedAxis:
         argument but `replicated_argnums`). Sharded, it runs under `jax.shard_map`: each device runs
         `fn` on its own seeds and nothing else. Left to XLA's SPMD partitioner, the vmapped
         convolutions (per-seed kernels become one grouped convolution) were all-gathered: every
-        device computed every seed's encoder (tests/test_sharding.py checks the compiled programs).
+        device computed every seed's encoder (tests/test_multihost.py checks the compiled programs).
         Unsharded, the outputs are committed to the default device, as a restored checkpoint's
         arrays are (state_template): a resumed run then lowers the fresh run's programs, and a
         persistent compilation cache serves them (uncommitted inputs lower without the sharding
