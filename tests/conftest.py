@@ -55,9 +55,10 @@ def _make_cache(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked slow run first (stable order otherwise): under `-n 2` xdist hands tests out in
-    collection order, so the minutes-long runs start early and the short tests fill the end, where
-    a long run started late would keep one worker busy while the other waits."""
+    """Tests marked slow run first (stable order otherwise), so the minutes-long runs start early and
+    the short tests fill the end, where a long run started late would keep one worker busy while the
+    other waits. Under xdist this needs --maxschedchunk=1 (scripts/test.sh): by default each worker
+    starts with a block of a quarter of the suite, so one worker would get every slow test."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
