@@ -8,8 +8,6 @@ makes the directory, the xdist workers and every launcher they start inherit it 
 environment, and it is removed when the run ends. A cache the caller set is used as it is and kept;
 PSRL_JAX_TEST_XLA_CACHE=0 turns the cache off (every start compiles, as before).
 
-Tests marked `slow` (end-to-end runs, benchmarks: a minute or more each) are collected first.
-
 XLA:CPU compiles with LLVM at -O1 in tests (--xla_backend_optimization_level=1, through XLA_FLAGS,
 which workers, launchers and the multi-device subprocesses inherit). Compiling is about two thirds
 of the suite's CPU time, and the smoke programs compile 30-50% faster at -O1 (rainbow_psrl:smoke's
@@ -52,14 +50,6 @@ def _make_cache(config):
     os.environ[_CACHE_ENV] = path  # for xdist workers and launched subprocesses
     jax.config.update("jax_compilation_cache_dir", path)  # for tests run in this process
     config._psrl_jax_xla_cache = path
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked slow run first (stable order otherwise), so the minutes-long runs start early and
-    the short tests fill the end, where a long run started late would keep one worker busy while the
-    other waits. Under xdist this needs --maxschedchunk=1 (scripts/test.sh): by default each worker
-    starts with a block of a quarter of the suite, so one worker would get every slow test."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_unconfigure(config):

@@ -145,7 +145,6 @@ def _copy_envpool_start_into_dm_control(dm_envs: DMControlEnvs, seed: int) -> No
     state_env.close()
 
 
-@pytest.mark.slow
 def test_backends_agree_on_cartpole_swingup():
     """Same shapes, bounds, episode clock and flags; same rewards from the same physics start.
 
