@@ -3,6 +3,7 @@ killed, resumes and finishes; SAC + PSRL logs every PSRL term. The smoke configs
 dm_control backend (configs/sac.py says why); tests/test_dmc_env.py checks envpool's pixel pool
 against it (same specs, same rewards from the same physics start)."""
 
+import functools
 import json
 import math
 import os
@@ -36,10 +37,13 @@ def _finite(record, name):
 
 def test_sac_smoke_two_seeds_kill_resume_finish(tmp_path):
     run_dir = str(tmp_path / "sac")
-    first_checkpoint = train_until_first_checkpoint_then_kill(_command(run_dir), run_dir)
+    # One episode per seed in the periodic evaluation (at 1,200, before the kill: 125 renders of
+    # ~30 ms per episode and seed here), the smoke config's two in the final one.
+    command = functools.partial(_command, run_dir, "--config.eval.episodes=1")
+    first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
     assert first_checkpoint == 1200  # checkpoint.every_steps of the smoke config
 
-    resumed = run_command(_command(run_dir, "--config.resume=True"), timeout=900)
+    resumed = run_command(command("--config.resume=True"), timeout=900)
     assert resumed.returncode == 0, output_tail(resumed)
 
     with open(os.path.join(run_dir, "config.json")) as f:

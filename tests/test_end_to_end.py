@@ -27,11 +27,15 @@ def _command(run_dir, *extra, config="configs/rainbow.py:smoke"):
 
 def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     run_dir = str(tmp_path / "run")
-    # The seeds unrolled, as "auto" runs them on the CPU (the smoke configs vmap them to compile
-    # faster; the other end-to-end runs cover that): both ways run end to end in CI.
-    command = functools.partial(_command, run_dir, "--config.seed_batching=unroll")
+    # 800 of the smoke config's 1,200 steps: killed at the 400-step checkpoint (replay.min_size: no
+    # update yet), resumed for 200 updates per seed, one periodic evaluation (600) and the final one.
+    # The seeds are vmapped as the smoke config says; "auto"'s unrolled seeds on the CPU are the same
+    # state and update (tests/test_train_common.py checks vmap_seeds' unroll against jax.vmap, and
+    # tests/test_perf.py compiles and runs the unrolled smoke update).
+    total = 800
+    command = functools.partial(_command, run_dir, f"--config.total_env_steps={total}")
     first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
-    assert 0 < first_checkpoint < 1200
+    assert 0 < first_checkpoint < total
 
     resumed = run_command(command("--config.resume=True"), timeout=900)
     assert resumed.returncode == 0, output_tail(resumed)
@@ -40,7 +44,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
         updates = records(run_dir, seed, "update")
         steps = [r["env_step"] for r in updates]
         assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated records after resume
-        assert steps[-1] == 1200
+        assert steps[-1] == total
         assert all(r["updates_per_seed"] >= 0 for r in updates)
         late = [r for r in updates if r["env_step"] > 400]
         assert late and all("loss/rl" in r and r["loss/rl"] == r["loss/rl"] for r in late)  # finite, present
@@ -54,12 +58,12 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
         assert os.path.exists(os.path.join(run_dir, name))
     with open(os.path.join(run_dir, "config.json")) as f:
         assert json.load(f)["num_seeds"] == 2
-    assert checkpoint_steps(run_dir)[-1] == 1200
+    assert checkpoint_steps(run_dir)[-1] == total
 
     # A finished run's latest checkpoint can be evaluated on its own, also when its config.json is
     # from before the fields added later (the RoadRunner run in docs/runs has no psrl section).
     _strip_fields_added_later(os.path.join(run_dir, "config.json"))
-    result = evaluate_latest_checkpoint(run_dir, episodes=2, step=1200)
+    result = evaluate_latest_checkpoint(run_dir, episodes=2, step=total)
     assert len(result["returns"]) == 2 and all(len(r) == 2 for r in result["returns"])
 
     # The report reads the trainer's own run directory: both seeds finished and scored at the budget,
@@ -68,11 +72,11 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
 
     report, warnings = build_report([run_dir], str(tmp_path / "report"), ReportOptions(reps=20))
     assert warnings == [
-        "Atari runs are scored at step(s) [1200], the published rows at 100,000 (the Atari 100k budget)"
+        f"Atari runs are scored at step(s) [{total}], the published rows at 100,000 (the Atari 100k budget)"
     ]
     with open(report) as f:
         text = f.read()
-    assert "| 2/2 | 1,200 | 1,200 | complete |" in text
+    assert f"| 2/2 | {total:,} | {total:,} | complete |" in text
     finals = [np.mean(records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
     assert f"{np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2)" in text
 
@@ -81,7 +85,7 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     assert clash.returncode != 0 and "resume" in clash.stderr
 
     # A corrupted checkpoint gives a clear error and is left as it was.
-    state_dir = os.path.join(run_dir, "checkpoints", "1200", "state")
+    state_dir = os.path.join(run_dir, "checkpoints", str(total), "state")
     victims = []
     for root, _, files in os.walk(state_dir):
         victims += [os.path.join(root, f) for f in files if "manifest" in f or f.startswith("_METADATA")]
