@@ -175,7 +175,9 @@ def test_state_sac_learns_cartpole_swingup(tmp_path):
     learns: configs/sac.py:state with (256, 256) MLPs, 2 vmapped seeds, 40k env steps.
 
     Measured on the 2-core CPU, this command: evaluation returns 2.8 and 0.0 at 8k env steps (where
-    the random-action warm-up ends), 644 and 816 at 40k; 45 s. With Flax's default init instead
+    the random-action warm-up ends), 644 and 816 at 40k. On 2026-12-02 (2 cores of an AMD EPYC, at
+    the tests' XLA -O1): 640 and 822 at 40k, 123 s alone (about 115 agent steps per second over the
+    2 seeds once updates start). With Flax's default init instead
     (agent.weight_init="lecun"): 158 and 125, then 643 and 478; with a third seed vmapped beside
     them the same two seeds ended at 523 and 574 (vmapped arithmetic differs in the last bits, and
     training amplifies that). Published state SAC at 100k: 835 +- 22.
