@@ -150,17 +150,17 @@ PIXEL_STEPS = 32  # 256 control steps: 512 envpool renders for the 2 envs
 
 def test_backends_agree_on_cartpole_swingup():
     """Same frame shapes, dtypes and action bounds; same rewards and like frames from the same
-    physics start, over the first PIXEL_STEPS agent steps (envpool renders every control step, so a whole
-    episode would be 2,000 renders here; the state test below plays whole episodes on both backends
-    through the same step code: episode clock, LAST, auto-reset).
+    physics start, over the first PIXEL_STEPS agent steps. (envpool renders every control step, so a
+    whole episode would be 2,000 renders here. The state test below plays whole episodes on both
+    backends through the same step code: episode clock, LAST, truncation, auto-reset.)
 
     Measured (envpool 1.2.5 with its bundled MuJoCo vs dm_control 1.0.50 / mujoco 3.17, seed 5,
-    2 envs, 32 agent steps of uniform random actions, repeat 8): after copying the start, the largest
-    per-agent-step reward gap was 1.2e-7 and the returns differed by 6e-8 (returns 16.3 and 4.5);
-    first frames differed by at most 6 pixel levels (0.19 mean abs), against 72 levels without the
-    copy, and later frames by at most 8 (per-frame mean brightness by 0.02). Over a whole episode
-    (125 steps, this test before 2026-12-02) the reward gap grew to 2.0e-5. Bounds below: 1e-3 per step, 0.05 per
-    return, 16 levels per pixel and 1.0 in per-frame mean brightness.
+    2 envs, 32 agent steps of uniform random actions, repeat 8): after copying the start, the
+    largest per-agent-step reward gap was 1.2e-7 and the returns differed by 6e-8 (returns 16.3 and
+    4.5); first frames differed by at most 6 pixel levels (0.19 mean abs), against 72 levels
+    without the copy, and later frames by at most 8 (per-frame mean brightness by 0.02). Over a
+    whole episode (125 steps, this test before 2026-12-02) the reward gap grew to 2.0e-5. Bounds
+    below: 1e-3 per step, 0.05 per return, 16 levels per pixel and 1.0 in per-frame mean brightness.
     """
     seed, size, repeat = 5, 64, 8
     envs = [

@@ -164,8 +164,8 @@ def test_compare_updates_times_each_way_of_holding_the_seed_axis(tmp_path):
     for row in rows:  # parameters are counted over every seed of the dispatch
         assert row["median_update_seconds"] > 0
         assert row["trainable_params"] == row["num_seeds"] * rows[0]["trainable_params"]
-    # two seeds per dispatch, batched or one after another: twice one seed's work either way (XLA's
-    # fusion choices move the FLOP count by ~2% on the smoke config)
+    # two seeds per dispatch, batched or one after another: twice one seed's work either way (to 5%:
+    # XLA fuses the batched, unrolled and single-seed programs differently)
     for row in rows[1:]:
         assert row["flops_per_update"] == pytest.approx(2 * rows[0]["flops_per_update"], rel=0.05)
         assert row["median_seconds_per_seed_update"] == pytest.approx(row["median_update_seconds"] / 2)
