@@ -407,7 +407,9 @@ def main(argv):
         results = _measure_all(config)
     except ConfigError as error:  # e.g. a seed count the device count does not divide
         sys.exit(f"error: {error}")
-    text = json.dumps(results, indent=2)
+    from psrl_jax.perf import host_info
+
+    text = json.dumps({**results, "host": host_info()}, indent=2)
     print(text)
     if _OUT.value:
         with open(_OUT.value, "w") as f:

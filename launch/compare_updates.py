@@ -45,6 +45,7 @@ from absl import flags, logging  # noqa: E402
 import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
 from psrl_jax import cli  # noqa: E402
 from psrl_jax.config import ConfigError, added_later_field  # noqa: E402
+from psrl_jax.perf import host_info  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
@@ -238,7 +239,8 @@ def main(argv):
             trace_dir = os.path.join(trace_root, f"config_{i}")
             row["scopes"] = _time_by_scope(row, _SCOPES.value, _SCOPE_DEPTH.value, trace_dir)
     base = rows[0]
-    results = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "repeats": _REPEATS.value, "rows": []}
+    results = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "host": host_info()}
+    results.update(repeats=_REPEATS.value, rows=[])
     # ms/upd: one dispatch (all its seeds); ms/seed: per seed's update, the figure to compare across S
     print(f"\n{'config':78s} {'GFLOP':>8s} {'x':>6s} {'ms/upd':>9s} {'x':>6s} {'ms/seed':>9s} {'params':>11s}")
     for row in rows:

@@ -45,6 +45,37 @@ def cpu_peak_flops(cpuinfo_path: str = "/proc/cpuinfo", cores: int | None = None
     return cores * float(clock.group(1)) * 1e6 * per_cycle
 
 
+def host_info(cpuinfo_path: str = "/proc/cpuinfo", meminfo_path: str = "/proc/meminfo") -> dict:
+    """The host a figure was measured on, for run records and benchmark JSON. A CPU's model name alone
+    does not name it: two 2-core "AMD EPYC" machines of this project's sessions, one with AVX-512 and
+    one without, ran the same update 1.85x apart (docs/BENCHMARKS.md). Fields that cannot be read are
+    None; `cpus` is what this process may run on."""
+    cpus = len(os.sched_getaffinity(0))
+    info = dict(cpu_model=None, cpu_family_model=None, vector_isa=None, cpus=cpus, memory_gib=None)
+    try:
+        with open(cpuinfo_path) as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    fields = {}
+    for key, value in re.findall(r"^(model name|cpu family|model|flags)\s*:\s*(.*)$", text, re.MULTILINE):
+        fields.setdefault(key, value.strip())  # the first processor's
+    info["cpu_model"] = fields.get("model name")
+    if "cpu family" in fields and "model" in fields:
+        info["cpu_family_model"] = f"{fields['cpu family']}/{fields['model']}"
+    if "flags" in fields:
+        flags = fields["flags"].split()
+        info["vector_isa"] = next((isa for isa in ("avx512f", "avx2", "avx", "sse2") if isa in flags), "none")
+    try:
+        with open(meminfo_path) as f:
+            total = re.search(r"^MemTotal:\s*(\d+) kB", f.read(), re.MULTILINE)
+        if total:
+            info["memory_gib"] = round(int(total.group(1)) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
 def peak_flops(device, compute_dtype: str = "float32") -> tuple[float | None, str]:
     """(peak FLOP/s, where it came from) for a jax Device; (None, reason) for devices not in the table."""
     bf16 = compute_dtype == "bfloat16"

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import os
 import subprocess
 import sys
 import types
@@ -9,7 +10,7 @@ import types
 import pytest
 from run_helpers import ROOT, host_devices_env
 
-from psrl_jax.perf import TFLOP, cpu_peak_flops, peak_flops
+from psrl_jax.perf import TFLOP, cpu_peak_flops, host_info, peak_flops
 
 
 def test_cpu_peak_from_cpuinfo(tmp_path):
@@ -19,6 +20,25 @@ def test_cpu_peak_from_cpuinfo(tmp_path):
     path.write_text("cpu MHz\t\t: 2000.0\nflags\t\t: fpu sse avx2 fma\n")
     assert cpu_peak_flops(str(path), cores=4) == pytest.approx(4 * 2.0e9 * 32)
     assert cpu_peak_flops(str(tmp_path / "missing")) is None
+
+
+def test_host_info_names_the_cpu_by_model_isa_cores_and_memory(tmp_path):
+    """Two processors' lines: the first one's fields are reported; the ISA is the widest vector unit."""
+    cpuinfo, meminfo = tmp_path / "cpuinfo", tmp_path / "meminfo"
+    processor = "processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+    processor += "model name\t: AMD EPYC\ncpu MHz\t\t: 2445.4\nflags\t\t: fpu sse2 avx {isa} fma\n\n"
+    cpuinfo.write_text(processor.format(i=0, model=17, isa="avx2 avx512f") + processor.format(i=1, model=1, isa=""))
+    meminfo.write_text("MemTotal:       24683620 kB\nMemFree:        14003600 kB\n")
+    info = host_info(str(cpuinfo), str(meminfo))
+    cpus = len(os.sched_getaffinity(0))
+    expected = dict(cpu_model="AMD EPYC", cpu_family_model="25/17", vector_isa="avx512f", cpus=cpus, memory_gib=23.5)
+    assert info == expected
+    cpuinfo.write_text(processor.format(i=0, model=1, isa="avx2"))
+    assert host_info(str(cpuinfo), str(meminfo))["vector_isa"] == "avx2"
+    cpuinfo.write_text(processor.format(i=0, model=1, isa="").replace("avx ", "").replace("sse2 ", ""))
+    assert host_info(str(cpuinfo), str(meminfo))["vector_isa"] == "none"
+    missing = host_info(str(tmp_path / "no_cpuinfo"), str(tmp_path / "no_meminfo"))
+    assert missing == dict(cpu_model=None, cpu_family_model=None, vector_isa=None, cpus=cpus, memory_gib=None)
 
 
 @pytest.mark.parametrize(
@@ -69,6 +89,7 @@ def test_benchmark_smoke_writes_json_and_trace(tmp_path):
     assert 0 < bench["mfu"] < 1
     assert bench["update_memory_bytes"]["argument"] > 0 and bench["host_peak_rss_bytes"] > 0
     assert bench["replay_bytes_per_transition"] > 84 * 84
+    assert bench["host"] == host_info()  # the machine the figures are from
     assert glob.glob(str(trace / "seeds_1" / "plugins" / "profile" / "*" / "*.xplane.pb"))
     # the traced update's time per named scope (psrl_jax/profile_scopes.py): Rainbow's scopes are there
     scopes = bench["time_by_scope"]
@@ -155,7 +176,9 @@ def test_compare_updates_times_each_way_of_holding_the_seed_axis(tmp_path):
     flags = ("configs/rainbow.py:smoke", "--seed_axis=none,vmap,vmap_seeds,unroll", "--num_seeds=2", "--repeats=1")
     result = run_launch_script("compare_updates.py", *flags, f"--out={out}", "--scopes=1", "--scope_depth=1")
     assert result.returncode == 0, output_tail(result)
-    rows = json.loads(out.read_text())["rows"]
+    results = json.loads(out.read_text())
+    assert results["host"] == host_info()
+    rows = results["rows"]
     expected = [("none", 1), ("vmap", 2), ("vmap_seeds", 2), ("unroll", 2)]
     assert [(r["seed_axis"], r["num_seeds"]) for r in rows] == expected
     for row in rows:  # --scopes: each config's traced update per named scope, cut to one name

@@ -159,6 +159,7 @@ def test_resume_keeps_the_run_info_it_changes(tmp_path):
     import os
 
     from configs import rainbow
+    from psrl_jax.perf import host_info
     from psrl_jax.train.run_dir import write_run_info
 
     config = rainbow.get_config("smoke")
@@ -179,7 +180,9 @@ def test_resume_keeps_the_run_info_it_changes(tmp_path):
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["eval"]["episodes"] == 7
     with open(tmp_path / "versions.json") as f:
-        assert json.load(f)["seed_placement"] == {"devices": ["elsewhere"]}
+        versions = json.load(f)
+    assert versions["seed_placement"] == {"devices": ["elsewhere"]}
+    assert versions["host"] == host_info()  # rates in the metrics depend on it (psrl_jax/perf.py)
 
 
 def test_resume_without_a_checkpoint_is_refused_before_anything_is_created(tmp_path):
