@@ -37,11 +37,12 @@ _INITIALIZE_DISTRIBUTED = multihost.define_flags()  # --coordinator --num_proces
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    config = cli.loaded(_CONFIG.value)  # a config file that does not load: say so before the imports below
     _INITIALIZE_DISTRIBUTED()  # before anything else touches JAX
     from psrl_jax.train.dmc_trainer import train
 
     try:
-        run_dir = train(cli.loaded(_CONFIG.value))
+        run_dir = train(config)
     except (ConfigError, CheckpointError, GLError) as error:
         sys.exit(f"error: {error}")
     print(f"run directory: {run_dir}")
