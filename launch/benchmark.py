@@ -4,9 +4,10 @@
     python launch/benchmark.py --config configs/rainbow.py [--config.num_seeds=4] [--repeats=20] [--out=b.json]
     python launch/benchmark.py --config configs/rainbow_psrl.py --seeds_list=1,2,4,8 --trace_dir=/tmp/trace
 
-Prints and writes JSON with: compile times, updates/s (U updates per dispatch, all seeds), collect
-(act + replay insert) steps/s, raw env steps/s with random actions (envpool's Atari, or the DMC
-backend's rendered steps), projected end-to-end env steps/s, replay bytes per transition, FLOPs per
+Prints and writes JSON with: compile times, updates/s (U updates per dispatch, all seeds; timed
+after 3 untimed dispatches, whose times are `update_warmup_seconds`), collect (act + replay insert)
+steps/s, raw env steps/s with random actions (envpool's Atari, or the DMC backend's rendered
+steps), projected end-to-end env steps/s, replay bytes per transition, FLOPs per
 update from XLA's cost analysis, achieved FLOP/s and its fraction of the device's peak (MFU; peaks
 in psrl_jax/perf.py), peak device memory (GPU) or XLA's memory analysis of the update (CPU) and the
 host's peak RSS. `--seeds_list` measures several seed counts one after another in this process and
@@ -83,6 +84,9 @@ def make_trainer(config):
     from psrl_jax.train.dmc_trainer import DMCTrainer
 
     return (DMCTrainer if is_dmc(config) else AtariTrainer)(config), is_dmc(config)
+
+
+UPDATE_WARMUP_DISPATCHES = 3  # untimed update dispatches before the timed ones (measure())
 
 
 def _timed(fn, repeats):
@@ -166,7 +170,14 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
         holder["state"], metrics = trainer.update_fn(holder["state"], *args)
         return metrics
 
-    update_once()
+    # The first dispatches after the compile can be far slower than the rest (sac_psrl on a 2-core
+    # CPU: 10.1 s for the second, then 3.8-5.2 s), so timing starts after a few; their times are kept.
+    warmup = []
+    for _ in range(UPDATE_WARMUP_DISPATCHES):
+        start = time.perf_counter()
+        jax.block_until_ready(update_once())
+        warmup.append(time.perf_counter() - start)
+    results["update_warmup_seconds"] = warmup
     seconds = _timed(update_once, repeats)
     results["update_dispatch_seconds"] = seconds
     results["updates_per_s_all_seeds"] = U * S / seconds

@@ -83,6 +83,8 @@ def test_benchmark_smoke_writes_json_and_trace(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     bench = json.loads(out.read_text())
     assert bench["num_seeds"] == 1 and bench["updates_per_s_all_seeds"] > 0
+    # the timed dispatches start after the untimed ones, whose times are kept
+    assert len(bench["update_warmup_seconds"]) == 3 and all(t > 0 for t in bench["update_warmup_seconds"])
     assert bench["flops_per_update_per_seed"] > 1e6
     # MFU is achieved / peak, a fraction
     assert bench["mfu"] == pytest.approx(bench["achieved_flops_per_s"] / bench["device_peak_flops_per_s"])
