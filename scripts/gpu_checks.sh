@@ -5,7 +5,8 @@
 # most. Every step is time-boxed (`timeout`) and writes its JSON under OUT; a step that fails or
 # runs out of time does not stop the ones after it. OUT/log.txt holds the machine, every step's
 # output and, last, each step's exit status and seconds: 7 files in all, within the device tool's
-# 8 files back. Steps (issue 5, then 3, then 4):
+# 8 files back. Steps, run in the order 4, 1, 2, 3, 5, 6 (issue 4 is the only open one; then the
+# figures that issues 5 and 3 ended without):
 #   1 update cost, one process, round-robin: rainbow, rainbow_psrl at full width, the width-1/16
 #     copy, bf16 rainbow_psrl; FLOPs per update (XLA cost analysis) and ms per update side by side
 #   2 benchmark.py rainbow_psrl, full width, S = 1 and 10 seeds vmapped: updates/s, MFU, memory,
@@ -69,6 +70,8 @@ step() { # step NAME SECONDS command...: run it time-boxed unless the budget is 
   SUMMARY+=$'\n'"$name $rc $((SECONDS - start))"
 }
 
+step 4_dmc_update_cost 150 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/4_dmc_update_cost.json" \
+  --scopes 2 "configs/sac.py$V" "configs/sac.py$V@agent.encoder=framewise" "configs/sac_psrl.py$V"
 step 1_atari_update_cost 150 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/1_atari_update_cost.json" \
   "configs/rainbow.py$V" "configs/rainbow_psrl.py$V" "configs/rainbow_psrl.py$V@$NARROW" \
   "configs/rainbow_psrl.py$V@agent.compute_dtype=bfloat16"
@@ -76,8 +79,6 @@ step 2_bench_rainbow_psrl 150 "$PYTHON" launch/benchmark.py --config "configs/ra
   --seeds_list "$SEEDS" --repeats "$REPEATS" --trace_dir /tmp/gpu_checks_trace --out "$OUT/2_bench_rainbow_psrl.json"
 step 3_bench_rainbow 60 "$PYTHON" launch/benchmark.py --config "configs/rainbow.py$V" \
   --seeds_list "$SEEDS" --repeats "$REPEATS" --out "$OUT/3_bench_rainbow.json"
-step 4_dmc_update_cost 60 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/4_dmc_update_cost.json" \
-  --scopes 2 "configs/sac.py$V" "configs/sac.py$V@agent.encoder=framewise" "configs/sac_psrl.py$V"
 step 5_loops 60 "$PYTHON" launch/benchmark.py --config "configs/rainbow_psrl.py$V" --config.$NARROW \
   --loops --chunks 2 --out "$OUT/5_loops.json"
 step 6_seed_batching 60 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/6_seed_batching.json" \
