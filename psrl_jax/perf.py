@@ -48,7 +48,7 @@ def cpu_peak_flops(cpuinfo_path: str = "/proc/cpuinfo", cores: int | None = None
 def host_info(cpuinfo_path: str = "/proc/cpuinfo", meminfo_path: str = "/proc/meminfo") -> dict:
     """The host a figure was measured on, for run records and benchmark JSON. A CPU's model name alone
     does not name it: two 2-core "AMD EPYC" machines of this project's sessions, one with AVX-512 and
-    one without, ran the same update 1.85x apart (docs/BENCHMARKS.md). Fields that cannot be read are
+    one without, ran the same update 1.8x apart (docs/BENCHMARKS.md). Fields that cannot be read are
     None; `cpus` is what this process may run on."""
     cpus = len(os.sched_getaffinity(0))
     info = dict(cpu_model=None, cpu_family_model=None, vector_isa=None, cpus=cpus, memory_gib=None)
