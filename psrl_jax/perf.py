@@ -28,21 +28,29 @@ GPU_PEAKS = (  # (substring of jax device_kind, float32 peak, bfloat16 peak); fi
 )
 
 
-def cpu_peak_flops(cpuinfo_path: str = "/proc/cpuinfo", cores: int | None = None) -> float | None:
-    """cores x clock x FLOPs/cycle from /proc/cpuinfo (None where it cannot be read)."""
+def _cpuinfo_fields(cpuinfo_path: str) -> dict:
+    """The first processor's model name, cpu family, model, cpu MHz and flags from /proc/cpuinfo
+    ({} where it cannot be read)."""
     try:
         with open(cpuinfo_path) as f:
             text = f.read()
     except OSError:
+        return {}
+    fields = {}
+    for key, value in re.findall(r"^(model name|cpu family|model|cpu MHz|flags)\s*:\s*(.*)$", text, re.MULTILINE):
+        fields.setdefault(key, value.strip())
+    return fields
+
+
+def cpu_peak_flops(cpuinfo_path: str = "/proc/cpuinfo", cores: int | None = None) -> float | None:
+    """cores x clock x FLOPs/cycle from /proc/cpuinfo (None where it cannot be read)."""
+    fields = _cpuinfo_fields(cpuinfo_path)
+    if "cpu MHz" not in fields or "flags" not in fields:
         return None
-    clock = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
-    flags = re.search(r"flags\s*:(.*)", text)
-    if clock is None or flags is None:
-        return None
-    flags = flags.group(1).split()
+    flags = fields["flags"].split()
     per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 8
     cores = cores or len(os.sched_getaffinity(0))
-    return cores * float(clock.group(1)) * 1e6 * per_cycle
+    return cores * float(fields["cpu MHz"]) * 1e6 * per_cycle
 
 
 def host_info(cpuinfo_path: str = "/proc/cpuinfo", meminfo_path: str = "/proc/meminfo") -> dict:
@@ -52,14 +60,7 @@ def host_info(cpuinfo_path: str = "/proc/cpuinfo", meminfo_path: str = "/proc/me
     None; `cpus` is what this process may run on."""
     cpus = len(os.sched_getaffinity(0))
     info = dict(cpu_model=None, cpu_family_model=None, vector_isa=None, cpus=cpus, memory_gib=None)
-    try:
-        with open(cpuinfo_path) as f:
-            text = f.read()
-    except OSError:
-        text = ""
-    fields = {}
-    for key, value in re.findall(r"^(model name|cpu family|model|flags)\s*:\s*(.*)$", text, re.MULTILINE):
-        fields.setdefault(key, value.strip())  # the first processor's
+    fields = _cpuinfo_fields(cpuinfo_path)
     info["cpu_model"] = fields.get("model name")
     if "cpu family" in fields and "model" in fields:
         info["cpu_family_model"] = f"{fields['cpu family']}/{fields['model']}"
