@@ -3,7 +3,8 @@
 # lacks (it has JAX 0.11 + CUDA, flax, optax, chex, orbax, numpy, scipy, matplotlib, pandas, tqdm, but
 # no package registry). cp312 x86-64 wheels, unpacked (dm_control + mujoco included for DMC's
 # pure-Python backend; rendering also needs an EGL vendor library on that machine, e.g. NVIDIA's); envpool slimmed to its Atari and MuJoCo/DMC
-# parts so that the bundle fits the device tool's 64 MiB carry. On the device:
+# parts so that the bundle fits the device tool's 64 MiB carry; and .gl/, the EGL loader's Debian
+# packages (below). On the device (gpu_checks.sh does both):
 #   mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,3 +62,14 @@ find "$OUT/site" -name '*.so' -exec chmod +x {} +
 tar -C "$OUT/site" -cJf "$OUT/site.tar.xz" .
 rm -rf "$OUT/download" "$OUT/site"
 du -h "$OUT/site.tar.xz"
+
+# .gl/: Debian's libglvnd EGL loader packages (about 250 KB). The GPU image has NVIDIA's EGL vendor
+# library but no loader, and dm_control's PyOpenGL loads libEGL.so.1 by name; gpu_checks.sh unpacks
+# them there (the device tool's README gives this recipe). Carry ".gl" next to ".whl".
+GL=.gl
+rm -rf "$GL" /tmp/gpu_bundle_apt
+mkdir -p "$GL" /tmp/gpu_bundle_apt/partial
+apt_amd64=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/gpu_bundle_apt)
+apt-get "${apt_amd64[@]}" update -qq
+(cd "$GL" && apt-get "${apt_amd64[@]}" download -qq libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 2>/dev/null)
+ls "$GL"

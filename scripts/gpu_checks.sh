@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The device check for a lent GPU, prepared to fit one `run` call: a lent task has 15 minutes of
 # device time in all (start-up included) and one command may run 10, so this script stops itself
-# after BUDGET_S seconds (default 480) and runs its steps in the order of what the open issues need
-# most. Every step is time-boxed (`timeout`) and writes its JSON under OUT; a step that fails or
-# runs out of time does not stop the ones after it. OUT/log.txt holds the machine, every step's
-# output and, last, each step's exit status and seconds: 7 files in all, within the device tool's
-# 8 files back. Steps, run in the order 4, 1, 2, 3, 5, 6 (issue 4 is the only open one; then the
-# figures that issues 5 and 3 ended without):
+# after BUDGET_S seconds (default 540) and runs its steps in the order of what the open issues need
+# most. Every step is time-boxed (`timeout`) and writes its JSON (step 0: an archive) under OUT; a
+# step that fails or runs out of time does not stop the ones after it. OUT/log.txt holds the
+# machine, every step's output and, last, each step's exit status and seconds: 8 files in all, the
+# device tool's limit. Steps, run in the order 0, 4, 1, 2, 3, 5, 6 (issue 4 is the only open one;
+# then the figures that issues 5 and 3 ended without):
+#   0 issue 4's last deliverable, the run itself: sac_psrl on cartpole_swingup to 100k env steps,
+#     seeds 0 and 1 vmapped in one process, MuJoCo rendering on the GPU's EGL (dm_control backend,
+#     as the CPU runs in docs/runs). Its records (metrics with evaluations and rates, config and
+#     versions; no checkpoints) come back as 0_dmc_run.tar.gz, finished or not; the log shows its
+#     progress bar (rate, ETA)
 #   1 update cost, one process, round-robin: rainbow, rainbow_psrl at full width, the width-1/16
 #     copy, bf16 rainbow_psrl; FLOPs per update (XLA cost analysis) and ms per update side by side
 #   2 benchmark.py rainbow_psrl, full width, S = 1 and 10 seeds vmapped: updates/s, MFU, memory,
@@ -17,21 +22,34 @@
 #   6 4 seeds per dispatch, vmapped (grouped convolutions) vs unrolled, rainbow and sac: which
 #     config.seed_batching a GPU wants ("auto" vmaps there; on the CPU unroll won, docs/BENCHMARKS.md)
 #
-# Here, once:   bash scripts/gpu_bundle.sh          (builds .whl/site.tar.xz, the missing packages)
-# On the device (device tool, carry [".whl"]):
+# Here, once:   bash scripts/gpu_bundle.sh    (builds .whl/site.tar.xz, the missing packages, and
+#                                              .gl/, the EGL loader's Debian packages)
+# On the device (device tool, carry [".whl", ".gl"]):
 #   bash scripts/gpu_checks.sh
-# Anywhere, to check the script itself on the CPU at smoke sizes in about 4 minutes:
+# Anywhere, to check the script itself on the CPU at smoke sizes in about 6 minutes:
 #   GPU_CHECKS_SMOKE=1 OUT=/tmp/gpu_checks bash scripts/gpu_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder for the results (the device tool sets it)}
-BUDGET_S=${BUDGET_S:-480}
+BUDGET_S=${BUDGET_S:-540}
 SMOKE=${GPU_CHECKS_SMOKE:-0}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-if [ -f .whl/site.tar.xz ]; then
+# The device's packages: the bundle's cp312 wheels (gpu_bundle.sh). A smoke check of the script
+# uses this machine's .venv instead, and leaves its system libraries alone (the .gl/ step below).
+if [ "$SMOKE" != 1 ] && [ -f .whl/site.tar.xz ]; then
   mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site
+fi
+# MuJoCo renders through EGL: the image has NVIDIA's vendor library but no libglvnd loader, which
+# .gl/ carries (gpu_bundle.sh); unpacked over / on the device only.
+if [ "$SMOKE" != 1 ] && compgen -G ".gl/*.deb" >/dev/null; then
+  for deb in .gl/*.deb; do dpkg -x "$deb" /; done
+  ldconfig
+fi
+NVIDIA_EGL_VENDOR=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+if [ -f "$NVIDIA_EGL_VENDOR" ] && [ -z "${__EGL_VENDOR_LIBRARY_FILENAMES:-}" ]; then
+  export __EGL_VENDOR_LIBRARY_FILENAMES=$NVIDIA_EGL_VENDOR
 fi
 if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
 
@@ -40,10 +58,12 @@ if [ "$SMOKE" = 1 ]; then
   V=":smoke"
   SEEDS=1,2
   REPEATS=2
+  DMC_STEPS=2400 # the smoke config's own length
 else
   V=""
   SEEDS=1,10
   REPEATS=10
+  DMC_STEPS=100000 # cartpole_swingup's 100k env steps: 12,500 agent steps at action repeat 8
 fi
 NARROW="psrl.correspondence_width=0.0625"
 
@@ -70,6 +90,15 @@ step() { # step NAME SECONDS command...: run it time-boxed unless the budget is 
   SUMMARY+=$'\n'"$name $rc $((SECONDS - start))"
 }
 
+# 0: seeds 0 and 1 as agents 0 and 1 of one vmapped run (agent i uses seed + i), as the one-seed CPU
+# runs in docs/runs were seeded; one checkpoint, at the end. The archive is written even when the
+# time box stops the run: its metrics hold every record up to there.
+DMC_RUN=/tmp/gpu_checks_dmc_run
+rm -rf "$DMC_RUN"
+step 0_dmc_run 420 "$PYTHON" launch/dmc.py --config "configs/sac_psrl.py$V" --config.env.task=cartpole_swingup \
+  --config.seed=0 --config.num_seeds=2 --config.total_env_steps="$DMC_STEPS" --config.env.backend=dm_control \
+  --config.checkpoint.every_steps=0 --config.run_dir="$DMC_RUN"
+[ -d "$DMC_RUN" ] && tar -C "$(dirname "$DMC_RUN")" --exclude=checkpoints -czf "$OUT/0_dmc_run.tar.gz" "$(basename "$DMC_RUN")"
 step 4_dmc_update_cost 150 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/4_dmc_update_cost.json" \
   --scopes 2 "configs/sac.py$V" "configs/sac.py$V@agent.encoder=framewise" "configs/sac_psrl.py$V"
 step 1_atari_update_cost 150 "$PYTHON" launch/compare_updates.py --repeats "$REPEATS" --out "$OUT/1_atari_update_cost.json" \
