@@ -234,14 +234,15 @@ def test_backends_agree_on_cartpole_swingup_states():
         np.testing.assert_allclose(first[0].frame, first[1].frame, atol=1e-6)
         np.testing.assert_allclose(np.hypot(first[0].frame[:, 1], first[0].frame[:, 2]), 1.0, atol=1e-6)  # cos, sin
 
-        actions = np.random.default_rng(0).uniform(-1, 1, size=(125, 2, 1)).astype(np.float32)
+        episode = 1000 // repeat  # DMC's 1000 control steps: 125 agent steps, written out, not the code's own
+        actions = np.random.default_rng(0).uniform(-1, 1, size=(episode, 2, 1)).astype(np.float32)
         gap = 0.0
-        for t in range(125):
+        for t in range(episode):
             steps = [e.step(actions[t]) for e in envs]
             for s in steps:
                 assert s.frame.shape == (2, 5) and s.frame.dtype == np.float32
                 assert not s.first.any()
-                assert s.last.all() == (t == 124) and s.last.any() == (t == 124)  # 1000 control steps / 8
+                assert s.last.all() == (t == episode - 1) and s.last.any() == (t == episode - 1)
                 np.testing.assert_array_equal(s.truncated, s.last)  # a time limit, not a termination
                 np.testing.assert_array_equal(s.discount, 1.0)
                 assert ((s.reward >= 0) & (s.reward <= repeat)).all()  # cartpole rewards are in [0, 1]
