@@ -16,13 +16,15 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manyl
     manylinux2014_x86_64 manylinux1_x86_64 any; do
   PLATFORMS+=(--platform "$p")
 done
-# versions as in this project's CPU environment (requirements.txt ranges)
+# versions as in this project's CPU environment (requirements.txt ranges); decorator and gast are
+# tfp-nightly's, which the GPU image lacks (found by scripts/gpu_bundle_check.sh)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${PLATFORMS[@]}" -d "$OUT/download" \
   envpool==1.2.5 envpool-assets==0.3.0 rlax==0.1.9 distrax==0.1.9 dm-env==1.6 dm-tree==0.1.10 \
   flashbax==0.1.3 ml-collections==1.1.0 tensorboardX==2.6.5 gymnasium==1.4.0 farama-notifications \
   optree==0.20.0 types-protobuf tfp-nightly==0.26.0.dev20261027 \
-  dm-control==1.0.50 mujoco==3.17.0 PyOpenGL==3.1.10 glfw lxml pyparsing
+  dm-control==1.0.50 mujoco==3.17.0 PyOpenGL==3.1.10 glfw lxml pyparsing \
+  decorator==5.3.1 gast==0.7.0
 for wheel in "$OUT"/download/*.whl; do
   python3 -m zipfile -e "$wheel" "$OUT/site"
 done

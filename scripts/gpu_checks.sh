@@ -28,6 +28,8 @@
 #   bash scripts/gpu_checks.sh
 # Anywhere, to check the script itself on the CPU at smoke sizes in about 6 minutes:
 #   GPU_CHECKS_SMOKE=1 OUT=/tmp/gpu_checks bash scripts/gpu_checks.sh
+# and the bundle as the GPU image will use it (Python 3.12, only the image's own packages):
+#   bash scripts/gpu_bundle_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder for the results (the device tool sets it)}
@@ -75,9 +77,13 @@ LOG="$OUT/log.txt"
 } 2>&1 | tee "$LOG"
 
 SUMMARY="step exit seconds"
+ONLY=${GPU_CHECKS_STEPS:-} # e.g. "0 4": only those steps (scripts/gpu_bundle_check.sh); empty: all
 step() { # step NAME SECONDS command...: run it time-boxed unless the budget is spent; output to LOG
   local name=$1 limit=$2 left=$((BUDGET_S - SECONDS))
   shift 2
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" ${name%%_*} "* ]]; then
+    return
+  fi
   if [ "$left" -lt 30 ]; then
     SUMMARY+=$'\n'"$name skipped 0"
     return
