@@ -99,7 +99,7 @@ step() { # step NAME SECONDS command...: run it time-boxed unless the budget is 
 # 0: seeds 0 and 1 as agents 0 and 1 of one vmapped run (agent i uses seed + i), as the one-seed CPU
 # runs in docs/runs were seeded; one checkpoint, at the end. The archive is written even when the
 # time box stops the run: its metrics hold every record up to there.
-DMC_RUN=/tmp/gpu_checks_dmc_run
+DMC_RUN=${TMPDIR:-/tmp}/gpu_checks_dmc_run
 rm -rf "$DMC_RUN"
 step 0_dmc_run 420 "$PYTHON" launch/dmc.py --config "configs/sac_psrl.py$V" --config.env.task=cartpole_swingup \
   --config.seed=0 --config.num_seeds=2 --config.total_env_steps="$DMC_STEPS" --config.env.backend=dm_control \
