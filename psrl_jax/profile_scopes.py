@@ -40,7 +40,10 @@ _NUMBERED = re.compile(r"[.]\d+$")
 _WRAPPER = re.compile(r"^(\w+)\((.*)\)$")
 _FUNCTION_WRAPPERS = ("jit", "pjit")  # jit(f): a function's name, not a scope
 # Name-stack components that transforms and control flow add on their own: not scopes either.
-_NOT_SCOPES = frozenset({"closed_call", "core_call", "remat", "checkpoint", "while", "body", "cond", "branch"})
+# An unrolled scan's body is "closed_call" up to JAX 0.10 and "eval_jaxpr" from 0.11 (the GPU image's).
+_NOT_SCOPES = frozenset(
+    {"closed_call", "eval_jaxpr", "core_call", "remat", "checkpoint", "while", "body", "cond", "branch"}
+)
 UNSCOPED = "(no scope)"
 _CPU_DISPATCH = "ThunkExecutor::Execute"  # XLA:CPU's events spanning a run of a compiled program
 # Timelines a GPU trace may derive from its stream lines (the same kernels again, grouped).

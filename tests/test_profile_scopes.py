@@ -23,6 +23,9 @@ from psrl_jax.profile_scopes import (
         ("jit(update_many)/jit(main)/optimizer/add", ("optimizer", False)),
         ("jit(f)/closed_call/encoder/transpose(jvp(Conv_0))/conv_general_dilated", ("encoder/Conv_0", True)),
         ("jit(f)/while/body/aat/tanh", ("aat", False)),
+        # JAX 0.11's name for an unrolled scan's body (0.10: closed_call), seen in its HLO
+        ("jit(f)/transpose(jvp(outer))/eval_jaxpr/inner/mul", ("outer/inner", True)),
+        ("jit(update_many)/eval_jaxpr/optimizer/add", ("optimizer", False)),
         ("jit(f)/add", (UNSCOPED, False)),
         ("", (UNSCOPED, False)),
     ],
