@@ -7,7 +7,7 @@
 # cost), which import every part of the project a DMC run needs. Fails unless both steps pass.
 # Session 24 found this way that the bundle lacked tfp-nightly's `decorator` and `gast`, without
 # which every step fails at import on the device.
-#   bash scripts/gpu_bundle_check.sh     (about 6 minutes on a 2-core CPU; the venv is kept in VENV)
+#   bash scripts/gpu_bundle_check.sh     (3.5 minutes on a 2-core CPU with the venv's install; the venv is kept in VENV)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 find_python312() { # the first candidate that runs and is 3.12 (a pyenv shim may exist and not run)

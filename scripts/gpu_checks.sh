@@ -26,7 +26,7 @@
 #                                              .gl/, the EGL loader's Debian packages)
 # On the device (device tool, carry [".whl", ".gl"]):
 #   bash scripts/gpu_checks.sh
-# Anywhere, to check the script itself on the CPU at smoke sizes in about 6 minutes:
+# Anywhere, to check the script itself on the CPU at smoke sizes (BUDGET_S caps it at 9 minutes):
 #   GPU_CHECKS_SMOKE=1 OUT=/tmp/gpu_checks bash scripts/gpu_checks.sh
 # and the bundle as the GPU image will use it (Python 3.12, only the image's own packages):
 #   bash scripts/gpu_bundle_check.sh
@@ -38,16 +38,17 @@ SMOKE=${GPU_CHECKS_SMOKE:-0}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-# The device's packages: the bundle's cp312 wheels (gpu_bundle.sh). A smoke check of the script
-# uses this machine's .venv instead, and leaves its system libraries alone (the .gl/ step below).
-if [ "$SMOKE" != 1 ] && [ -f .whl/site.tar.xz ]; then
-  mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site
-fi
-# MuJoCo renders through EGL: the image has NVIDIA's vendor library but no libglvnd loader, which
-# .gl/ carries (gpu_bundle.sh); unpacked over / on the device only.
-if [ "$SMOKE" != 1 ] && compgen -G ".gl/*.deb" >/dev/null; then
-  for deb in .gl/*.deb; do dpkg -x "$deb" /; done
-  ldconfig
+# The device's setup, skipped by a smoke check of the script (which uses this machine's .venv and
+# leaves its system libraries alone): the bundle's cp312 wheels (gpu_bundle.sh), and the libglvnd
+# EGL loader that .gl/ carries, unpacked over / (the image has NVIDIA's EGL vendor library, no loader).
+if [ "$SMOKE" != 1 ]; then
+  if [ -f .whl/site.tar.xz ]; then
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site
+  fi
+  if compgen -G ".gl/*.deb" >/dev/null; then
+    for deb in .gl/*.deb; do dpkg -x "$deb" /; done
+    ldconfig
+  fi
 fi
 NVIDIA_EGL_VENDOR=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 if [ -f "$NVIDIA_EGL_VENDOR" ] && [ -z "${__EGL_VENDOR_LIBRARY_FILENAMES:-}" ]; then
