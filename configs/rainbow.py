@@ -20,7 +20,21 @@ def psrl_config() -> ml_collections.ConfigDict:
     p.aat_global = False  # cosine loss of the AAT-predicted stacks (SPR's loss), K steps
     p.internal = False  # L1 between the first query frame warped by the internal correspondence and the last
     p.local_weight = 1.0  # lambda_local (ours)
-    p.global_weight = 2.0  # lambda_global (ours: SPR's weight on Atari)
+    # lambda_global, on the sum over the K prediction steps: SPR's effective weight. SPR's code
+    # (src/algos.py) adds model_spr_weight * spr_loss[1:].mean(0) with model_spr_weight = 5 and 5
+    # steps (scripts/run.py: --model-spr-weight 5, --jumps 5): 5 * (1/5) * sum_k = 1 * sum_k.
+    p.global_weight = 1.0
+    # Each auxiliary term is multiplied per sample by the prioritised-replay importance weight, as the
+    # RL loss is (SPR: spr_loss * weights in src/algos.py). False: a plain batch mean (an ablation).
+    p.importance_weighted = True
+    # What the AAT losses compare (DESIGN.md 1): "newest_frame", the map the AAT predicts against
+    # the target's map of that frame (the global head reads it in the target's stack, with the
+    # target's own maps for the frames carried over); "stack", the whole predicted stack against the
+    # whole target stack, frames carried over from the query included (an ablation).
+    p.aat_target = "newest_frame"
+    # Correspondence pairs that involve stack padding (the frames before an episode's first frame)
+    # are left out of every CAT and internal term and of the BatchNorm statistics (DESIGN.md 1).
+    p.mask_padded_frames = True
     p.cat_steps = 1  # prediction steps that also get CAT (ours; <= replay.prediction_steps)
     p.target_ema_decay = 0.0  # target <- d * target + (1 - d) * online; 0 = SPR on Atari (copy, stop-grad)
     p.shared_shift = True  # o_k and o_{k+1..k+K} share one random shift (ours: flows see true motion)
@@ -81,7 +95,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.replay.priority_exponent = 0.5  # alpha
     c.replay.importance_beta_start = 0.4  # beta, annealed linearly to beta_end over the run
     c.replay.importance_beta_end = 1.0
-    c.replay.priority_eps = 1e-6  # added to |loss| when priorities are updated (ours)
+    c.replay.priority_eps = 1e-6  # added to the priority when priorities are updated (ours)
+    # What a sample's priority is: "kl", the KL divergence of the projected target distribution from
+    # the predicted one, as SPR (src/algos.py dist_rl_loss: target clamped to [1e-6, 1], KL clamped
+    # to [1e-6, 1e6]); "cross_entropy", the loss itself (= KL + the target's entropy; an ablation).
+    c.replay.priority = "kl"
     c.replay.n_step = 10
     c.replay.prediction_steps = 0  # K future stacks per sample for PSRL's K-step losses (0: none)
 
@@ -104,6 +122,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.agent.learning_rate = 1e-4
     c.agent.adam_eps = 1.5e-4
     c.agent.max_grad_norm = 10.0
+    # "per_group" (SPR: src/algos.py clips the encoder + Q head and the transition model separately):
+    # one norm each for the Q network, the AAT with the global projection and predictor, and the
+    # correspondence module, so the PSRL modules' gradients cannot shrink the RL update; "global":
+    # one norm over everything (an ablation). Each group's norm is logged (optim/grad_norm/<group>).
+    c.agent.grad_clip = "per_group"
+    # Min-max renormalise the encoder output per sample over (h, w, C) before the Q head, as SPR
+    # (src/models.py renormalize(conv_out, -3); scripts/run.py --renormalize 1). DER does not.
+    c.agent.renormalize = True
+    # Gradient into the dueling head's input scaled by 2**-0.5 (SPR's DQNDistributionalDuelingHeadModel
+    # grad_scale, after Wang et al. 2016: the value and advantage streams both feed the encoder).
+    c.agent.dueling_grad_scale = 2**-0.5
     c.agent.batch_size = 32
     c.agent.target_update_period = 1  # SPR: the target network is the online network of the last update
     c.agent.augmentation = ml_collections.ConfigDict()
@@ -133,7 +162,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.episodes = 10  # episodes per seed at periodic evaluations
     c.eval.final_episodes = 100  # episodes per seed at the end of the run
     c.eval.max_parallel_envs = 100  # per seed; episodes are split evenly over min(episodes, this) envs
-    c.eval.epsilon = 0.0  # epsilon-greedy during evaluation (noisy nets use their mean weights)
+    # epsilon-greedy during evaluation; noisy nets act with their mean weights. SPR: eps_eval 0.001
+    # with noisy nets (src/utils.py set_config), the mean weights (src/agent.py eval_mode).
+    c.eval.epsilon = 0.001
     c.eval.max_episode_frames = 108_000
 
     c.log = ml_collections.ConfigDict()

@@ -141,6 +141,8 @@ def synthetic_batch(config, rng):
         future_obs=frames(b, k, f),
         future_actions=actions(b, k),
         future_mask=jnp.ones((b, k), jnp.float32),
+        obs_frame_mask=jnp.ones((b, f), jnp.float32),
+        future_frame_mask=jnp.ones((b, k, f), jnp.float32),
         indices=jnp.arange(b, dtype=jnp.int32),
         probabilities=jnp.full((b,), 1.0 / b, jnp.float32),
         importance_weights=jnp.ones((b,), jnp.float32),

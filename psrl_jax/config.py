@@ -62,6 +62,9 @@ def sequence_length(config) -> int:
 
 
 WARP_PADDINGS = ("zeros", "border")  # psrl_jax/ops/warp.py PADDINGS
+AAT_TARGETS = ("newest_frame", "stack")  # psrl_jax/losses/psrl.py
+GRAD_CLIPS = ("per_group", "global")  # psrl_jax/agents/rainbow.py
+PRIORITIES = ("kl", "cross_entropy")  # psrl_jax/losses/rainbow.py
 SEED_BATCHING_MODES = ("auto", "vmap", "unroll")  # psrl_jax/train/common.py resolve_seed_batching
 
 
@@ -124,6 +127,16 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
     _require(agent.learning_rate > 0, "config.agent.learning_rate must be > 0")
     _require(0.0 <= agent.dropout_rate < 1.0, "config.agent.dropout_rate must be in [0, 1)")
     _require(0.0 <= ev.epsilon <= 1.0, "config.eval.epsilon must be in [0, 1]")
+    grad_clip = added_later_field(agent, "agent.grad_clip")
+    _require(grad_clip in GRAD_CLIPS, f"config.agent.grad_clip must be one of {GRAD_CLIPS}, got {grad_clip!r}")
+    _require(agent.max_grad_norm > 0, f"config.agent.max_grad_norm must be > 0, got {agent.max_grad_norm}")
+    _require(
+        isinstance(added_later_field(agent, "agent.renormalize"), bool),
+        "config.agent.renormalize must be True or False",
+    )
+    _require(added_later_field(agent, "agent.dueling_grad_scale") > 0, "config.agent.dueling_grad_scale must be > 0")
+    priority = added_later_field(replay, "replay.priority")
+    _require(priority in PRIORITIES, f"config.replay.priority must be one of {PRIORITIES}, got {priority!r}")
     _require(
         agent.encoder in ("stacked", "framewise"),
         f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
@@ -346,6 +359,16 @@ FIELDS_ADDED_LATER = {
     "agent.trunk_tanh": True,  # SAC
     "agent.weight_init": "lecun",  # SAC (Flax's default)
     "psrl.warp_padding": "zeros",
+    # The SPR-fidelity fields (configs/rainbow.py): before them, one global clip, raw maps into the
+    # Q head, no dueling gradient scale, cross-entropy priorities, unweighted auxiliary terms, whole
+    # stacks compared by the AAT and padded frames in the correspondence pairs.
+    "agent.grad_clip": "global",
+    "agent.renormalize": False,
+    "agent.dueling_grad_scale": 1.0,
+    "replay.priority": "cross_entropy",
+    "psrl.importance_weighted": False,
+    "psrl.aat_target": "stack",
+    "psrl.mask_padded_frames": False,
 }
 
 
@@ -409,6 +432,11 @@ def validate_psrl_config(config: ml_collections.ConfigDict) -> None:
         f"config.psrl.warp_padding must be one of {WARP_PADDINGS}, got {p.get('warp_padding')!r}",
     )
     _require(0.0 < p.bn_momentum < 1.0, "config.psrl.bn_momentum must be in (0, 1)")
+    aat_target = added_later_field(p, "psrl.aat_target")
+    _require(aat_target in AAT_TARGETS, f"config.psrl.aat_target must be one of {AAT_TARGETS}, got {aat_target!r}")
+    for name in ("importance_weighted", "mask_padded_frames"):
+        value = added_later_field(p, f"psrl.{name}")
+        _require(isinstance(value, bool), f"config.psrl.{name} must be True or False, got {value!r}")
     for name in ("transform_hidden", "projection_dim"):
         _require(isinstance(p[name], int) and p[name] >= 1, f"config.psrl.{name} must be a positive integer")
 

@@ -25,6 +25,8 @@ def sequence_batch(config, num_actions: int, seed: int = 0, importance_weight: f
         future_obs=frames(b, k, f, s, s),
         future_actions=jnp.asarray(rng.integers(0, num_actions, (b, k)), jnp.int32),
         future_mask=jnp.ones((b, k), jnp.float32),
+        obs_frame_mask=jnp.ones((b, f), jnp.float32),
+        future_frame_mask=jnp.ones((b, k, f), jnp.float32),
         indices=jnp.arange(b, dtype=jnp.int32),
         probabilities=jnp.full((b,), 1.0 / b, jnp.float32),
         importance_weights=jnp.full((b,), importance_weight, jnp.float32),

@@ -143,3 +143,57 @@ def test_target_network_follows_its_period_and_drives_the_bootstrap():
     other = state.replace(target_params=jax.tree.map(lambda x: 1.5 * x, state.target_params))
     _, _, other_metrics = update(other, batch)
     assert float(other_metrics["loss/rl"]) != float(metrics["loss/rl"])
+
+
+def _tree_with_norm(rng, norm, *shapes):
+    leaves = [rng.normal(size=s) for s in shapes]
+    total = np.sqrt(sum(np.sum(x**2) for x in leaves))
+    return [jnp.asarray(x * norm / total, jnp.float32) for x in leaves]
+
+
+def test_per_group_clipping_clips_each_group_alone():
+    """SPR clips the Q network and its transition model separately: a group over the limit is
+    rescaled to norm max_norm (direction kept), a group under it passes bit for bit, and neither
+    depends on the other's norm."""
+    from psrl_jax.agents.rainbow import clip_by_group_norm
+
+    rng = np.random.default_rng(0)
+    q = _tree_with_norm(rng, 25.0, (3, 4), (5,))
+    aat = _tree_with_norm(rng, 3.0, (2, 2), (6,), (4,))  # transform, projection, predictor
+    corr = _tree_with_norm(rng, 400.0, (7, 3))
+    grads = {
+        "q": {"params": {"a": q[0], "b": q[1]}},
+        "aux": {"transform": aat[0], "projection": aat[1], "predictor": aat[2], "correspondence": corr[0]},
+    }
+    clip = clip_by_group_norm(10.0)
+    clipped, _ = jax.jit(clip.update)(grads, clip.init(grads))
+
+    def norm(*leaves):
+        return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in leaves)))
+
+    np.testing.assert_allclose(norm(*jax.tree.leaves(clipped["q"])), 10.0, rtol=1e-5)
+    np.testing.assert_allclose(clipped["q"]["params"]["a"], np.asarray(q[0]) * 10.0 / 25.0, rtol=1e-5)
+    np.testing.assert_allclose(norm(clipped["aux"]["correspondence"]), 10.0, rtol=1e-5)
+    for name, leaf in zip(("transform", "projection", "predictor"), aat, strict=True):
+        np.testing.assert_array_equal(clipped["aux"][name], leaf)  # 3 < 10: untouched
+    # One global clip would have scaled every group by 10 / |all|, the AAT's included.
+    assert norm(*q, *aat, *corr) > 10.0
+
+
+def test_update_logs_each_groups_norm_per_seed():
+    """optim/grad_norm/<group> for the three clipping groups, one value per seed; together they make
+    up the whole gradient's norm (no parameter left out or counted twice)."""
+    from synthetic import sequence_batch
+
+    config = rainbow_psrl.get_config("smoke")
+    agent, seeds = _agent(config), 2
+    states = jax.vmap(agent.init)(jax.random.split(jax.random.PRNGKey(0), seeds))
+    batches = jax.tree.map(lambda x: jnp.stack([x] * seeds), sequence_batch(config, NUM_ACTIONS))
+    _, _, metrics = jax.jit(jax.vmap(agent.update))(states, batches)
+    norms = {g: np.asarray(metrics[f"optim/grad_norm/{g}"]) for g in ("q_network", "aat", "correspondence")}
+    for group, norm in norms.items():
+        assert norm.shape == (seeds,) and np.all(norm > 0), group
+    assert not np.allclose(norms["aat"][0], norms["aat"][1])  # each seed's own
+    np.testing.assert_allclose(
+        np.sqrt(sum(n**2 for n in norms.values())), np.asarray(metrics["optim/grad_norm"]), rtol=1e-5
+    )

@@ -165,3 +165,56 @@ def test_make_q_network_from_config():
     with pytest.raises(ValueError):
         bad = RainbowQNetwork(num_actions=2, encoder="nope")
         bad.init(_rngs(), _obs(), train=False, noisy_sample=False)
+
+
+def _q_net_and_maps(renormalize, dueling_grad_scale=1.0):
+    net = RainbowQNetwork(
+        num_actions=3,
+        hidden_size=32,
+        encoder="framewise",
+        encoder_channels=SMALL,
+        renormalize=renormalize,
+        dueling_grad_scale=dueling_grad_scale,
+    )
+    variables = net.init(_rngs(0), _obs(batch=3), train=False, noisy_sample=False)
+    maps = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 4, 7, 7, 16)), jnp.float32)
+    return net, variables, maps
+
+
+def test_q_head_reads_renormalised_maps():
+    """config.agent.renormalize (SPR's renormalize(conv_out, -3)): the head reads each sample's maps
+    rescaled to [0, 1] over (h, w, C) of the concatenated frames, so a positive scale and a shift of
+    a sample's maps (not of single frames) leave its logits unchanged; without it they change."""
+    for renormalize in (True, False):
+        net, variables, maps = _q_net_and_maps(renormalize)
+        head = lambda m, net=net, variables=variables: net.apply(  # noqa: E731
+            variables, m, noisy_sample=False, method=RainbowQNetwork.q_head
+        )
+        moved = (
+            maps * jnp.asarray([3.0, 0.5, 7.0])[:, None, None, None, None]
+            + jnp.asarray([1.0, -2.0, 0.25])[:, None, None, None, None]
+        )
+        same = np.allclose(head(maps), head(moved), rtol=1e-4, atol=1e-5)
+        assert same == renormalize
+    # The normalisation is per sample, not per frame: scaling one frame alone changes the logits.
+    net, variables, maps = _q_net_and_maps(True)
+    head = lambda m: net.apply(variables, m, noisy_sample=False, method=RainbowQNetwork.q_head)  # noqa: E731
+    assert not np.allclose(head(maps), head(maps.at[:, 0].multiply(4.0)), rtol=1e-4, atol=1e-5)
+
+
+def test_dueling_grad_scale_scales_the_encoder_gradient_not_the_logits():
+    """SPR's dueling head scales the gradient into its input by 2**-0.5 (rlpyt's scale_grad): same
+    logits bit for bit, the gradient reaching the maps times the scale."""
+    scale = 2**-0.5
+    logits, grads = [], []
+    for s in (1.0, scale):
+        net, variables, maps = _q_net_and_maps(True, dueling_grad_scale=s)
+
+        def total(m, net=net, variables=variables):
+            return jnp.sum(net.apply(variables, m, noisy_sample=False, method=RainbowQNetwork.q_head) ** 2)
+
+        logits.append(net.apply(variables, maps, noisy_sample=False, method=RainbowQNetwork.q_head))
+        grads.append(jax.grad(total)(maps))
+    np.testing.assert_array_equal(logits[0], logits[1])
+    np.testing.assert_allclose(grads[1], scale * grads[0], rtol=1e-5, atol=1e-9)
+    assert float(jnp.max(jnp.abs(grads[0]))) > 0

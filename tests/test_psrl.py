@@ -97,10 +97,11 @@ def test_psrl_on_leaves_the_rl_loss_and_q_head_gradient_unchanged():
 
 @pytest.mark.parametrize("term", TERMS)
 def test_each_term_alone_reaches_exactly_its_modules(term):
-    config = _config(terms=(term,))
+    # Importance weights 0 remove the RL loss, so what is left is the PSRL term alone (left
+    # unweighted here; test_psrl_reference checks the weighting).
+    config = _config(terms=(term,), importance_weighted=False)
     agent = _agent(config)
     state = agent.init(jax.random.PRNGKey(2))
-    # Importance weights 0 remove the RL loss, so what is left is the PSRL term alone.
     grads, _ = _grads(agent, state, _batch(config, importance_weight=0.0))
     per_module = {name: _max_abs(g) for name, g in _module_grads(grads).items()}
     reached = {name for name, value in per_module.items() if value > 0}
@@ -117,7 +118,7 @@ def _randomised_flow_heads(aux_params):
 
 
 def test_masked_steps_and_invalid_samples_contribute_nothing():
-    config = _config()
+    config = _config(importance_weighted=False)  # importance weights 0 below remove the RL loss alone
     agent = _agent(config)
     batch = _batch(config, importance_weight=0.0)
     state = agent.init(jax.random.PRNGKey(3))
@@ -173,7 +174,7 @@ def test_full_table3_graph_gradients_reach_every_correspondence_layer():
     """Three refinement levels (Table 3), narrow: once the zero-initialised flow heads are open (here
     every auxiliary parameter nudged by noise, as any first update does; a compiled update besides the
     gradient doubled this test's time), every parameter of the correspondence module receives gradient."""
-    config = _config(terms=("cat_local", "internal"), refinement_levels=3)
+    config = _config(terms=("cat_local", "internal"), refinement_levels=3, importance_weighted=False)
     agent = _agent(config)
     state = agent.init(jax.random.PRNGKey(6))
     leaves, tree = jax.tree.flatten(state.aux_params)

@@ -1,4 +1,5 @@
-"""C51 double-Q loss against an independent NumPy implementation of Bellemare et al.'s projection."""
+"""C51 double-Q loss against an independent NumPy implementation of Bellemare et al.'s projection,
+and the KL priority against SPR's formula (src/algos.py dist_rl_loss)."""
 
 import jax
 import jax.numpy as jnp
@@ -33,15 +34,18 @@ def _project(probs, reward, discount, v_min, v_max, num_atoms):
 
 
 def _reference_loss(online, actions, returns, discounts, target, selector, double_q):
+    """Cross-entropy and SPR's KL priority: KL(clamp(m, 1e-6, 1) || p), clamped to [1e-6, 1e6]."""
     atoms = np.linspace(V_MIN, V_MAX, N)
-    losses = []
+    losses, kls = [], []
     for i in range(online.shape[0]):
         chooser = selector[i] if double_q else target[i]
         a_star = np.argmax((_softmax(chooser) * atoms).sum(-1))
         m = _project(_softmax(target[i, a_star]), returns[i], discounts[i], V_MIN, V_MAX, N)
         log_p = np.log(_softmax(online[i, actions[i]]))
         losses.append(-(m * log_p).sum())
-    return np.array(losses)
+        clamped = np.clip(m, 1e-6, 1.0)
+        kls.append(np.clip(np.sum(clamped * (np.log(clamped) - log_p)), 1e-6, 1e6))
+    return np.array(losses), np.array(kls)
 
 
 def _random_batch(seed, batch=16, num_actions=5):
@@ -66,8 +70,8 @@ def test_c51_support():
 @pytest.mark.parametrize("double_q", [True, False])
 def test_matches_numpy_reference(double_q):
     online, actions, returns, discounts, target, selector = _random_batch(0)
-    expected = _reference_loss(online, actions, returns, discounts, target, selector, double_q)
-    loss = jax.jit(categorical_double_q_loss, static_argnames="double_q")(
+    expected, expected_kl = _reference_loss(online, actions, returns, discounts, target, selector, double_q)
+    loss, kl = jax.jit(categorical_double_q_loss, static_argnames="double_q")(
         jnp.asarray(online, jnp.float32),
         jnp.asarray(actions),
         jnp.asarray(returns, jnp.float32),
@@ -77,8 +81,11 @@ def test_matches_numpy_reference(double_q):
         c51_support(N, V_MIN, V_MAX),
         double_q=double_q,
     )
-    assert loss.shape == (online.shape[0],)
+    assert loss.shape == kl.shape == (online.shape[0],)
     np.testing.assert_allclose(loss, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(kl, expected_kl, atol=1e-5, rtol=1e-4)
+    # Cross-entropy = KL + the target's entropy, so the two priorities differ unless the target is sharp.
+    assert np.max(np.abs(np.asarray(loss) - np.asarray(kl))) > 0.1
 
 
 def peak(i):
@@ -102,8 +109,8 @@ def test_double_q_uses_selector_argmax():
         selector,
         atoms,
     )
-    loss_double = categorical_double_q_loss(*args, double_q=True)
-    loss_single = categorical_double_q_loss(*args, double_q=False)
+    loss_double, _ = categorical_double_q_loss(*args, double_q=True)
+    loss_single, _ = categorical_double_q_loss(*args, double_q=False)
     # Double-Q bootstraps from the target's action 1 (-10): matches the online prediction.
     assert float(loss_double[0]) < 1e-3
     # Without double-Q the target's own argmax (action 0, +10) is used: large loss.
@@ -125,7 +132,7 @@ def test_gradient_only_through_online_logits():
             selector,
             atoms,
             True,
-        ).sum()
+        )[0].sum()
 
     g_online, g_target = jax.jit(jax.grad(total, argnums=(0, 1)))(
         jnp.asarray(online, jnp.float32), jnp.asarray(target, jnp.float32)

@@ -106,7 +106,16 @@ def reference_transition(traj, t, n_step, prediction_steps):
         ),
         future_actions=traj["action"][t : t + prediction_steps],
         future_mask=np.array(future_mask, np.float32),
+        # The scripted frames are never all zero, so a stack's zero frames are its padding.
+        obs_frame_mask=frames_present(reference_stack(traj, t)),
+        future_frame_mask=np.array(
+            [frames_present(reference_stack(traj, t + k)) for k in range(1, prediction_steps + 1)], np.float32
+        ).reshape(prediction_steps, FRAME_STACK),
     )
+
+
+def frames_present(stack):
+    return stack.reshape(FRAME_STACK, -1).any(axis=1).astype(np.float32)
 
 
 def assert_matches_reference(batch, b, ref):
@@ -179,6 +188,11 @@ def test_decoded_stacks_pad_with_the_configured_padding():
             np.testing.assert_array_equal(rs[~blank], zs[~blank])
             np.testing.assert_array_equal(rs[blank], np.broadcast_to(zs[oldest_real], rs[blank].shape))
             padded_slots += blank.sum()
+    # Either padding, the frame masks mark the same slots: the ones "zeros" leaves blank.
+    for stacks, masks in (("obs", "obs_frame_mask"), ("future_obs", "future_frame_mask")):
+        blank = ~np.asarray(getattr(zeros, stacks)).reshape(-1, FRAME_STACK, int(np.prod(FRAME_SHAPE))).any(-1)
+        for decoded in (zeros, repeated):
+            np.testing.assert_array_equal(np.asarray(getattr(decoded, masks)).reshape(blank.shape), ~blank)
     assert padded_slots > 0  # the script crosses episode starts
     for field in ("n_step_return", "bootstrap_discount", "valid", "future_mask", "action"):
         np.testing.assert_array_equal(getattr(zeros, field), getattr(repeated, field))

@@ -18,7 +18,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from psrl_jax.losses.psrl import ema_source, init_psrl_params, make_psrl_modules, psrl_enabled, psrl_loss
+from psrl_jax.config import added_later_field
+from psrl_jax.losses.psrl import (
+    auxiliary_batch_loss,
+    ema_source,
+    init_psrl_params,
+    make_psrl_modules,
+    psrl_enabled,
+    psrl_loss,
+)
 from psrl_jax.losses.rainbow import c51_support, categorical_double_q_loss
 from psrl_jax.networks.q_network import RainbowQNetwork, make_q_network
 from psrl_jax.ops.augment import augment_observations, to_float
@@ -37,11 +45,50 @@ class RainbowState:
     update_step: jax.Array  # int32 scalar, number of gradient updates so far
 
 
+# Gradient-clipping groups of config.agent.grad_clip = "per_group" (SPR clips the encoder + Q head
+# and its transition model separately): the Q network, the AAT with the global heads, and the
+# correspondence module. Keys are the trainable tree's {"q": ..., "aux": {module: ...}}.
+AUX_GRAD_GROUPS = {"transform": "aat", "projection": "aat", "predictor": "aat", "correspondence": "correspondence"}
+
+
+def grad_groups(trainable: dict) -> dict:
+    """{"q_network": ..., "aat": {...}, "correspondence": {...}}: the groups present in `trainable`."""
+    groups = {"q_network": trainable["q"]}
+    for name, tree in trainable["aux"].items():
+        groups.setdefault(AUX_GRAD_GROUPS[name], {})[name] = tree
+    return groups
+
+
+def group_norms(grads: dict) -> dict:
+    return {group: optax.global_norm(tree) for group, tree in grad_groups(grads).items()}
+
+
+def clip_by_group_norm(max_norm: float) -> optax.GradientTransformation:
+    """Each group of `grad_groups` rescaled to norm max_norm when its norm exceeds it (optax's
+    clip_by_global_norm, per group); a group under the limit passes unchanged. Its state is
+    clip_by_global_norm's (empty), so the optimiser state has the same tree in either mode."""
+
+    def update(updates, state, params=None):
+        del params
+        scale = {
+            group: jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30)) for group, norm in group_norms(updates).items()
+        }
+
+        def clip(tree, group):
+            return jax.tree.map(lambda g: jnp.where(scale[group] < 1.0, g * scale[group], g), tree)
+
+        aux = {name: clip(tree, AUX_GRAD_GROUPS[name]) for name, tree in updates["aux"].items()}
+        return {"q": clip(updates["q"], "q_network"), "aux": aux}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(agent_config) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.clip_by_global_norm(agent_config.max_grad_norm),
-        optax.adam(agent_config.learning_rate, eps=agent_config.adam_eps),
-    )
+    if added_later_field(agent_config, "agent.grad_clip") == "per_group":
+        clip = clip_by_group_norm(agent_config.max_grad_norm)
+    else:
+        clip = optax.clip_by_global_norm(agent_config.max_grad_norm)
+    return optax.chain(clip, optax.adam(agent_config.learning_rate, eps=agent_config.adam_eps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +164,8 @@ class RainbowAgent:
         """Importance-weighted C51 double-Q loss plus, when on, the PSRL loss.
 
         trainable = {"q": Q-network variables, "aux": PSRL params}; the rest comes from `state`.
-        Returns (scalar loss, (per-sample RL loss for priorities, new batch_stats, metrics)).
+        Returns (scalar loss, (per-sample priorities, new batch_stats, metrics)): the priority is SPR's
+        KL or the RL loss itself (config.replay.priority).
         """
         params = trainable["q"]
         aug = self.config.agent.augmentation
@@ -157,7 +205,7 @@ class RainbowAgent:
             )
             selector_t = net.apply(params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_select})
             target_t = net.apply(state.target_params, obs_t, train=False, noisy_sample=True, rngs={"noise": k_target})
-            per_sample = categorical_double_q_loss(
+            per_sample, kl = categorical_double_q_loss(
                 logits_tm1,
                 batch.action,
                 batch.n_step_return,
@@ -167,6 +215,7 @@ class RainbowAgent:
                 self.atoms,
                 double_q=self.config.agent.double_q,
             )
+        priority = kl if added_later_field(self.config.replay, "replay.priority") == "kl" else per_sample
         weights = batch.importance_weights * batch.valid
         total = jnp.mean(weights * per_sample)
         q_tm1 = jnp.sum(jax.nn.softmax(logits_tm1, -1) * self.atoms, -1)
@@ -196,21 +245,23 @@ class RainbowAgent:
                     actions=batch.future_actions,
                     future_mask=batch.future_mask * batch.valid[:, None],
                     valid=batch.valid,
+                    obs_frame_mask=batch.obs_frame_mask,
+                    future_frame_mask=batch.future_frame_mask,
                     config=self.config,
                     modules=psrl,
                     encode_online=encode_online,
                 )
-            # The auxiliary loss is a plain mean over the batch (not importance-weighted; ours).
-            total = total + jnp.mean(psrl_per_sample)
+            total = total + auxiliary_batch_loss(psrl_per_sample, batch, self.config)
             metrics.update(psrl_metrics)
-        return total, (per_sample, batch_stats, metrics)
+        return total, (priority, batch_stats, metrics)
 
     def update(self, state: RainbowState, batch: SequenceBatch):
-        """One gradient step. Returns (new state, per-sample loss for priorities, metrics)."""
+        """One gradient step. Returns (new state, per-sample priorities, metrics); the metrics hold the
+        gradient norm before clipping, overall and per clipping group."""
         key, k_loss = jax.random.split(state.key)
         trainable = {"q": state.params, "aux": state.aux_params}
         grad_fn = jax.grad(self.loss, has_aux=True)
-        grads, (per_sample, batch_stats, metrics) = grad_fn(trainable, state, batch, k_loss)
+        grads, (priority, batch_stats, metrics) = grad_fn(trainable, state, batch, k_loss)
         with jax.named_scope("optimizer"):
             updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
             trainable = optax.apply_updates(trainable, updates)
@@ -223,6 +274,7 @@ class RainbowAgent:
             decay = self.config.psrl.target_ema_decay
             ema_params = optax.incremental_update(ema_source(params, aux_params), ema_params, 1.0 - decay)
         metrics = dict(metrics, **{"optim/grad_norm": optax.global_norm(grads)})
+        metrics.update({f"optim/grad_norm/{group}": norm for group, norm in group_norms(grads).items()})
         new_state = RainbowState(
             params=params,
             target_params=target_params,
@@ -233,7 +285,7 @@ class RainbowAgent:
             key=key,
             update_step=step,
         )
-        return new_state, per_sample, metrics
+        return new_state, priority, metrics
 
     def update_many(self, state: RainbowState, replay, replay_state, beta, num_updates: int, unroll: int = 1):
         """`num_updates` sample-update-reprioritise steps in one `lax.scan` (one dispatch).
@@ -248,10 +300,10 @@ class RainbowAgent:
             key, k_sample = jax.random.split(agent_state.key)
             agent_state = agent_state.replace(key=key)
             batch = replay.sample(buffer_state, k_sample, beta)
-            agent_state, per_sample, metrics = self.update(agent_state, batch)
-            # Priority |loss| + eps; invalid samples (the reset transition after an episode's last
+            agent_state, priority, metrics = self.update(agent_state, batch)
+            # Priority |priority| + eps; invalid samples (the reset transition after an episode's last
             # frame) get 0 and are never drawn again until their slot is overwritten.
-            buffer_state = replay.update_priorities(buffer_state, batch.indices, jnp.abs(per_sample), valid=batch.valid)
+            buffer_state = replay.update_priorities(buffer_state, batch.indices, jnp.abs(priority), valid=batch.valid)
             return (agent_state, buffer_state), metrics
 
         if num_updates == 1:

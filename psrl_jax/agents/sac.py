@@ -30,7 +30,14 @@ import optax
 
 from psrl_jax.config import added_later_field
 from psrl_jax.losses import sac as sac_losses
-from psrl_jax.losses.psrl import ema_source, init_psrl_params, make_psrl_modules, psrl_enabled, psrl_loss
+from psrl_jax.losses.psrl import (
+    auxiliary_batch_loss,
+    ema_source,
+    init_psrl_params,
+    make_psrl_modules,
+    psrl_enabled,
+    psrl_loss,
+)
 from psrl_jax.networks.q_network import compute_dtype
 from psrl_jax.networks.sac_networks import SACActor, SACCritic, tanh_gaussian
 from psrl_jax.ops.augment import augment_pixels, center_crop, to_float
@@ -216,11 +223,13 @@ class SACAgent:
                     actions=batch.future_actions,
                     future_mask=batch.future_mask * valid[:, None],
                     valid=valid,
+                    obs_frame_mask=batch.obs_frame_mask,
+                    future_frame_mask=batch.future_frame_mask,
                     config=self.config,
                     modules=self.psrl,
                     encode_online=lambda o: critic.apply(trainable["critic"], o, return_skip=True, method="encode"),
                 )
-            total = total + jnp.mean(per_sample)
+            total = total + auxiliary_batch_loss(per_sample, batch, self.config)
             metrics.update(psrl_metrics)
         return total, (batch_stats, metrics)
 

@@ -11,8 +11,12 @@ internal correspondence (first -> last frame of the query stack, local L1 only).
 Every term has a switch and the terms share two weights (lambda_local, lambda_global); a term
 that is off (switch False or its weight 0) is not computed at all, so switching every term off
 gives exactly the Rainbow update. All terms are masked where a sequence crosses an episode end
-(replay's future_mask) and for invalid samples. Everything is batched: the correspondence module
-runs once on all (query, target) pairs of the batch, and the warp is one vmapped op.
+(replay's future_mask) and for invalid samples; correspondence pairs that involve stack padding
+(replay's frame masks) are left out (psrl.mask_padded_frames). The AAT terms compare the predicted
+newest frame with the target's (psrl.aat_target). The agents multiply the per-sample loss by the
+importance weights and average it over the batch (auxiliary_batch_loss), as SPR does. Everything is
+batched: the correspondence module runs once on all (query, target) pairs of the batch, and the warp
+is one vmapped op.
 
 Mixed precision (config.agent.compute_dtype): the modules compute in that dtype but return float32
 maps, flows and vectors, so the normalisation, warp, L1 and cosine losses here run in float32.
@@ -141,6 +145,15 @@ def ema_source(q_params, aux_params) -> dict:
     return source
 
 
+def auxiliary_batch_loss(per_sample, batch, config) -> jax.Array:
+    """The batch's PSRL loss from psrl_loss's per-sample values: each multiplied by the sample's
+    prioritised-replay importance weight, as SPR's spr_loss * weights (config.psrl.importance_weighted;
+    weights are 1 under uniform replay), then the mean over the batch, as SPR's .mean()."""
+    if added_later_field(config.psrl, "psrl.importance_weighted"):
+        per_sample = per_sample * batch.importance_weights
+    return jnp.mean(per_sample)
+
+
 def _masked_mean(values, mask):
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -148,6 +161,16 @@ def _masked_mean(values, mask):
 def _l1(a, b):
     """Mean absolute difference per sample over every axis but the first."""
     return jnp.mean(jnp.abs(a - b), axis=tuple(range(1, a.ndim)))
+
+
+def _l1_per_frame(a, b):
+    """[B, F, h, w, C] pair -> mean absolute difference per sample and frame [B, F]."""
+    return jnp.mean(jnp.abs(a - b), axis=(2, 3, 4))
+
+
+def _frame_mean(values, frame_mask):
+    """[B, F] values averaged over the frames where frame_mask is 1 (0 where none is)."""
+    return jnp.sum(values * frame_mask, axis=1) / jnp.maximum(jnp.sum(frame_mask, axis=1), 1.0)
 
 
 def psrl_loss(
@@ -161,6 +184,8 @@ def psrl_loss(
     actions,
     future_mask,
     valid,
+    obs_frame_mask,
+    future_frame_mask,
     config,
     modules: PSRLModules,
     encode_online=None,
@@ -173,8 +198,11 @@ def psrl_loss(
     actions      [B, K]            a_k .. a_{k+K-1} (replay's future_actions)
     future_mask  [B, K]            1 where o_{k+j+1} is in a_k's episode (times the sample's validity)
     valid        [B]               1 for valid samples (masks the internal term, which needs no future)
+    obs_frame_mask    [B, F]       1 for o_k's real frames, 0 for stack padding (replay's obs_frame_mask)
+    future_frame_mask [B, K, F]    the same for o_{k+1} .. o_{k+K}
     encode_online(obs [N, F, H, W]) -> (maps, skip): the online encoder, only needed when cat_steps > 1.
-    Returns (per-sample loss [B], new batch_stats, metrics).
+    Returns (per-sample loss [B], new batch_stats, metrics): the per-sample loss is the weighted sum
+    over terms and prediction steps; the caller applies importance weights and the batch mean.
     """
     p = config.psrl
     terms = active_terms(p)
@@ -185,6 +213,8 @@ def psrl_loss(
     metrics = {}
     local_total = jnp.zeros((batch,))
     global_total = jnp.zeros((batch,))
+    if not added_later_field(p, "psrl.mask_padded_frames"):
+        obs_frame_mask, future_frame_mask = jnp.ones_like(obs_frame_mask), jnp.ones_like(future_frame_mask)
 
     query = minmax_normalize(online_maps, num_feature_dims=3)  # [B, F, h, w, C]
     # Target side: EMA encoder (eval mode: no dropout), stop-gradient.
@@ -222,6 +252,11 @@ def psrl_loss(
                 q_norm.append(minmax_normalize(maps[:, j], num_feature_dims=3))
         use_external = any(t in terms for t in ("cat_local", "cat_global"))
         n_ext = cat_steps if use_external else 0
+        # A pair counts where both of its frames are real (not stack padding): [B, F] per step j,
+        # times the step's future mask; the internal pair needs o_k's first and last frames.
+        query_frames = [obs_frame_mask] + [future_frame_mask[:, j] for j in range(cat_steps - 1)]
+        ext_pair_mask = [query_frames[j] * future_frame_mask[:, j] * future_mask[:, j, None] for j in range(n_ext)]
+        internal_mask = valid * obs_frame_mask[:, 0] * obs_frame_mask[:, -1]
         # All pairs in one batch: external (query frame f of step j -> target frame f of o_{k+j+1}),
         # then internal (first -> last query frame of o_k; the target side is stop-gradient).
         pair_q, pair_t, pair_s, pair_mask = [], [], [], []
@@ -229,12 +264,12 @@ def psrl_loss(
             pair_q.append(q_raw[j].reshape((batch * frames,) + q_raw[j].shape[2:]))
             pair_t.append(target_maps[:, j].reshape((batch * frames,) + target_maps.shape[3:]))
             pair_s.append(q_skip[j].reshape((batch * frames,) + q_skip[j].shape[2:]))
-            pair_mask.append(jnp.repeat(future_mask[:, j], frames))
+            pair_mask.append(ext_pair_mask[j].reshape(-1))
         if "internal" in terms:
             pair_q.append(online_maps[:, 0])
             pair_t.append(jax.lax.stop_gradient(online_maps[:, -1]))
             pair_s.append(online_skip[:, 0])
-            pair_mask.append(valid)
+            pair_mask.append(internal_mask)
         # BatchNorm statistics over the pairs that count only (all pairs if, rarely, none does).
         pair_mask = jnp.concatenate(pair_mask) > 0
         pair_mask = jnp.logical_or(pair_mask, ~jnp.any(pair_mask))
@@ -260,17 +295,22 @@ def psrl_loss(
             metrics["psrl/flow_outside_fraction"] = outside_fraction(ext_flows[0])
             for j in range(n_ext):
                 mask_j = future_mask[:, j]
+                pairs_j = ext_pair_mask[j]  # [B, F]
                 tgt = target[:, j]
                 if "cat_local" in terms:
+                    # Per-frame L1 averaged over the pairs that count.
                     l1 = sum(
-                        sw * _l1(warp(q_norm[j], f[j], padding), tgt)
+                        sw * _frame_mean(_l1_per_frame(warp(q_norm[j], f[j], padding), tgt), pairs_j)
                         for sw, f in zip(scale_weights, ext_flows, strict=False)
                         if sw != 0
                     )
                     local_total += mask_j * l1
                     metrics.setdefault("loss/cat_local", []).append((l1, mask_j))
                 if "cat_global" in terms:
+                    # The global head reads a stack: a frame whose pair does not count enters as the
+                    # target's own map, so it adds neither difference nor gradient.
                     warped = warp(q_norm[j], ext_flows[0][j], padding)
+                    warped = jnp.where(pairs_j[:, :, None, None, None] > 0, warped, tgt)
                     ls = cosine_distance(project_online(warped), target_vectors[:, j])
                     global_total += mask_j * ls
                     metrics.setdefault("loss/cat_global", []).append((ls, mask_j))
@@ -282,8 +322,8 @@ def psrl_loss(
                 for sw, f in zip(scale_weights, int_flows, strict=False)
                 if sw
             )
-            local_total += valid * l1
-            metrics["loss/internal"] = [(l1, valid)]
+            local_total += internal_mask * l1
+            metrics["loss/internal"] = [(l1, internal_mask)]
             metrics["psrl/internal_flow_magnitude"] = jnp.mean(jnp.linalg.norm(int_flows[0], axis=-1))
             metrics["psrl/internal_flow_outside_fraction"] = outside_fraction(int_flows[0])
 
@@ -296,8 +336,16 @@ def psrl_loss(
                 stack = predict_stack(transform, stack, actions[:, j])
                 predicted.append(stack)
             predicted = jnp.stack(predicted, axis=1)  # [B, K, F, h, w, C]
+        if added_later_field(p, "psrl.aat_target") == "newest_frame":
+            # What the AAT predicts is the newest frame's map: compared with the target's map of that
+            # frame (local), and inside the target's own stack (global), so the frames carried over
+            # from the query, which the target also holds, add neither difference nor gradient.
+            compared, against = predicted[:, :, -1], target[:, :, -1]  # [B, K, h, w, C]
+            predicted = jnp.concatenate([target[:, :, :-1], predicted[:, :, -1:]], axis=2)
+        else:  # "stack": the whole predicted stack against the whole target stack
+            compared, against = predicted, target
         if "aat_local" in terms:
-            l1 = jax.vmap(_l1, in_axes=1, out_axes=1)(predicted, target)  # [B, K]
+            l1 = jax.vmap(_l1, in_axes=1, out_axes=1)(compared, against)  # [B, K]
             local_total += jnp.sum(future_mask * l1, axis=1)
             metrics["loss/aat_local"] = [(l1, future_mask)]
         if "aat_global" in terms:

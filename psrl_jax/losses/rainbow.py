@@ -1,4 +1,4 @@
-"""Distributional (C51) double-Q loss of Rainbow, via rlax."""
+"""Distributional (C51) double-Q loss of Rainbow (rlax's projection) and SPR's KL priority."""
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,10 @@ def q_values(logits: jax.Array, atoms: jax.Array) -> jax.Array:
     return jnp.sum(jax.nn.softmax(logits, axis=-1) * atoms, axis=-1)
 
 
+# SPR's NaN guard on the target distribution and the KL priority (src/algos.py dist_rl_loss).
+KL_EPS = 1e-6
+
+
 def categorical_double_q_loss(
     online_logits_tm1: jax.Array,
     action_tm1: jax.Array,
@@ -24,25 +28,26 @@ def categorical_double_q_loss(
     selector_logits_t: jax.Array,
     atoms: jax.Array,
     double_q: bool,
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     """Per-sample cross-entropy [B] between the projected n-step target and the online
-    distribution of the taken action.
+    distribution of the taken action, and the KL divergence [B] of that target from it.
 
     The bootstrap action is argmax_a q(selector_logits_t) when double_q (the selector is
     normally the online network on s_t), else argmax of the target network's own q-values.
     `bootstrap_discount` is gamma^n times the not-terminal mask. Gradients flow only into
-    `online_logits_tm1` (rlax stops them on the target).
+    `online_logits_tm1`. The KL is SPR's priority: the target clamped to [1e-6, 1], the KL to
+    [1e-6, 1e6]; it has no gradient. The cross-entropy is rlax's categorical double-Q loss.
     """
     selector = q_values(selector_logits_t if double_q else target_logits_t, atoms)
     selector = jax.lax.stop_gradient(selector)
-    loss_fn = jax.vmap(rlax.categorical_double_q_learning, in_axes=(None, 0, 0, 0, 0, None, 0, 0))
-    return loss_fn(
-        atoms,
-        online_logits_tm1,
-        action_tm1.astype(jnp.int32),
-        n_step_return.astype(jnp.float32),
-        bootstrap_discount.astype(jnp.float32),
-        atoms,
-        target_logits_t,
-        selector,
-    )
+    n = online_logits_tm1.shape[0]
+    bootstrap_action = jnp.argmax(selector, axis=-1)
+    p_target = jax.nn.softmax(target_logits_t[jnp.arange(n), bootstrap_action], axis=-1)
+    target_atoms = n_step_return.astype(jnp.float32)[:, None] + bootstrap_discount.astype(jnp.float32)[:, None] * atoms
+    target = jax.vmap(rlax.categorical_l2_project, in_axes=(0, 0, None))(target_atoms, p_target, atoms)
+    target = jax.lax.stop_gradient(target)
+    log_p = jax.nn.log_softmax(online_logits_tm1[jnp.arange(n), action_tm1.astype(jnp.int32)], axis=-1)
+    cross_entropy = -jnp.sum(target * log_p, axis=-1)
+    clamped = jnp.clip(target, KL_EPS, 1.0)
+    kl = jnp.sum(clamped * (jnp.log(clamped) - jax.lax.stop_gradient(log_p)), axis=-1)
+    return cross_entropy, jnp.clip(kl, KL_EPS, 1.0 / KL_EPS)

@@ -11,6 +11,12 @@ import jax
 import jax.numpy as jnp
 
 
+def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
+    """x in the forward pass (exactly), `scale` times the incoming gradient in the backward pass."""
+    frozen = jax.lax.stop_gradient(x)
+    return frozen + scale * (x - frozen)
+
+
 def _scaled_noise(key: jax.Array, size: int) -> jax.Array:
     """f(x) = sign(x) sqrt(|x|) of standard normal noise (Fortunato et al., 2018)."""
     x = jax.random.normal(key, (size,))

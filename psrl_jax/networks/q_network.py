@@ -10,7 +10,8 @@ import ml_collections
 
 from psrl_jax.config import added_later_field
 from psrl_jax.networks.encoders import AtariEncoder, concat_frames
-from psrl_jax.networks.heads import DuelingC51Head
+from psrl_jax.networks.heads import DuelingC51Head, scale_gradient
+from psrl_jax.ops.normalize import minmax_normalize
 
 ENCODERS = ("stacked", "framewise")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -35,6 +36,10 @@ class RainbowQNetwork(nn.Module):
     `dtype` is the compute dtype of every conv/dense layer (None: float32; bfloat16 for mixed
     precision). Parameters are float32, and what leaves the module is float32: the maps of
     `encode` and the logits of `q_head` (which casts the maps back to `dtype` for its layers).
+
+    `renormalize`: the head reads the maps min-max normalised per sample over (h, w, C), as SPR's
+    renormalize(conv_out, -3); `dueling_grad_scale` scales the gradient into the dueling head's
+    input (SPR's grad_scale 2**-0.5), not its value.
     """
 
     num_actions: int
@@ -46,6 +51,8 @@ class RainbowQNetwork(nn.Module):
     encoder: str = "stacked"
     encoder_channels: Sequence[int] = (32, 64, 64)
     dropout_rate: float = 0.0
+    renormalize: bool = False
+    dueling_grad_scale: float = 1.0
     dtype: Any = None
 
     def setup(self):
@@ -76,6 +83,10 @@ class RainbowQNetwork(nn.Module):
     def q_head(self, features: jax.Array, noisy_sample: bool) -> jax.Array:
         if self.encoder == "framewise":
             features = concat_frames(features)
+        if self.renormalize:
+            features = minmax_normalize(features, num_feature_dims=3)
+        if self.dueling and self.dueling_grad_scale != 1.0:
+            features = scale_gradient(features, self.dueling_grad_scale)
         return self.head(features.reshape(features.shape[0], -1), noisy_sample)
 
     def __call__(self, obs: jax.Array, train: bool, noisy_sample: bool) -> jax.Array:
@@ -94,5 +105,7 @@ def make_q_network(agent_config: ml_collections.ConfigDict, num_actions: int) ->
         encoder=agent_config.encoder,
         encoder_channels=tuple(agent_config.encoder_channels),
         dropout_rate=agent_config.dropout_rate,
+        renormalize=bool(added_later_field(agent_config, "agent.renormalize")),
+        dueling_grad_scale=float(added_later_field(agent_config, "agent.dueling_grad_scale")),
         dtype=compute_dtype(agent_config),
     )

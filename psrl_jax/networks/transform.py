@@ -76,7 +76,8 @@ class GlobalPredictor(nn.Module):
 
 
 def cosine_distance(prediction: jax.Array, target: jax.Array) -> jax.Array:
-    """SPR's global loss per sample: ||p/|p| - t/|t|||^2 = 2 - 2 cos(p, t) (normalised MSE)."""
-    p = prediction / jnp.maximum(jnp.linalg.norm(prediction, axis=-1, keepdims=True), 1e-6)
-    t = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-6)
+    """SPR's global loss per sample: ||p/|p| - t/|t|||^2 = 2 - 2 cos(p, t) (normalised MSE), with
+    SPR's F.normalize(x, eps=1e-3): x / max(|x|, 1e-3) (src/models.py spr_loss)."""
+    p = prediction / jnp.maximum(jnp.linalg.norm(prediction, axis=-1, keepdims=True), 1e-3)
+    t = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-3)
     return jnp.sum(jnp.square(p - t), axis=-1)

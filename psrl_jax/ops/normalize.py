@@ -10,14 +10,16 @@ import jax
 import jax.numpy as jnp
 
 
-def minmax_normalize(x: jax.Array, num_feature_dims: int = 3, eps: float = 1e-5) -> jax.Array:
-    """(x - min) / (max - min + eps), with min and max taken per sample over the last
+def minmax_normalize(x: jax.Array, num_feature_dims: int = 3) -> jax.Array:
+    """(x - min) / (max - min), with min and max taken per sample over the last
     `num_feature_dims` axes (e.g. [H, W, C]); all leading axes (batch, frames, ...) are kept,
-    so a [B, F, H, W, C] volume with num_feature_dims=3 normalises every frame separately."""
+    so a [B, F, H, W, C] volume with num_feature_dims=3 normalises every frame separately.
+    SPR's renormalize exactly, except that a constant sample (max = min, where SPR divides by
+    zero) maps to zeros."""
     if not 1 <= num_feature_dims <= x.ndim:
         raise ValueError(f"num_feature_dims={num_feature_dims} must be in [1, {x.ndim}] for shape {x.shape}")
     axes = tuple(range(x.ndim - num_feature_dims, x.ndim))
     lo = jnp.min(x, axis=axes, keepdims=True)
     hi = jnp.max(x, axis=axes, keepdims=True)
-    # eps keeps a constant sample finite (it maps to 0) instead of dividing by zero.
-    return (x - lo) / (hi - lo + eps)
+    spread = hi - lo
+    return (x - lo) / jnp.where(spread > 0, spread, 1.0)

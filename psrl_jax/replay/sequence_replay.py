@@ -52,6 +52,8 @@ class Transitions:
     future_obs: jax.Array  # uint8 [B, K, S, *frame_shape]
     future_actions: jax.Array  # [B, K, *action_shape]
     future_mask: jax.Array  # float32 [B, K]
+    obs_frame_mask: jax.Array  # float32 [B, S]: 1 for a frame of obs's episode, 0 for stack padding
+    future_frame_mask: jax.Array  # float32 [B, K, S]: the same for each future stack
 
 
 @flax.struct.dataclass
@@ -66,13 +68,16 @@ class SequenceBatch(Transitions):
 STACK_PADDINGS = ("zeros", "first_frame")
 
 
-def make_stack(frames: jax.Array, first: jax.Array, position, frame_stack: int, padding: str = "zeros") -> jax.Array:
+def make_stack(
+    frames: jax.Array, first: jax.Array, position, frame_stack: int, padding: str = "zeros", with_mask: bool = False
+):
     """Frames position-S+1..position (oldest first); what precedes the latest episode start is padding.
 
     frames: [T, *frame_shape], first: [T] bool, position: int (may be traced).
     padding "zeros": zero frames (Dopamine's Atari stacks); "first_frame": copies of the episode's
     first frame (the FrameStack wrappers of CURL and DrQ on DMC). Either way this reproduces the
     actor's own stacks at an episode start (push_frames); rows before index 0 are padding too.
+    with_mask: also return the float32 [S] mask, 1 for the stack's real frames and 0 for padding.
     """
     if padding not in STACK_PADDINGS:
         raise ValueError(f"stack padding must be one of {STACK_PADDINGS}, got {padding!r}")
@@ -88,8 +93,8 @@ def make_stack(frames: jax.Array, first: jax.Array, position, frame_stack: int, 
         fill = jnp.broadcast_to(window_frames[jnp.argmax(keep)], window_frames.shape)  # oldest kept row
     else:
         fill = jnp.zeros_like(window_frames)
-    keep = keep.reshape(keep.shape + (1,) * (frames.ndim - 1))
-    return jnp.where(keep, window_frames, fill)
+    stack = jnp.where(keep.reshape(keep.shape + (1,) * (frames.ndim - 1)), window_frames, fill)
+    return (stack, keep.astype(jnp.float32)) if with_mask else stack
 
 
 def _decode_sequence(
@@ -118,15 +123,16 @@ def _decode_sequence(
         jnp.where(in_return > 0, discount_after[:n_step], 1.0)
     )
 
-    stack_at = lambda p: make_stack(seq.frame, seq.first, p, frame_stack, padding)
-    obs = stack_at(anchor)
-    next_obs = stack_at(anchor + m)
+    stack_at = lambda p: make_stack(seq.frame, seq.first, p, frame_stack, padding, with_mask=True)
+    obs, obs_frame_mask = stack_at(anchor)
+    next_obs, _ = stack_at(anchor + m)
 
     k_steps = prediction_steps
     if k_steps > 0:
-        future_obs = jax.vmap(stack_at)(anchor + 1 + jnp.arange(k_steps))
+        future_obs, future_frame_mask = jax.vmap(stack_at)(anchor + 1 + jnp.arange(k_steps))
     else:
         future_obs = jnp.zeros((0,) + obs.shape, obs.dtype)
+        future_frame_mask = jnp.zeros((0, frame_stack), jnp.float32)
     future_actions = seq.action[anchor : anchor + k_steps]
     # A terminal (or life-loss) frame may be a target; nothing after it may be.
     not_terminal = (discount_after > 0).astype(jnp.float32)
@@ -143,6 +149,8 @@ def _decode_sequence(
         future_obs=future_obs,
         future_actions=future_actions,
         future_mask=future_mask,
+        obs_frame_mask=obs_frame_mask,
+        future_frame_mask=future_frame_mask,
     )
 
 

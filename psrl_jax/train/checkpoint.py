@@ -31,6 +31,7 @@ COMPATIBILITY_FIELDS = (
     "replay.capacity",
     "replay.n_step",
     "replay.prediction_steps",
+    "replay.priority",
     "agent",
     "psrl",
 )
