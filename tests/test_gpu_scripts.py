@@ -9,15 +9,17 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_checks.sh")
-# The order of the lease's priorities: issue 4's run first, then its update cost, then the rest.
+# The order of the priorities: the PSRL update's cost at full size, then RoadRunner runs, then the rest.
 STEP_ORDER = [
-    "0_dmc_run",
-    "4_dmc_update_cost",
-    "1_atari_update_cost",
     "2_bench_rainbow_psrl",
+    "7_bench_rainbow_psrl_coarse",
     "3_bench_rainbow",
+    "8_roadrunner",
+    "1_atari_update_cost",
+    "4_dmc_update_cost",
     "5_loops",
     "6_seed_batching",
+    "0_dmc_run",
 ]
 
 
@@ -43,7 +45,7 @@ def summary(log: str) -> dict[str, tuple[str, str]]:
 
 
 def test_gpu_checks_runs_only_the_steps_named(tmp_path):
-    log, files = run_gpu_checks(tmp_path, GPU_CHECKS_STEPS="7")  # 7 names no step
+    log, files = run_gpu_checks(tmp_path, GPU_CHECKS_STEPS="9")  # 9 names no step
     assert "jax" in log  # the machine's header ran
     assert summary(log) == {}
     assert "\n== " not in log  # no step started
@@ -55,5 +57,19 @@ def test_gpu_checks_skips_every_step_once_the_budget_is_spent(tmp_path):
     log, files = run_gpu_checks(tmp_path, BUDGET_S="20")
     assert list(summary(log)) == STEP_ORDER
     assert set(summary(log).values()) == {("skipped", "0")}
-    assert files == ["log.txt"]  # nothing ran, so no archive of step 0's run either
-    assert not (tmp_path / "gpu_checks_dmc_run").exists()
+    assert files == ["log.txt"]  # nothing ran, so no archive of results either
+    assert os.listdir(tmp_path / "gpu_checks_results") == []
+
+
+def test_gpu_checks_packs_every_result_into_one_archive(tmp_path):
+    """The device tool brings back at most 8 files: each step's output goes into results.tar.gz."""
+    import tarfile
+
+    log, files = run_gpu_checks(tmp_path, GPU_CHECKS_STEPS="9 8", BUDGET_S="35")  # step 8 gets 35 s or less
+    assert list(summary(log)) == ["8_roadrunner"]
+    assert files == ["log.txt", "results.tar.gz"]
+    with tarfile.open(tmp_path / "out" / "results.tar.gz") as archive:
+        names = archive.getnames()
+    assert "gpu_checks_results/8_roadrunner_rainbow.log" in names
+    assert "gpu_checks_results/8_roadrunner_rainbow_psrl.log" in names
+    assert not any("checkpoints" in name for name in names)
