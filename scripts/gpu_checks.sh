@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The device check for a lent GPU, prepared to fit one `run` call: a lent task has 15 minutes of
-# device time in all (start-up included) and one command may run 10, so this script stops itself
-# after BUDGET_S seconds (default 540) and runs its steps in the order of what the open work needs
-# most. Every step is time-boxed (`timeout`) and writes its JSON or run records under RESULTS; a
+# A GPU validation run that fits in ten minutes of one GPU (start-up not included): it stops itself
+# after BUDGET_S seconds (default 540) and runs its steps in the order of what the project needs
+# measured most. Every step is time-boxed (`timeout`) and writes its JSON or run records under RESULTS; a
 # step that fails or runs out of time does not stop the ones after it. After each step RESULTS is
 # packed into OUT/results.tar.gz, so OUT holds two files: that archive and log.txt (the machine,
 # every step's output and, last, each step's exit status and seconds). Steps, run in the order

@@ -53,7 +53,7 @@ def test_gpu_checks_runs_only_the_steps_named(tmp_path):
 
 
 def test_gpu_checks_skips_every_step_once_the_budget_is_spent(tmp_path):
-    # A budget under the 30 s a step needs at least: each step is listed, skipped, in the lease's order.
+    # A budget under the 30 s a step needs at least: each step is listed, skipped, in the script's order.
     log, files = run_gpu_checks(tmp_path, BUDGET_S="20")
     assert list(summary(log)) == STEP_ORDER
     assert set(summary(log).values()) == {("skipped", "0")}

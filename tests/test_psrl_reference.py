@@ -218,6 +218,7 @@ def test_the_auxiliary_loss_matches_spr_formula_in_numpy(case):
     for name, value in terms.items():
         np.testing.assert_allclose(float(metrics[name]), value, rtol=2e-4, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(aux_total, want, rtol=2e-4)
+    np.testing.assert_allclose(float(metrics["loss/psrl"]), want, rtol=2e-4)  # the logged value is what is added
     # What could go unnoticed does not: the importance weights change the total, and masking the padded
     # pairs changes every CAT and internal term, each by over ten times the tolerance.
     unweighted = _reference(config, agent, state, batch, importance_weighted=False)[0]

@@ -251,8 +251,9 @@ class RainbowAgent:
                     modules=psrl,
                     encode_online=encode_online,
                 )
-            total = total + auxiliary_batch_loss(psrl_per_sample, batch, self.config)
-            metrics.update(psrl_metrics)
+            psrl_total = auxiliary_batch_loss(psrl_per_sample, batch, self.config)
+            total = total + psrl_total
+            metrics.update(psrl_metrics, **{"loss/psrl": psrl_total})  # what the update adds
         return total, (priority, batch_stats, metrics)
 
     def update(self, state: RainbowState, batch: SequenceBatch):

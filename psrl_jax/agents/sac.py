@@ -229,8 +229,9 @@ class SACAgent:
                     modules=self.psrl,
                     encode_online=lambda o: critic.apply(trainable["critic"], o, return_skip=True, method="encode"),
                 )
-            total = total + auxiliary_batch_loss(per_sample, batch, self.config)
-            metrics.update(psrl_metrics)
+            psrl_total = auxiliary_batch_loss(per_sample, batch, self.config)
+            total = total + psrl_total
+            metrics.update(psrl_metrics, **{"loss/psrl": psrl_total})  # what the update adds
         return total, (batch_stats, metrics)
 
     def update(self, state: SACState, batch: SequenceBatch):

@@ -363,5 +363,4 @@ def psrl_loss(
             out[name] = _masked_mean(values, masks)
         else:
             out[name] = value
-    out["loss/psrl"] = jnp.mean(per_sample)
     return per_sample, new_batch_stats, out
