@@ -100,6 +100,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # CURL's SAC feeds the trunk's LayerNorm output to the MLPs (output_logits=True); True adds
     # SAC-AE's tanh, as the sessions 6-8 runs had (their config.json has no field: True).
     c.agent.trunk_tanh = False
+    # DrQ's averaging over augmented views (configs/drq.py): the soft target's mean over K views of
+    # o', the critic loss summed over M views of o. 1 and 1: CURL's single view.
+    c.agent.target_augmentations = 1
+    c.agent.q_augmentations = 1
     c.agent.compute_dtype = "float32"  # or "bfloat16" (params, optimiser and losses stay float32)
     c.agent.augmentation = ml_collections.ConfigDict()
     c.agent.augmentation.enabled = True  # off: centre crop for updates too

@@ -235,6 +235,8 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         "agent.latent_dim": agent.latent_dim,
         "agent.critic_target_update_every": agent.critic_target_update_every,
         "agent.actor_update_every": agent.actor_update_every,
+        "agent.target_augmentations": added_later_field(agent, "agent.target_augmentations"),
+        "agent.q_augmentations": added_later_field(agent, "agent.q_augmentations"),
         "updates_per_step": config.updates_per_step,
         "update_every": config.update_every,
         "eval.episodes": ev.episodes,
@@ -299,12 +301,19 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
     )
     _require_compute_dtype(agent)
     _require(
-        added_later_field(agent, "agent.weight_init") in ("orthogonal", "lecun"),
-        f"config.agent.weight_init must be 'orthogonal' or 'lecun', got {agent.get('weight_init')!r}",
+        added_later_field(agent, "agent.weight_init") in ("orthogonal", "orthogonal_flat", "lecun"),
+        "config.agent.weight_init must be 'orthogonal', 'orthogonal_flat' or 'lecun', "
+        f"got {agent.get('weight_init')!r}",
     )
     _require(
         isinstance(added_later_field(agent, "agent.trunk_tanh"), bool),
         f"config.agent.trunk_tanh must be True or False, got {agent.get('trunk_tanh')!r}",
+    )
+    views = max(added_later_field(agent, f"agent.{n}") for n in ("target_augmentations", "q_augmentations"))
+    _require(
+        views == 1 or (observation == "pixels" and agent.augmentation.enabled),
+        "config.agent.target_augmentations / q_augmentations > 1 average over augmented views: they need "
+        "pixels with config.agent.augmentation.enabled (identical views would only repeat the work)",
     )
     _require(
         config.get("shard_seeds", "auto") in ("auto", "on", "off"), "config.shard_seeds must be 'auto', 'on' or 'off'"
@@ -369,6 +378,9 @@ FIELDS_ADDED_LATER = {
     "psrl.importance_weighted": False,
     "psrl.aat_target": "stack",
     "psrl.mask_padded_frames": False,
+    # DrQ's augmentation averaging (configs/drq.py); before it, one view of o_k and one of o_{k+n}.
+    "agent.target_augmentations": 1,
+    "agent.q_augmentations": 1,
 }
 
 

@@ -8,6 +8,10 @@ over a leading seed axis, as for Rainbow. One update:
      critic target on o_{k+n} with a' from the actor on the (detached) online maps of o_{k+n}. The
      PSRL loss is added to the critic's, so it trains the encoder and the PSRL modules with the
      critic's optimiser (ours; CURL gives its auxiliary loss its own optimiser at the same rate).
+     DrQ's averaging (`target_augmentations` K, `q_augmentations` M): the soft target is the mean of
+     K targets, each on its own augmented view of o_{k+n} with its own a'; the critic loss is the
+     *sum* of the twin-Q losses on M views of o_k, as DrQ's `update_critic` adds them. The actor and
+     PSRL read the first view. K = M = 1 is CURL's update, unchanged.
   2. actor and temperature, every `actor_update_every` updates: the actor reads the maps of the
      *updated* encoder, detached (CURL: "actor uses detached encoder features"); the temperature
      has its own Adam (beta1 0.5, Table 2).
@@ -142,6 +146,14 @@ class SACAgent:
         return float(self.config.agent.target_entropy_per_dim) * self.action_dim
 
     @property
+    def target_views(self) -> int:
+        return int(added_later_field(self.config.agent, "agent.target_augmentations"))
+
+    @property
+    def q_views(self) -> int:
+        return int(added_later_field(self.config.agent, "agent.q_augmentations"))
+
+    @property
     def crop_size(self) -> int:
         return int(self.config.env.crop_size)
 
@@ -199,17 +211,45 @@ class SACAgent:
             return augment_pixels(key, obs_uint8, self.crop_size, aug.translate_pad)
         return to_float(center_crop(obs_uint8, self.crop_size))
 
-    def critic_loss(self, trainable, state: SACState, batch: SequenceBatch, obs, future_obs, target):
-        """Twin-Q loss plus, when on, the PSRL loss. Returns (loss, (new batch_stats, metrics))."""
+    def soft_target(self, state: SACState, batch: SequenceBatch, next_views, key):
+        """[B] soft Bellman target averaged over the K views `next_views` [K, B, ...] of o_{k+n}: a'
+        from the current actor on the online encoder's detached maps of each view, Q' from the
+        critic target on that view (DrQ's `update_critic`)."""
         critic = self.critic
+        size = next_views.shape[1]
+        next_obs = next_views.reshape((-1,) + next_views.shape[2:])  # [K * B, ...], view-major
+        next_maps = critic.apply(state.critic_params, next_obs, method="encode")
+        policy, _ = self._policy(state.actor_params, next_maps)
+        next_action, next_log_prob = policy.sample_and_log_prob(seed=key)
+        next_q1, next_q2 = critic.apply(state.critic_target, next_obs, next_action)
+        targets = sac_losses.soft_target(
+            batch.n_step_return,
+            batch.bootstrap_discount,
+            next_q1.reshape(-1, size),
+            next_q2.reshape(-1, size),
+            next_log_prob.reshape(-1, size),
+            jnp.exp(state.log_alpha),
+        )
+        return jnp.mean(targets, axis=0)
+
+    def critic_loss(self, trainable, state: SACState, batch: SequenceBatch, obs_views, future_obs, target):
+        """Twin-Q loss on the M views `obs_views` [M, B, ...] (summed over views, as DrQ) plus, when on,
+        the PSRL loss on the first view. Returns (loss, (new batch_stats, metrics))."""
+        critic = self.critic
+        views, size = obs_views.shape[:2]
+        obs = obs_views.reshape((views * size,) + obs_views.shape[2:])
         if self.psrl is not None:
-            maps, skip = critic.apply(trainable["critic"], obs, return_skip=True, method="encode")
+            q_maps, skip = critic.apply(trainable["critic"], obs, return_skip=True, method="encode")
+            maps, skip = q_maps[:size], skip[:size]  # PSRL reads the first view
         else:
-            maps = critic.apply(trainable["critic"], obs, method="encode")
-        q1, q2 = critic.apply(trainable["critic"], maps, batch.action, method="q_from_maps")
+            q_maps = maps = critic.apply(trainable["critic"], obs, method="encode")
+        actions = jnp.tile(batch.action, (views, 1))
+        q1, q2 = critic.apply(trainable["critic"], q_maps, actions, method="q_from_maps")
+        q1, q2 = q1.reshape(views, size), q2.reshape(views, size)
         valid = batch.valid
-        total = sac_losses.masked_mean(sac_losses.critic_loss(q1, q2, target), valid)
-        metrics = {"loss/critic": total, "q/mean": sac_losses.masked_mean(0.5 * (q1 + q2), valid)}
+        per_sample = jnp.sum(sac_losses.critic_loss(q1, q2, target), axis=0)
+        total = sac_losses.masked_mean(per_sample, valid)
+        metrics = {"loss/critic": total, "q/mean": sac_losses.masked_mean(0.5 * (q1[0] + q2[0]), valid)}
         batch_stats = state.batch_stats
         if self.psrl is not None:
             with jax.named_scope("psrl_loss"):
@@ -253,22 +293,24 @@ class SACAgent:
             if self.psrl is not None:
                 future = batch.future_obs.reshape((-1,) + batch.future_obs.shape[2:])
                 future_obs = self._augment(k_psrl, future).reshape(batch.future_obs.shape[:3] + obs.shape[2:])
-        next_obs = self._augment(k_aug_next, batch.next_obs)
-
-        # Soft target: a' from the current actor on the online encoder's detached maps of o_{k+n}.
+        # Views 1.. of o_k and o_{k+n} (DrQ's M and K) are independent augmentations; view 0 keeps the
+        # keys of a single-view update.
+        obs_views = jnp.stack(
+            [obs] + [self._augment(jax.random.fold_in(k_aug, m), batch.obs) for m in range(1, self.q_views)]
+        )
+        next_views = jnp.stack(
+            [
+                self._augment(k_aug_next if k == 0 else jax.random.fold_in(k_aug_next, k), batch.next_obs)
+                for k in range(self.target_views)
+            ]
+        )
         with jax.named_scope("soft_target"):
-            next_maps = critic.apply(state.critic_params, next_obs, method="encode")
-            policy, _ = self._policy(state.actor_params, next_maps)
-            next_action, next_log_prob = policy.sample_and_log_prob(seed=k_next)
-            next_q1, next_q2 = critic.apply(state.critic_target, next_obs, next_action)
-            target = sac_losses.soft_target(
-                batch.n_step_return, batch.bootstrap_discount, next_q1, next_q2, next_log_prob, alpha
-            )
+            target = self.soft_target(state, batch, next_views, k_next)
 
         with jax.named_scope("critic"):
             trainable = {"critic": state.critic_params, "aux": state.aux_params}
             grads, (batch_stats, metrics) = jax.grad(self.critic_loss, has_aux=True)(
-                trainable, state, batch, obs, future_obs, target
+                trainable, state, batch, obs_views, future_obs, target
             )
             updates, critic_opt_state = self.critic_optimizer.update(grads, state.critic_opt_state, trainable)
             trainable = optax.apply_updates(trainable, updates)

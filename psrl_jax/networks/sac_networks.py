@@ -19,7 +19,9 @@ or, for state SAC, stacks of proprioceptive states float32 [B, F, D].
 
 Initialisation (`weight_init`): "orthogonal" is SAC-AE / CURL's: orthogonal Dense kernels and
 delta-orthogonal convolutions (zero but for the centre tap, an orthogonal [C_in, C_out] matrix
-with ReLU gain sqrt 2), zero biases. "lecun" is Flax's default (LeCun normal), which the runs of
+with ReLU gain sqrt 2), zero biases. "orthogonal_flat" is DrQ's: the same Dense kernels, and each
+conv kernel orthogonal as one (3 * 3 * C_in, C_out) matrix with gain sqrt 2. "lecun" is Flax's
+default (LeCun normal), which the runs of
 sessions 6-8 (docs/runs/sac-cartpole_swingup-100k-s0, -s1) used.
 
 Parameters of the critic live under "torso" (the conv encoder), "trunk", "q1", "q2", so PSRL's
@@ -41,7 +43,7 @@ from psrl_jax.networks.encoders import concat_frames
 from psrl_jax.ops.conv import Conv
 
 ENCODERS = ("stacked", "framewise", "state")
-INITS = ("orthogonal", "lecun")
+INITS = ("orthogonal", "orthogonal_flat", "lecun")
 
 
 def orthogonal(gain: float = 1.0):
@@ -72,12 +74,18 @@ def delta_orthogonal(gain: float):
 
 
 def kernel_init(init: str, conv: bool = False):
-    """The kernel initialiser of `init` ("orthogonal" or "lecun"; module docstring)."""
+    """The kernel initialiser of `init`: orthogonal Dense kernels, and conv kernels either
+    delta-orthogonal ("orthogonal": SAC-AE / CURL) or orthogonal as one (kh * kw * C_in, C_out) matrix
+    ("orthogonal_flat": DrQ's `nn.init.orthogonal_` on the whole kernel); both with ReLU's gain
+    sqrt(2). "lecun": Flax's default."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if init == "lecun":
         return nn.initializers.lecun_normal()
-    return delta_orthogonal(float(np.sqrt(2.0))) if conv else orthogonal()
+    if not conv:
+        return orthogonal()
+    relu_gain = float(np.sqrt(2.0))
+    return delta_orthogonal(relu_gain) if init == "orthogonal" else orthogonal(relu_gain)
 
 
 class PixelEncoder(nn.Module):
