@@ -204,6 +204,8 @@ def test_sac_state_has_no_psrl_parts(sac_setup):
 
 
 def test_target_ema_and_delayed_actor_schedule(sac_setup):
+    """Actor, temperature and critic target are due on updates 1, 3, 5, ... (CURL and DrQ run them when
+    the agent step is even, and their first update is at the even step 1000); the critic every update."""
     config, _, state, update = sac_setup
     old_target = jax.tree.map(lambda p: p + 1.0, state.critic_params)
     state0 = state.replace(critic_target=old_target)
@@ -212,18 +214,12 @@ def test_target_ema_and_delayed_actor_schedule(sac_setup):
     assert all(np.isfinite(v) for v in jax.tree.leaves(metrics1))
     assert int(state1.update_step) == 1
     assert _any_leaf_changed(state1.critic_params, state0.critic_params)  # the critic learns every update
-    assert _leaves_equal(state1.critic_target, old_target)  # not due: bit-for-bit unchanged
     _, metrics_own_target = update(state, _batch(config, seed=1))  # same params, batch and key
     assert float(metrics_own_target["loss/critic"]) != float(metrics1["loss/critic"])  # the bootstrap reads the target
-    assert _leaves_equal(state1.actor_params, state0.actor_params)
-    assert np.array_equal(state1.log_alpha, state0.log_alpha)
-
-    state2, _ = update(state1, _batch(config, seed=2))
-    assert int(state2.update_step) == 2
-    assert _any_leaf_changed(state2.actor_params, state1.actor_params)
-    assert not np.array_equal(state2.log_alpha, state1.log_alpha)
+    assert _any_leaf_changed(state1.actor_params, state0.actor_params)
+    assert not np.array_equal(state1.log_alpha, state0.log_alpha)
     a = config.agent
-    for name, online in state2.critic_params["params"].items():
+    for name, online in state1.critic_params["params"].items():
         tau = a.encoder_tau if name in ("torso", "trunk") else a.critic_tau  # CURL: the encoder is conv + trunk
         expected = jax.tree.map(
             lambda o, t, tau=tau: tau * np.asarray(o, np.float64) + (1 - tau) * np.asarray(t, np.float64),
@@ -231,9 +227,16 @@ def test_target_ema_and_delayed_actor_schedule(sac_setup):
             old_target["params"][name],
         )
         for got, want in zip(
-            jax.tree.leaves(state2.critic_target["params"][name]), jax.tree.leaves(expected), strict=True
+            jax.tree.leaves(state1.critic_target["params"][name]), jax.tree.leaves(expected), strict=True
         ):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+
+    state2, _ = update(state1, _batch(config, seed=2))
+    assert int(state2.update_step) == 2
+    assert _any_leaf_changed(state2.critic_params, state1.critic_params)
+    assert _leaves_equal(state2.critic_target, state1.critic_target)  # not due: bit-for-bit unchanged
+    assert _leaves_equal(state2.actor_params, state1.actor_params)
+    assert np.array_equal(state2.log_alpha, state1.log_alpha)
 
 
 def _psrl_config(**psrl):

@@ -16,8 +16,10 @@ over a leading seed axis, as for Rainbow. One update:
      *updated* encoder, detached (CURL: "actor uses detached encoder features"); the temperature
      has its own Adam (beta1 0.5, Table 2).
   3. critic target, every `critic_target_update_every` updates: EMA with critic_tau for the Q heads
-     and encoder_tau for the encoder, conv and trunk (CURL's `critic.encoder` holds both; before
-     session 8 the trunk moved with critic_tau); PSRL's EMA target every update.
+     and encoder_tau for the encoder, conv and trunk (CURL's `critic.encoder` holds both);
+     PSRL's EMA target every update.
+  Steps 2 and 3 are due on updates 1, 1 + every, ...: CURL and DrQ run them when the agent step
+  is a multiple of `every`, and their first update is at agent step 1000.
 
 Steps that are not due still run under jit (the update is one static graph) and are discarded with
 `jnp.where`, so actor, temperature and targets change exactly when they are due.
@@ -337,14 +339,14 @@ class SACAgent:
             loss_alpha, alpha_grad = jax.value_and_grad(alpha_loss)(state.log_alpha)
             updates, alpha_opt_state = self.alpha_optimizer.update(alpha_grad, state.alpha_opt_state)
             log_alpha = optax.apply_updates(state.log_alpha, updates)
-            actor_due = step % a.actor_update_every == 0
+            actor_due = state.update_step % a.actor_update_every == 0  # updates 1, 3, ... (CURL, DrQ)
             actor_params, actor_opt_state, log_alpha, alpha_opt_state = _where(
                 actor_due,
                 (actor_params, actor_opt_state, log_alpha, alpha_opt_state),
                 (state.actor_params, state.actor_opt_state, state.log_alpha, state.alpha_opt_state),
             )
 
-        target_due = step % a.critic_target_update_every == 0
+        target_due = state.update_step % a.critic_target_update_every == 0
         new_target = {
             "params": {
                 name: optax.incremental_update(

@@ -160,7 +160,7 @@ class Trunk(nn.Module):
     def __call__(self, maps: jax.Array) -> jax.Array:
         dense = nn.Dense(self.latent_dim, dtype=self.dtype, kernel_init=kernel_init(self.weight_init))
         x = dense(flatten_maps(maps, self.framewise))
-        x = nn.LayerNorm(dtype=jnp.float32)(x.astype(jnp.float32))
+        x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)(x.astype(jnp.float32))  # torch's eps (CURL, DrQ)
         return jnp.tanh(x) if self.tanh else x
 
 
