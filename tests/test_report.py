@@ -258,6 +258,9 @@ def test_dmc_runs_report_returns_at_100k_and_500k(tmp_path):
     assert "not reached (100,000)" in line  # sac_psrl ran 100k only
     assert "868 ± 10" in line  # DrQ published at 500k
     assert "820.0 ± 8.2 (n=3)" in text.split("at 100k")[1]  # sac_psrl: 800 + {0,10,20} + 10
+    # CURL's Table 1 columns are marked as another budget (agent steps); DrQ's and SPR's are not.
+    assert "| task | sac | sac_psrl | CURL*† | DrQ* | SPR* | Pixel SAC*† | State SAC*† |" in text
+    assert "† CURL's Table 1: CURL's code counts agent steps" in text
     for figure in ("dmc_curves", "dmc_seed_consistency"):
         _assert_png(os.path.join(str(tmp_path / "out"), "figures", f"{figure}.png"))
 
@@ -360,3 +363,15 @@ def test_a_run_directory_given_twice_counts_once(tmp_path):
     assert entry.expected_seeds == 1 and list(entry.seeds) == [0]
     assert any("given more than once" in w for w in warnings)
     assert not any("missing" in w or "several run directories" in w for w in warnings), warnings
+
+
+def test_drq_published_curve_is_drqs_ten_seed_means():
+    """data/drq_planet_curve.csv against DrQ's data/dmc_planet_bench.csv (denisyarats/drq dd040f1),
+    cartpole_swingup over its 10 seeds: means 182.0 / 274.4 / 759.4 at 16k / 32k / 96k environment
+    steps, lowest seed 572.0 at 96k (read off that file)."""
+    from psrl_jax.analysis import published
+
+    curve = {int(p[0]): p for p in published.drq_curve()["cartpole_swingup"]}
+    assert [curve[s][1] for s in (16_000, 32_000, 96_000)] == [182.0, 274.4, 759.4]
+    assert curve[96_000][3] == 572.0 and curve[96_000][5] == 10
+    assert max(curve) <= 500_000

@@ -14,9 +14,19 @@ def _pyplot():
     return plt
 
 
-def learning_curves(entries: dict, path: str, published_points: dict, xlabel: str) -> None:
+def learning_curves(
+    entries: dict,
+    path: str,
+    published_points: dict,
+    xlabel: str,
+    published_curves: dict | None = None,
+    runs_range_only: bool = False,
+) -> None:
     """One panel per game/task; per method the mean evaluation return over the seeds evaluated at
-    each step (shaded ± std), published scores as markers at their budget."""
+    each step (shaded ± std), published scores as markers at their budget, and published curves
+    ({env: {name: [(step, mean, std, ...), ...]}}) as dashed grey lines with their ± std band, up to
+    the panel's last step (the whole curve where no run has points). `runs_range_only`: published
+    markers beyond the runs' last step are left out, so the x axis is the budget the runs reach."""
     plt = _pyplot()
     domain = next(iter(entries))[0]  # entries are all Atari or all DMC
     envs = sorted({key[2] for key in entries})
@@ -40,9 +50,20 @@ def learning_curves(entries: dict, path: str, published_points: dict, xlabel: st
             std = np.array([np.std(by_step[s]) for s in steps])
             ax.plot(steps, mean, marker="o", markersize=3, color=f"C{i}", label=f"{method} ({len(entry.seeds)} seeds)")
             ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+        last = ax.get_xlim()[1] if ax.lines and runs_range_only else None
+        for name, curve in sorted((published_curves or {}).get(env, {}).items()):
+            x, mean, std = np.array([p[:3] for p in curve], dtype=np.float64).T
+            shown = x <= last * 1.02 if last is not None else np.ones_like(x, bool)
+            x, mean, std = x[shown], mean[shown], std[shown]
+            ax.plot(x, mean, "--", color="0.3", linewidth=1, label=f"{name} (published, {curve[0][5]} seeds)")
+            ax.fill_between(x, mean - std, mean + std, color="0.5", alpha=0.15)
         markers = "sv^<>Dph"
         for j, (name, points) in enumerate(sorted(published_points.get(env, {}).items())):
             x, y = np.array(points, dtype=np.float64).T
+            if last is not None:  # the runs' range: a published budget beyond it is another budget
+                x, y = x[x <= last * 1.02], y[x <= last * 1.02]
+                if not len(x):
+                    continue
             ax.scatter(x, y, marker=markers[j % len(markers)], color="0.4", s=18, label=f"{name} (published)")
         ax.set_title(env)
         ax.set_xlabel(xlabel, fontsize=8)

@@ -389,7 +389,7 @@ def _dmc_section(entries: dict, out_dir: str, options: ReportOptions, warnings: 
         )
     consistency = {}
     for budget in options.dmc_budgets:
-        head = ["task"] + methods + [f"{published.DMC_METHOD_NAMES[p]}*" for p in published.DMC_METHODS]
+        head = ["task"] + methods + [_published_column(p) for p in published.DMC_METHODS]
         lines += ["", f"### Episode return at {budget // 1000}k environment steps (mean ± std over seeds)", ""]
         lines += ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
         for t in tasks:
@@ -414,7 +414,12 @@ def _dmc_section(entries: dict, out_dir: str, options: ReportOptions, warnings: 
             pub = table.get((t, budget), {})
             cols += [f"{pub[p][0]:.0f} ± {pub[p][1]:.0f}" if p in pub else "—" for p in published.DMC_METHODS]
             lines.append("| " + " | ".join(cols) + " |")
-        lines += ["", "\\* published (see `psrl_jax/analysis/data/README.md`)."]
+        lines += [
+            "",
+            "\\* published (see `psrl_jax/analysis/data/README.md`). † CURL's Table 1: CURL's code counts "
+            "agent steps, so these rows may be at action-repeat times the budget in environment steps "
+            "(800k on cartpole_swingup): not the budget of the other columns.",
+        ]
 
     if consistency:
         budget = max(consistency)
@@ -429,6 +434,8 @@ def _dmc_section(entries: dict, out_dir: str, options: ReportOptions, warnings: 
         os.path.join(out_dir, "figures", "dmc_curves.png"),
         published_points={t: _dmc_published_points(table, t) for t in tasks},
         xlabel="environment steps (action repeats counted)",
+        published_curves={t: {"DrQ": c} for t, c in published.drq_curve().items() if t in tasks},
+        runs_range_only=True,
     )
     lines += ["", "### Learning curves", "", "![DMC learning curves](figures/dmc_curves.png)", ""]
     return lines
@@ -437,12 +444,21 @@ def _dmc_section(entries: dict, out_dir: str, options: ReportOptions, warnings: 
 # --------------------------------------------------------------------------------------------- helpers
 
 
+def _published_column(method: str) -> str:
+    mark = "*†" if method in published.DMC_AGENT_STEP_METHODS else "*"
+    return published.DMC_METHOD_NAMES[method] + mark
+
+
 def _dmc_published_points(table: dict, task: str) -> dict:
+    """Published table scores at their environment-step budget; the agent-step columns (another
+    budget) and DrQ (drawn as its whole curve) are left out."""
+    skip = (*published.DMC_AGENT_STEP_METHODS, "drq")
     points = {}
     for (t, budget), row in sorted(table.items()):
         if t == task:
             for p, (mean, _) in row.items():
-                points.setdefault(published.DMC_METHOD_NAMES[p], []).append((budget, mean))
+                if p not in skip:
+                    points.setdefault(published.DMC_METHOD_NAMES[p], []).append((budget, mean))
     return points
 
 
