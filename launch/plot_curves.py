@@ -1,7 +1,11 @@
-"""Plot evaluation learning curves of run directories next to published Atari 100k scores.
+"""Plot evaluation learning curves of run directories next to published scores.
 
-    python launch/plot_curves.py runs/rainbow-RoadRunner-... --out docs/curve.png \
-        [--methods random,der,spr]
+Atari: each seed's curve and the published Atari 100k scores as lines.
+    python launch/plot_curves.py runs/rainbow-RoadRunner-... --out docs/curve.png [--methods random,der,spr]
+
+DMC: each run directory's mean ± std over its seeds, other implementations' curves from CSV files
+(columns env_step, seed, return; e.g. a reference code's evaluations), and DrQ's published curve.
+    python launch/plot_curves.py runs/drq-... --external "DrQ PyTorch=drq.csv" --out docs/curve.png
 """
 
 import argparse
@@ -11,8 +15,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from psrl_jax import cli  # noqa: E402
-from psrl_jax.analysis.curves import plot_learning_curves, reference_scores  # noqa: E402
-from psrl_jax.analysis.published import ATARI_CSV  # noqa: E402
+from psrl_jax.analysis.curves import (  # noqa: E402
+    plot_dmc_curves,
+    plot_learning_curves,
+    read_external_curve,
+    reference_scores,
+)
+from psrl_jax.analysis.published import ATARI_CSV, drq_curve  # noqa: E402
 from psrl_jax.analysis.runs import NotARunDirectory, load_run  # noqa: E402
 
 
@@ -22,16 +31,21 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--reference", default=ATARI_CSV, help="published scores (default: the project's copy)")
     parser.add_argument("--methods", default="random,der,spr")
+    parser.add_argument(
+        "--external", action="append", default=[], help="DMC: LABEL=PATH of a CSV with env_step, seed, return"
+    )
     args = parser.parse_args()
     # Everything is checked before anything is drawn: run directories, the table, methods, --out.
     try:
         runs = [load_run(run_dir) for run_dir in args.run_dirs]
     except NotARunDirectory as error:
         sys.exit(f"error: {error}")
-    if any(run.domain != "atari" for run in runs):
-        sys.exit(
-            "error: plot_curves.py draws Atari runs next to the Atari 100k table; launch/report.py draws DMC curves"
-        )
+    if len({(run.domain, run.env) for run in runs}) > 1:
+        sys.exit("error: the run directories are of different games or tasks: plot one at a time")
+    if runs[0].domain == "dmc":
+        return plot_dmc(runs, args)
+    if args.external:
+        sys.exit("error: --external curves are for DMC runs")
     if not os.path.isfile(args.reference):
         sys.exit(f"error: --reference {args.reference} is not a file")
     cli.require_out_directory(args.out)
@@ -47,6 +61,23 @@ def main():
         plot_learning_curves(args.run_dirs, args.out, title=title, references={m: table[m] for m in methods})
     except ValueError as error:
         sys.exit(f"error: {error}")
+    print(f"wrote {args.out}")
+
+
+def plot_dmc(runs, args):
+    external = {}
+    for item in args.external:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not os.path.isfile(path):
+            sys.exit(f"error: --external {item!r}: expected LABEL=PATH of an existing CSV file")
+        try:
+            external[label] = read_external_curve(path)
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+    cli.require_out_directory(args.out)
+    task = runs[0].env
+    title = f"{task}: " + ", ".join(dict.fromkeys([run.method for run in runs] + list(external)))
+    plot_dmc_curves(runs, args.out, title, external, drq_curve().get(task))
     print(f"wrote {args.out}")
 
 

@@ -71,9 +71,30 @@ def test_plot_curves_script_checks_its_input_first(tmp_path):
     for args, message in [
         ((run, "--out", out, "--reference", str(tmp_path / "none.csv")), "is not a file"),
         ((run, "--out", out, "--methods", "der,sprr"), "sprr: no such column for RoadRunner"),
-        ((dmc_run, "--out", out), "launch/report.py draws DMC curves"),
+        ((run, dmc_run, "--out", out), "different games or tasks"),
+        ((run, "--out", out, "--external", f"x={out}"), "--external curves are for DMC runs"),
+        ((dmc_run, "--out", out, "--external", "x=/no/such.csv"), "expected LABEL=PATH"),
         ((str(tmp_path), "--out", out), "is not a run directory"),
         ((run, "--out", str(tmp_path / "missing" / "c.png")), "does not exist"),
     ]:
         failed = plot(*args)
         assert failed.returncode != 0 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+    # DMC: the run's mean curve beside an external CSV curve and DrQ's published one.
+    external = tmp_path / "other.csv"
+    external.write_text("env_step,seed,return\n0,1,20.0\n50000,1,300.0\n0,2,25.0\n50000,2,350.0\n")
+    dmc_out = str(tmp_path / "dmc.png")
+    drawn = plot(dmc_run, "--out", dmc_out, "--external", f"other code={external}")
+    assert drawn.returncode == 0 and os.path.isfile(dmc_out), drawn.stderr[-2000:]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,seed,return\n0,1,2\n")
+    failed = plot(dmc_run, "--out", dmc_out, "--external", f"bad={bad}")
+    assert failed.returncode != 0 and "lacks the column(s) env_step" in failed.stderr, failed.stderr
+
+
+def test_external_curve_reads_seeds_and_sorts_steps(tmp_path):
+    from psrl_jax.analysis.curves import read_external_curve
+
+    path = tmp_path / "c.csv"
+    path.write_text("env_step,seed,return,extra\n8000,2,5.5,x\n0,2,1.0,x\n0,1,2.0,x\n")
+    assert read_external_curve(str(path)) == {"2": [(0.0, 1.0), (8000.0, 5.5)], "1": [(0.0, 2.0)]}
