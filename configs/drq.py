@@ -9,8 +9,8 @@ Smoke: python launch/dmc.py --config configs/drq.py:smoke
 Every value below is DrQ's, cited to its code (denisyarats/drq: `config.yaml`, `drq.py`,
 `replay_buffer.py`, `utils.py`, `train.py`); what is not set here is configs/sac.py's and equals
 DrQ's too (gamma 0.99, 4 convs of 32 filters with strides 2, 1, 1, 1, latent 50 with LayerNorm,
-MLPs (1024, 1024), log-std bounds [-10, 2], replay 100k, 1000 random agent steps before updates,
-one update per agent step, PlaNet action repeats, target entropy -|A|). Same agent code as SAC:
+MLPs (1024, 1024), log-std bounds [-10, 2], one update per agent step, PlaNet action repeats,
+target entropy -|A|). Same agent code as SAC:
 `agent.target_augmentations` / `agent.q_augmentations` are the only DrQ-specific code path
 (agents/sac.py).
 """

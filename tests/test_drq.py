@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 
 from configs import drq, sac
-from psrl_jax.agents.sac import SACAgent
 from psrl_jax.config import ConfigError, validate_any_config
 from psrl_jax.ops.augment import augment_pixels
-from tests.test_sac import ACTION_DIM, _batch
-
-
-def _agent(config):
-    s, f = config.env.image_size, config.env.frame_stack
-    return SACAgent(config, ACTION_DIM, (f, s, s, 3))
+from tests.test_sac import _agent, _batch
 
 
 def _views(config, obs, count, seed):

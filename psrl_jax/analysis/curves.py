@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from psrl_jax.analysis.figures import published_band, pyplot, seed_mean_band
 from psrl_jax.analysis.published import atari_table, canonical_game
 from psrl_jax.train.run_dir import metrics_path, read_metrics
 
@@ -30,12 +31,7 @@ def reference_scores(csv_path: str, game: str) -> dict:
 def plot_learning_curves(run_dirs: list, out_path: str, title: str = "", references: dict | None = None) -> None:
     """Evaluation return (mean over episodes) against env steps, one line per seed and run,
     training-episode returns as faint points, reference scores as dashed horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for run_dir in run_dirs:
         label = os.path.basename(os.path.normpath(run_dir))
         train = load_records(run_dir, "train_episode")
@@ -57,9 +53,13 @@ def plot_learning_curves(run_dirs: list, out_path: str, title: str = "", referen
     ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    _save(fig, out_path)
+
+
+def _save(fig, out_path: str) -> None:
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def read_external_curve(path: str) -> dict:
@@ -84,39 +84,21 @@ def plot_dmc_curves(runs: list, out_path: str, title: str, external: dict, publi
     """DMC side by side: per run directory and per external curve ({label: read_external_curve(...)}),
     the mean evaluation return over its seeds at each environment step (± std shaded; only steps every
     seed reached), and a published curve [(env_step, mean, std, min, max, seeds)] as a dashed band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sources = {f"{run.method} ({os.path.basename(os.path.normpath(run.run_dir))})": {
-        s.seed: s.curve() for s in run.seeds} for run in runs}  # fmt: skip
-    sources.update(external)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sources = {f"{run.method} ({os.path.basename(os.path.normpath(run.run_dir))})": [
+        s.curve() for s in run.seeds] for run in runs}  # fmt: skip
+    sources.update({label: list(per_seed.values()) for label, per_seed in external.items()})
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     last = 0.0
-    for i, (label, per_seed) in enumerate(sources.items()):
-        by_step = {}
-        for points in per_seed.values():
-            for step, value in points:
-                by_step.setdefault(step, []).append(value)
-        steps = np.array(sorted(s for s, v in by_step.items() if len(v) == len(per_seed)))
-        if not len(steps):
-            continue
-        mean = np.array([np.mean(by_step[s]) for s in steps])
-        std = np.array([np.std(by_step[s]) for s in steps])
-        ax.plot(steps, mean, marker="o", markersize=3, color=f"C{i}", label=f"{label}, {len(per_seed)} seeds")
-        ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
-        last = max(last, steps[-1])
+    for i, (label, curves) in enumerate(sources.items()):
+        steps = seed_mean_band(ax, curves, f"C{i}", f"{label}, {len(curves)} seeds", every_seed=True)
+        if len(steps):
+            last = max(last, steps[-1])
     if published_curve:
-        x, mean, std = np.array([p[:3] for p in published_curve if p[0] <= last * 1.02 or not last]).T
-        seeds = published_curve[0][5]
-        ax.plot(x, mean, "--", color="0.3", linewidth=1, label=f"published DrQ, batch 512, {seeds} seeds")
-        ax.fill_between(x, mean - std, mean + std, color="0.5", alpha=0.15)
+        label = f"published DrQ, batch 512, {published_curve[0][5]} seeds"
+        published_band(ax, published_curve, label, up_to=last or None)
     ax.set_xlabel("environment steps (action repeats counted)")
     ax.set_ylabel("evaluation return")
     ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+    _save(fig, out_path)

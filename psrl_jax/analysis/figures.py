@@ -5,13 +5,38 @@ import math
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def seed_mean_band(ax, curves: list, color: str, label: str, every_seed: bool = False) -> np.ndarray:
+    """The mean over seeds at each step (± std shaded) of per-seed curves [[(step, value), ...], ...];
+    `every_seed`: only the steps every seed reached. Returns the steps drawn (none: nothing drawn)."""
+    by_step = {}
+    for curve in curves:
+        for step, value in curve:
+            by_step.setdefault(step, []).append(value)
+    steps = np.array(sorted(s for s, v in by_step.items() if not every_seed or len(v) == len(curves)))
+    if len(steps):
+        mean = np.array([np.mean(by_step[s]) for s in steps])
+        std = np.array([np.std(by_step[s]) for s in steps])
+        ax.plot(steps, mean, marker="o", markersize=3, color=color, label=label)
+        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+    return steps
+
+
+def published_band(ax, curve: list, label: str, up_to: float | None = None) -> None:
+    """A published curve [(step, mean, std, ...), ...] as a dashed grey line with its ± std band, up to
+    `up_to` (2% slack; None: the whole curve)."""
+    x, mean, std = np.array([p[:3] for p in curve], dtype=np.float64).T
+    shown = x <= up_to * 1.02 if up_to is not None else np.ones_like(x, bool)
+    ax.plot(x[shown], mean[shown], "--", color="0.3", linewidth=1, label=label)
+    ax.fill_between(x[shown], mean[shown] - std[shown], mean[shown] + std[shown], color="0.5", alpha=0.15)
 
 
 def learning_curves(
@@ -27,7 +52,7 @@ def learning_curves(
     ({env: {name: [(step, mean, std, ...), ...]}}) as dashed grey lines with their ± std band, up to
     the panel's last step (the whole curve where no run has points). `runs_range_only`: published
     markers beyond the runs' last step are left out, so the x axis is the budget the runs reach."""
-    plt = _pyplot()
+    plt = pyplot()
     domain = next(iter(entries))[0]  # entries are all Atari or all DMC
     envs = sorted({key[2] for key in entries})
     methods = sorted({key[1] for key in entries})
@@ -39,24 +64,11 @@ def learning_curves(
             entry = entries.get((domain, method, env))
             if entry is None:
                 continue
-            by_step = {}
-            for seed in entry.seeds.values():
-                for step, value in seed.curve():
-                    by_step.setdefault(step, []).append(value)
-            if not by_step:
-                continue
-            steps = np.array(sorted(by_step))
-            mean = np.array([np.mean(by_step[s]) for s in steps])
-            std = np.array([np.std(by_step[s]) for s in steps])
-            ax.plot(steps, mean, marker="o", markersize=3, color=f"C{i}", label=f"{method} ({len(entry.seeds)} seeds)")
-            ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+            curves = [seed.curve() for seed in entry.seeds.values()]
+            seed_mean_band(ax, curves, f"C{i}", f"{method} ({len(entry.seeds)} seeds)")
         last = ax.get_xlim()[1] if ax.lines and runs_range_only else None
         for name, curve in sorted((published_curves or {}).get(env, {}).items()):
-            x, mean, std = np.array([p[:3] for p in curve], dtype=np.float64).T
-            shown = x <= last * 1.02 if last is not None else np.ones_like(x, bool)
-            x, mean, std = x[shown], mean[shown], std[shown]
-            ax.plot(x, mean, "--", color="0.3", linewidth=1, label=f"{name} (published, {curve[0][5]} seeds)")
-            ax.fill_between(x, mean - std, mean + std, color="0.5", alpha=0.15)
+            published_band(ax, curve, f"{name} (published, {curve[0][5]} seeds)", up_to=last)
         markers = "sv^<>Dph"
         for j, (name, points) in enumerate(sorted(published_points.get(env, {}).items())):
             x, y = np.array(points, dtype=np.float64).T
@@ -83,7 +95,7 @@ def interval_estimates(points: dict, intervals: dict, path: str) -> None:
 
     from psrl_jax.analysis.statistics import AGGREGATE_NAMES, AGGREGATES
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, _ = plot_utils.plot_interval_estimates(
         points,
         intervals,
@@ -98,7 +110,7 @@ def interval_estimates(points: dict, intervals: dict, path: str) -> None:
 def probability_of_improvement(poi: dict, methods: list, path: str) -> None:
     """One panel per method X of this project: P(X > Y) with its CI for every other method Y
     (the layout of the PSRL supplementary's Figure 2)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 0.4 * len(poi) / len(methods) + 1.5))
     for ax, x in zip(np.atleast_1d(axes), methods, strict=True):
         rows = [(y, p) for (xx, y), p in poi.items() if xx == x]
@@ -119,7 +131,7 @@ def probability_of_improvement(poi: dict, methods: list, path: str) -> None:
 
 def seed_consistency(rows: dict, path: str, ylabel: str) -> None:
     """Bars: the mean with the first n seeds; line (right axis): the std over those seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     right = ax.twinx()
     width = 0.8 / max(len(rows), 1)
