@@ -59,6 +59,7 @@ def psrl_config() -> ml_collections.ConfigDict:
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "rainbow"
+    c.config_version = 1  # the fields' version (psrl_jax/config.py CONFIG_VERSION); saved in config.json
     c.seed = 0  # seed of the first agent; agent i uses PRNGKey(seed + i), as a one-seed run with that seed
     c.num_seeds = 1  # S independent agents trained in one process (vmapped); S = 1 is the same code
     # Seed axis over devices (psrl_jax/train/sharding.py): "auto" shards it over all devices when there

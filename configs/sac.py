@@ -33,6 +33,7 @@ def dmc_psrl_config() -> ml_collections.ConfigDict:
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "sac"
+    c.config_version = 1  # the fields' version (psrl_jax/config.py CONFIG_VERSION); saved in config.json
     c.seed = 0  # seed of the first agent; agent i uses PRNGKey(seed + i) and env seeds from seed + i
     c.num_seeds = 1  # S independent agents vmapped in one process
     c.shard_seeds = "auto"  # seed axis over devices, as on Atari (psrl_jax/train/sharding.py)

@@ -33,19 +33,12 @@ import resource
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ml_collections
+from absl import flags, logging
+from ml_collections import config_flags
 
-from psrl_jax import host_malloc  # noqa: E402
-
-host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
-
-import ml_collections  # noqa: E402
-from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
-from psrl_jax import cli  # noqa: E402
-from psrl_jax.config import ConfigError, added_later_field  # noqa: E402
+from psrl_jax import cli, cpu_settings
+from psrl_jax.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed dispatches per measurement")
@@ -115,7 +108,7 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     device = jax.devices()[0]
     results["device"] = f"{device} ({getattr(device, 'device_kind', '')})"
     results["backend"] = jax.default_backend()
-    results["compute_dtype"] = added_later_field(config.agent, "agent.compute_dtype")
+    results["compute_dtype"] = config.agent.compute_dtype
 
     start = time.perf_counter()
     state = jax.block_until_ready(trainer.init_fn(trainer.seeds.keys()))
@@ -533,4 +526,5 @@ def _dispatch_scaling(runs: list) -> list:
 
 
 if __name__ == "__main__":
+    cpu_settings.apply()  # XLA:CPU flags and glibc malloc, before JAX starts (psrl_jax/cpu_settings.py)
     cli.run(main)

@@ -34,18 +34,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
 
-from psrl_jax import host_malloc  # noqa: E402
-
-host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
-
-from absl import flags, logging  # noqa: E402
-
-import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
-from psrl_jax import cli  # noqa: E402
-from psrl_jax.config import ConfigError, added_later_field  # noqa: E402
-from psrl_jax.perf import host_info  # noqa: E402
+from psrl_jax import cli, cpu_settings
+from psrl_jax.config import ConfigError
+from psrl_jax.perf import host_info
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 18, "Action count of the synthetic agent (18: full Atari set)")
@@ -189,7 +182,7 @@ def main(argv):
     rows = []
     for spec, seed_axis in [(spec, axis) for spec in specs for axis in _SEED_AXIS.value]:
         config = configs[spec].copy_and_resolve_references()
-        if is_dmc(config) and added_later_field(config.env, "env.observation") != "pixels":
+        if is_dmc(config) and config.env.observation != "pixels":
             sys.exit(f"error: {spec}: env.observation={config.env.observation!r}; this script times pixel updates")
         size, frames = config.env.image_size, config.env.frame_stack
         if is_dmc(config):
@@ -290,4 +283,5 @@ def _time_by_scope(row: dict, dispatches: int, depth: int, trace_dir: str) -> di
 
 
 if __name__ == "__main__":
+    cpu_settings.apply()  # XLA:CPU flags and glibc malloc, before JAX starts (psrl_jax/cpu_settings.py)
     cli.run(main)

@@ -11,23 +11,16 @@ Ubuntu: apt-get install -y libegl1 libgl1-mesa-dri libosmesa6 (scripts/setup.sh 
 Multi-host: --coordinator=host:port --num_processes=N --process_id=i, as launch/atari.py.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
+from ml_collections import config_flags
 
-from psrl_jax import host_malloc  # noqa: E402
-
-host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
-
-from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from psrl_jax import cli  # noqa: E402
-from psrl_jax.config import ConfigError  # noqa: E402
-from psrl_jax.envs.gl import GLError  # noqa: E402
-from psrl_jax.train import multihost  # noqa: E402
-from psrl_jax.train.checkpoint import CheckpointError  # noqa: E402
+from psrl_jax import cli, cpu_settings
+from psrl_jax.config import ConfigError
+from psrl_jax.envs.gl import GLError
+from psrl_jax.train import multihost
+from psrl_jax.train.checkpoint import CheckpointError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sac_psrl.py[:smoke]")
 flags.mark_flags_as_required(["config"])
@@ -40,13 +33,15 @@ def main(argv):
     config = cli.loaded(_CONFIG.value)  # a config file that does not load: say so before the imports below
     _INITIALIZE_DISTRIBUTED()  # before anything else touches JAX
     from psrl_jax.train.dmc_trainer import train
+    from psrl_jax.train.finite_guard import NonFiniteError
 
     try:
         run_dir = train(config)
-    except (ConfigError, CheckpointError, GLError) as error:
+    except (ConfigError, CheckpointError, GLError, NonFiniteError) as error:
         sys.exit(f"error: {error}")
     print(f"run directory: {run_dir}")
 
 
 if __name__ == "__main__":
+    cpu_settings.apply()  # XLA:CPU flags and glibc malloc, before JAX starts (psrl_jax/cpu_settings.py)
     cli.run(main)

@@ -11,16 +11,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
 
-from psrl_jax import host_malloc  # noqa: E402
-
-host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
-
-from absl import flags, logging  # noqa: E402
-
-import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
-from psrl_jax import cli  # noqa: E402
+from configs import rainbow, sac
+from psrl_jax import cli, cpu_settings
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory holding config.json and checkpoints/")
 _EPISODES = flags.DEFINE_integer("episodes", 100, "Episodes per seed")
@@ -36,7 +30,7 @@ def main(argv):
     from psrl_jax.config import ConfigError, save_json_atomic
     from psrl_jax.train.checkpoint import CheckpointError
 
-    config = cli.load_run_config(_RUN_DIR.value)
+    config = cli.load_run_config(_RUN_DIR.value, rainbow.get_config(), sac.get_config())
     config.run_dir = _RUN_DIR.value
     config.resume = True
     config.eval.episodes = config.eval.final_episodes = _EPISODES.value  # validated against max_parallel_envs
@@ -70,4 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cpu_settings.apply()  # XLA:CPU flags and glibc malloc, before JAX starts (psrl_jax/cpu_settings.py)
     cli.run(main)

@@ -12,17 +12,15 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from psrl_jax import cli  # noqa: E402
-from psrl_jax.analysis.curves import (  # noqa: E402
+from psrl_jax import cli
+from psrl_jax.analysis.curves import (
     plot_dmc_curves,
     plot_learning_curves,
     read_external_curve,
     reference_scores,
 )
-from psrl_jax.analysis.published import ATARI_CSV, drq_curve  # noqa: E402
-from psrl_jax.analysis.runs import NotARunDirectory, load_run  # noqa: E402
+from psrl_jax.analysis.published import ATARI_CSV, drq_curve
+from psrl_jax.analysis.runs import NotARunDirectory, load_run
 
 
 def main():

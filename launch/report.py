@@ -15,10 +15,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from psrl_jax.analysis.report import ReportOptions, build_report  # noqa: E402
-from psrl_jax.analysis.runs import NotARunDirectory  # noqa: E402
+from psrl_jax.analysis.report import ReportOptions, build_report
+from psrl_jax.analysis.runs import NotARunDirectory
 
 
 def main():

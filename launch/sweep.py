@@ -18,9 +18,7 @@ import shlex
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from psrl_jax.train.sweep import SweepError, plan_sweep, summary  # noqa: E402
+from psrl_jax.train.sweep import SweepError, plan_sweep, summary
 
 LAUNCH_DIR = os.path.dirname(os.path.abspath(__file__))
 

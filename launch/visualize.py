@@ -24,16 +24,10 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
 
-from psrl_jax import host_malloc  # noqa: E402
-
-host_malloc.reexec_if_wanted()  # glibc malloc settings for XLA:CPU, before anything starts (host_malloc.py)
-
-from absl import flags, logging  # noqa: E402
-
-import psrl_jax  # noqa: E402, F401 - XLA:CPU flags before anything starts JAX (psrl_jax/xla_cpu.py)
-from psrl_jax import cli  # noqa: E402
+from configs import rainbow, sac
+from psrl_jax import cli, cpu_settings
 
 KINDS = ("external", "internal")
 # Per-pair figures of the JSON's pool summary (see `correspondences` in main).
@@ -55,7 +49,7 @@ def _load_config(run_dir):
 
     from psrl_jax.losses.psrl import active_terms, needed_modules
 
-    config = cli.load_run_config(run_dir)  # a run from before the psrl section: every term off
+    config = cli.load_run_config(run_dir, rainbow.get_config(), sac.get_config())
     checkpoints = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(checkpoints) or not any(d.isdigit() for d in os.listdir(checkpoints)):
         sys.exit(f"error: {run_dir} holds no checkpoint (nothing under {checkpoints})")
@@ -296,4 +290,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cpu_settings.apply()  # XLA:CPU flags and glibc malloc, before JAX starts (psrl_jax/cpu_settings.py)
     cli.run(main)

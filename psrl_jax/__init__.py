@@ -1,6 +1,5 @@
-"""psrl-jax: PSRL (CVPR 2023) and its baselines in JAX/Flax."""
+"""psrl-jax: PSRL (CVPR 2023) and its baselines in JAX/Flax.
 
-from psrl_jax import xla_cpu
-
-# Before anything starts JAX's CPU backend: convolutions on Eigen, not YNNPACK (xla_cpu.py).
-xla_cpu.configure()
+Importing the package changes no environment variable and no process state; the launchers apply the
+CPU settings they want through `psrl_jax.cpu_settings.apply()`.
+"""

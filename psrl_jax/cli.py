@@ -42,12 +42,13 @@ def require_out_directory(path: str) -> None:
         sys.exit(f"error: --out {path}: its directory does not exist ({directory})")
 
 
-def load_run_config(run_dir: str):
-    """A run directory's config.json as a ConfigDict, or a one-line exit. A Rainbow run from before
-    the psrl section gets one with every PSRL term off (configs/rainbow.py), which is what it ran."""
+def load_run_config(run_dir: str, atari_defaults, dmc_defaults):
+    """A run directory's config.json as a ConfigDict of today's config version, or a one-line exit
+    naming what is wrong (no file, not JSON, an unknown config_version, unknown or missing fields).
+    The defaults are today's base configs (configs/rainbow.py, configs/sac.py) whose fields it must have."""
     import json
 
-    import ml_collections
+    from psrl_jax.config import ConfigError, read_saved_config
 
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
@@ -57,14 +58,12 @@ def load_run_config(run_dir: str):
             loaded = json.load(f)
     except json.JSONDecodeError as error:
         sys.exit(f"error: {path} is not valid JSON ({error})")
-    if not isinstance(loaded, dict) or "env" not in loaded:
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("env"), dict):
         sys.exit(f"error: {path} is not a run's config (no env section)")
-    config = ml_collections.ConfigDict(loaded)
-    if "psrl" not in config:
-        from configs.rainbow import psrl_config
-
-        config.psrl = psrl_config()
-    return config
+    try:
+        return read_saved_config(loaded, dmc_defaults if "task" in loaded["env"] else atari_defaults, path)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
 
 
 def run(main) -> None:

@@ -10,9 +10,7 @@ import tempfile
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message says which field and why."""
+from psrl_jax.errors import ConfigError
 
 
 def _require(condition: bool, message: str):
@@ -40,7 +38,7 @@ def _require_even_eval_split(ev) -> None:
 
 
 def _require_compute_dtype(agent) -> None:
-    compute_dtype = added_later_field(agent, "agent.compute_dtype")
+    compute_dtype = agent.compute_dtype
     _require(
         compute_dtype in ("float32", "bfloat16"),
         f"config.agent.compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}",
@@ -48,7 +46,7 @@ def _require_compute_dtype(agent) -> None:
 
 
 def _require_stack_padding(env) -> None:
-    padding = added_later_field(env, "env.stack_padding")
+    padding = env.stack_padding
     _require(
         padding in ("zeros", "first_frame"),
         f"config.env.stack_padding must be 'zeros' or 'first_frame', got {padding!r}",
@@ -69,7 +67,7 @@ SEED_BATCHING_MODES = ("auto", "vmap", "unroll")  # psrl_jax/train/common.py res
 
 
 def _check_seed_batching(config) -> None:
-    mode = config.get("seed_batching", "auto")  # run dirs written before the field existed: "auto"
+    mode = config.seed_batching
     _require(mode in SEED_BATCHING_MODES, f"config.seed_batching must be 'auto', 'vmap' or 'unroll', got {mode!r}")
 
 
@@ -127,22 +125,22 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
     _require(agent.learning_rate > 0, "config.agent.learning_rate must be > 0")
     _require(0.0 <= agent.dropout_rate < 1.0, "config.agent.dropout_rate must be in [0, 1)")
     _require(0.0 <= ev.epsilon <= 1.0, "config.eval.epsilon must be in [0, 1]")
-    grad_clip = added_later_field(agent, "agent.grad_clip")
+    grad_clip = agent.grad_clip
     _require(grad_clip in GRAD_CLIPS, f"config.agent.grad_clip must be one of {GRAD_CLIPS}, got {grad_clip!r}")
     _require(agent.max_grad_norm > 0, f"config.agent.max_grad_norm must be > 0, got {agent.max_grad_norm}")
     _require(
-        isinstance(added_later_field(agent, "agent.renormalize"), bool),
+        isinstance(agent.renormalize, bool),
         "config.agent.renormalize must be True or False",
     )
-    _require(added_later_field(agent, "agent.dueling_grad_scale") > 0, "config.agent.dueling_grad_scale must be > 0")
-    priority = added_later_field(replay, "replay.priority")
+    _require(agent.dueling_grad_scale > 0, "config.agent.dueling_grad_scale must be > 0")
+    priority = replay.priority
     _require(priority in PRIORITIES, f"config.replay.priority must be one of {PRIORITIES}, got {priority!r}")
     _require(
         agent.encoder in ("stacked", "framewise"),
         f"config.agent.encoder must be 'stacked' or 'framewise', got {agent.encoder!r}",
     )
     _require_compute_dtype(agent)
-    shard_seeds = config.get("shard_seeds", "auto")  # run dirs written before the field existed: "auto"
+    shard_seeds = config.shard_seeds
     _require(
         shard_seeds in ("auto", "on", "off"),
         f"config.shard_seeds must be 'auto', 'on' or 'off', got {shard_seeds!r}",
@@ -184,7 +182,7 @@ def validate_atari_config(config: ml_collections.ConfigDict) -> None:
     )
     _require_even_eval_split(ev)
     _require(ev.max_episode_frames >= env.frame_skip, "config.eval.max_episode_frames must be >= env.frame_skip")
-    loop = config.get("loop", "host")  # run dirs written before the field existed: the host loop
+    loop = config.loop
     _require(loop in ("host", "fused"), f"config.loop must be 'host' or 'fused', got {loop!r}")
     if loop == "fused":
         validate_fused_loop_config(config)
@@ -235,8 +233,8 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         "agent.latent_dim": agent.latent_dim,
         "agent.critic_target_update_every": agent.critic_target_update_every,
         "agent.actor_update_every": agent.actor_update_every,
-        "agent.target_augmentations": added_later_field(agent, "agent.target_augmentations"),
-        "agent.q_augmentations": added_later_field(agent, "agent.q_augmentations"),
+        "agent.target_augmentations": agent.target_augmentations,
+        "agent.q_augmentations": agent.q_augmentations,
         "updates_per_step": config.updates_per_step,
         "update_every": config.update_every,
         "eval.episodes": ev.episodes,
@@ -257,7 +255,7 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
         },
         minimum=0,
     )
-    observation = added_later_field(env, "env.observation")
+    observation = env.observation
     _require(
         observation in ("pixels", "state"), f"config.env.observation must be 'pixels' or 'state', got {observation!r}"
     )
@@ -301,23 +299,21 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
     )
     _require_compute_dtype(agent)
     _require(
-        added_later_field(agent, "agent.weight_init") in ("orthogonal", "orthogonal_flat", "lecun"),
+        agent.weight_init in ("orthogonal", "orthogonal_flat", "lecun"),
         "config.agent.weight_init must be 'orthogonal', 'orthogonal_flat' or 'lecun', "
         f"got {agent.get('weight_init')!r}",
     )
     _require(
-        isinstance(added_later_field(agent, "agent.trunk_tanh"), bool),
+        isinstance(agent.trunk_tanh, bool),
         f"config.agent.trunk_tanh must be True or False, got {agent.get('trunk_tanh')!r}",
     )
-    views = max(added_later_field(agent, f"agent.{n}") for n in ("target_augmentations", "q_augmentations"))
+    views = max(agent[n] for n in ("target_augmentations", "q_augmentations"))
     _require(
         views == 1 or (observation == "pixels" and agent.augmentation.enabled),
         "config.agent.target_augmentations / q_augmentations > 1 average over augmented views: they need "
         "pixels with config.agent.augmentation.enabled (identical views would only repeat the work)",
     )
-    _require(
-        config.get("shard_seeds", "auto") in ("auto", "on", "off"), "config.shard_seeds must be 'auto', 'on' or 'off'"
-    )
+    _require(config.shard_seeds in ("auto", "on", "off"), "config.shard_seeds must be 'auto', 'on' or 'off'")
     _check_seed_batching(config)
     _require(0.0 < agent.gamma <= 1.0, f"config.agent.gamma must be in (0, 1], got {agent.gamma}")
     for name in ("critic_tau", "encoder_tau"):
@@ -357,38 +353,54 @@ def validate_dmc_config(config: ml_collections.ConfigDict) -> None:
 
 PSRL_TERMS = ("cat_local", "cat_global", "aat_local", "aat_global", "internal")
 
-# Fields added after run directories were first written, with the value that reproduces the runs
-# from before them: what a config.json or checkpoint header without the field means. One table for
-# every reader of older runs (train/checkpoint.py's resume check, analysis/runs.py's report, and
-# the code that builds a run from a loaded config.json, through added_later_field).
-FIELDS_ADDED_LATER = {
-    "env.observation": "pixels",  # DMC
-    "env.stack_padding": "zeros",
-    "agent.compute_dtype": "float32",
-    "agent.trunk_tanh": True,  # SAC
-    "agent.weight_init": "lecun",  # SAC (Flax's default)
-    "psrl.warp_padding": "zeros",
-    # The SPR-fidelity fields (configs/rainbow.py): before them, one global clip, raw maps into the
-    # Q head, no dueling gradient scale, cross-entropy priorities, unweighted auxiliary terms, whole
-    # stacks compared by the AAT and padded frames in the correspondence pairs.
-    "agent.grad_clip": "global",
-    "agent.renormalize": False,
-    "agent.dueling_grad_scale": 1.0,
-    "replay.priority": "cross_entropy",
-    "psrl.importance_weighted": False,
-    "psrl.aat_target": "stack",
-    "psrl.mask_padded_frames": False,
-    # DrQ's augmentation averaging (configs/drq.py); before it, one view of o_k and one of o_{k+n}.
-    "agent.target_augmentations": 1,
-    "agent.q_augmentations": 1,
-}
+# The version of the config's fields. A change to the set of fields, or to what a field's value means,
+# bumps it and adds a step to MIGRATIONS that rewrites a saved config.json of the previous version
+# into one the current code runs as that run ran (tests/test_config.py holds the fields of this
+# version and fails when they change without a new version).
+CONFIG_VERSION = 1
+MIGRATIONS: dict = {}  # version v -> function(saved dict of version v) -> saved dict of version v + 1
+FREE_FORM_FIELDS = ("agent.learning_rate_per_task",)  # mappings whose keys are the user's (task names)
 
 
-def added_later_field(section, field: str):
-    """The value of `field` (a key of FIELDS_ADDED_LATER, e.g. "agent.trunk_tanh") in `section`
-    (here config.agent), or, in a config.json written before the field existed, the value the table
-    says reproduces that run. A field not in the table is a KeyError, not a silent default."""
-    return section.get(field.rpartition(".")[2], FIELDS_ADDED_LATER[field])
+def config_fields(config: dict, prefix: str = "") -> set:
+    """The dotted names of a config dict's fields (free-form mappings are one field)."""
+    names = set()
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in FREE_FORM_FIELDS:
+            names |= config_fields(value, f"{name}.")
+        else:
+            names.add(name)
+    return names
+
+
+def read_saved_config(saved: dict, defaults: ml_collections.ConfigDict, where: str) -> ml_collections.ConfigDict:
+    """A saved config (a run's config.json) as a ConfigDict, migrated from its `config_version` to
+    today's. Refused, with the fields named, when its version is unknown or when its fields are not
+    exactly those of today's `defaults` (configs/rainbow.py or configs/sac.py's get_config())."""
+    version = saved.get("config_version")
+    if not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+        raise ConfigError(
+            f"{where} has config_version {version!r}; this code reads versions 1 to {CONFIG_VERSION}"
+            + (" (a config from before versions: migrate it or start a new run)" if version is None else "")
+        )
+    for step in range(version, CONFIG_VERSION):
+        saved = MIGRATIONS[step](saved)
+    have, want = config_fields(saved), config_fields(config_to_dict(defaults))
+    unknown, missing = sorted(have - want), sorted(want - have)
+    if unknown or missing:
+        raise ConfigError(
+            f"{where} (config_version {version}) does not match today's fields: "
+            + "; ".join(
+                part
+                for part in (
+                    f"unknown: {', '.join(unknown)}" if unknown else "",
+                    f"missing: {', '.join(missing)}" if missing else "",
+                )
+                if part
+            )
+        )
+    return ml_collections.ConfigDict(saved)  # every field there, of today's version
 
 
 def validate_any_config(config: ml_collections.ConfigDict) -> None:
@@ -440,14 +452,14 @@ def validate_psrl_config(config: ml_collections.ConfigDict) -> None:
     _require(p.max_displacement >= 1, f"config.psrl.max_displacement must be >= 1, got {p.max_displacement}")
     _require(0.0 <= p.multiscale_decay <= 1.0, "config.psrl.multiscale_decay must be in [0, 1]")
     _require(
-        added_later_field(p, "psrl.warp_padding") in WARP_PADDINGS,
-        f"config.psrl.warp_padding must be one of {WARP_PADDINGS}, got {p.get('warp_padding')!r}",
+        p.warp_padding in WARP_PADDINGS,
+        f"config.psrl.warp_padding must be one of {WARP_PADDINGS}, got {p.warp_padding!r}",
     )
     _require(0.0 < p.bn_momentum < 1.0, "config.psrl.bn_momentum must be in (0, 1)")
-    aat_target = added_later_field(p, "psrl.aat_target")
+    aat_target = p.aat_target
     _require(aat_target in AAT_TARGETS, f"config.psrl.aat_target must be one of {AAT_TARGETS}, got {aat_target!r}")
     for name in ("importance_weighted", "mask_padded_frames"):
-        value = added_later_field(p, f"psrl.{name}")
+        value = p[name]
         _require(isinstance(value, bool), f"config.psrl.{name} must be True or False, got {value!r}")
     for name in ("transform_hidden", "projection_dim"):
         _require(isinstance(p[name], int) and p[name] >= 1, f"config.psrl.{name} must be a positive integer")

@@ -12,18 +12,22 @@ memory with the process instead:
   MALLOC_MMAP_MAX_=0        no request is served by mmap;
   MALLOC_TRIM_THRESHOLD_    freed memory at the top of the heap is kept (64 GiB: never trimmed).
 
-glibc reads them when the process starts, so a launcher calls `reexec_if_wanted()` first: when
-they are wanted and not yet set, it restarts the same command (os.execv, same pid, same arguments)
-with them added. They are wanted only on Linux with glibc, with a CPU-only JAX install (or
-JAX_PLATFORMS=cpu), when the environment sets none of the three itself (the user's choice wins) and
-PSRL_JAX_HOST_MALLOC is not 0 (set it to 0 to measure without them). The memory a run holds stays
-at its peak instead of shrinking between updates.
+(Users may set these environment variables themselves; glibc reads them at process start.)
+
+`apply_if_wanted()` sets them with glibc's mallopt(3) (M_ARENA_MAX 1, M_MMAP_MAX 0, M_TRIM_THRESHOLD
+-1, which the man page documents as "disables trimming completely"), which has the environment
+variables' effect when it runs before any other thread has allocated: the launchers call it through
+`psrl_jax.cpu_settings.apply()` at the top of `main`. They are wanted only on Linux with glibc,
+with a CPU-only JAX install (or JAX_PLATFORMS=cpu), when the environment sets none of the three
+itself (the user's values were read at process start and win) and PSRL_JAX_HOST_MALLOC is not 0
+(set it to 0 to measure without them). The memory a run holds stays at its peak instead of
+shrinking between updates.
 """
 
+import ctypes
 import importlib.metadata
 import os
 import platform
-import sys
 
 SETTINGS = {
     "MALLOC_ARENA_MAX": "1",
@@ -61,17 +65,18 @@ def wanted(environ=os.environ, system=None, libc=None, accelerator_installed=Non
     )
 
 
-def reexec_if_wanted() -> None:
-    """Restart this Python command with SETTINGS in its environment, when `wanted()`. Call it at the
-    top of a launcher, before anything starts threads or JAX; it does not return when it restarts."""
+# mallopt(3) parameter: (its number in glibc's malloc.h, value). -1 for the trim threshold: never trim.
+MALLOPT = {"M_ARENA_MAX": (-8, 1), "M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, -1)}
+
+
+def apply_if_wanted() -> dict | None:
+    """SETTINGS' effect through mallopt(3) when `wanted()`; returns the values set (None: nothing).
+    Call it before anything starts threads (JAX's thread pools): an arena made before it keeps its
+    own rules."""
     if not wanted():
-        return
-    environ = {**os.environ, **SETTINGS}
-    print(
-        "psrl_jax: restarting with glibc malloc settings for XLA:CPU "
-        f"({' '.join(f'{k}={v}' for k, v in SETTINGS.items())}; {OPT_OUT}=0 turns this off)",
-        file=sys.stderr,
-        flush=True,
-    )
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+        return None
+    libc = ctypes.CDLL(None)
+    for name, (param, value) in MALLOPT.items():
+        if libc.mallopt(param, value) != 1:
+            raise OSError(f"glibc's mallopt refused {name} = {value}")
+    return {name: value for name, (_, value) in MALLOPT.items()}

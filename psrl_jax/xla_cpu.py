@@ -8,7 +8,8 @@ on Eigen; the full-width SAC update goes from 1,047 to 270 ms (launch/compare_up
 machine, docs/BENCHMARKS.md; openxla/xla#34273 reports the same kind of gap). Removing convolutions from that list
 gives them back to Eigen; dots and everything else keep XLA's defaults.
 
-`configure()` (called when psrl_jax is imported) appends the flag to XLA_FLAGS unless:
+`configure()` (called by `psrl_jax.cpu_settings.apply()`, which the launchers call first) appends the
+flag to XLA_FLAGS unless:
 - the jaxlib is not one it was checked on (the flag exists from 0.9.2; 0.11 is our GPU version,
   where CPU convolutions do not matter and the flag is unverified; XLA aborts on unknown flags);
 - XLA_FLAGS already sets the YNN fusion types (the user's choice wins);
@@ -55,20 +56,23 @@ def wanted(environ=os.environ, jaxlib_version=None) -> bool:
     )
 
 
-def configure() -> None:
+def configure() -> bool:
+    """Append FLAG to XLA_FLAGS when `wanted()` and JAX has not started its backend; returns whether
+    the flag is in force for this process's JAX."""
     if not wanted():
-        return
+        return FLAG in os.environ.get("XLA_FLAGS", "")
     if "jax" in sys.modules:
         from jax._src import xla_bridge
 
         if xla_bridge.backends_are_initialized():
             logging.getLogger(__name__).warning(
-                "JAX was started before psrl_jax was imported: XLA:CPU keeps its YNNPACK "
-                "convolutions (4-10x slower here). Import psrl_jax first, or set XLA_FLAGS=%s",
+                "JAX started before psrl_jax.cpu_settings.apply(): XLA:CPU keeps its YNNPACK "
+                "convolutions (4-10x slower here). Call it first, or set XLA_FLAGS=%s",
                 FLAG,
             )
-            return
+            return False
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FLAG}".strip()
+    return True
 
 
 def one_shot_compiler_options(environ=os.environ, backend: str | None = None) -> dict | None:

@@ -5,7 +5,7 @@
 # pure-Python backend; rendering also needs an EGL vendor library on that machine, e.g. NVIDIA's); envpool slimmed to its Atari and MuJoCo/DMC
 # parts so that the bundle fits the device tool's 64 MiB carry; and .gl/, the EGL loader's Debian
 # packages (below). On the device (gpu_checks.sh does both):
-#   mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site
+#   mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site:$PWD
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=.whl

@@ -41,7 +41,7 @@ trap 'rm -rf "$SITE"' EXIT
 tar -C "$SITE" -xJf .whl/site.tar.xz
 OUT=${OUT:-/tmp/gpu_bundle_check}
 rm -rf "$OUT"
-PYTHON="$VENV/bin/python" PYTHONPATH="$SITE" GPU_CHECKS_SMOKE=1 GPU_CHECKS_STEPS="0 4" \
+PYTHON="$VENV/bin/python" PYTHONPATH="$SITE:$PWD" GPU_CHECKS_SMOKE=1 GPU_CHECKS_STEPS="0 4" \
   BUDGET_S=${BUDGET_S:-400} OUT="$OUT" bash scripts/gpu_checks.sh >/dev/null
 grep -A20 '^step exit seconds' "$OUT/log.txt"
 for name in 0_dmc_run 4_dmc_update_cost; do

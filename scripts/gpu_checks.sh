@@ -44,7 +44,7 @@ export PYTHONUNBUFFERED=1
 # EGL loader that .gl/ carries, unpacked over / (the image has NVIDIA's EGL vendor library, no loader).
 if [ "$SMOKE" != 1 ]; then
   if [ -f .whl/site.tar.xz ]; then
-    mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site:$PWD
   fi
   if compgen -G ".gl/*.deb" >/dev/null; then
     for deb in .gl/*.deb; do dpkg -x "$deb" /; done

@@ -1,5 +1,5 @@
-"""Imported by pytest before any test module: psrl_jax first, so that its XLA:CPU flags are set
-before anything starts JAX's backend (psrl_jax/xla_cpu.py).
+"""Imported by pytest before any test module: the launchers' CPU settings (psrl_jax/cpu_settings.py)
+are applied here first, before anything starts JAX's backend, so tests run as the launchers do.
 
 One persistent XLA compilation cache per test run (JAX_COMPILATION_CACHE_DIR): the end-to-end tests
 start the same training programs several times (train, kill, resume, evaluate; two runs compared for
@@ -22,8 +22,9 @@ import tempfile
 
 import jax
 
-import psrl_jax  # noqa: F401
-from psrl_jax import xla_cpu
+from psrl_jax import cpu_settings, xla_cpu
+
+cpu_settings.apply()
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _O1 = f"--{xla_cpu.LEVEL_FLAG}=1"

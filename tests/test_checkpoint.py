@@ -1,19 +1,14 @@
-"""Checkpointer's config check on resume: mismatched fields are named; a field added to the
-compatibility header later (env.observation, agent.trunk_tanh, psrl.warp_padding) does not lock out checkpoints
-written before it, and a config that grows a field without saying what older checkpoints meant
-fails here rather than at a user's resume."""
+"""Checkpointer's config check on resume: mismatched or absent fields are named, and a checkpoint of
+another config_version is refused; a state restores leaf for leaf."""
 
 import copy
-import importlib
-import pkgutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import configs
-from psrl_jax.config import ConfigError
-from psrl_jax.train.checkpoint import ADDED_LATER, COMPATIBILITY_FIELDS, Checkpointer, checkpoint_header
+from psrl_jax.config import CONFIG_VERSION, ConfigError
+from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
 
 
 def _config(psrl=None, agent=None, **env):
@@ -47,116 +42,38 @@ def test_mismatched_field_is_named(tmp_path):
     checkpointer.close()
 
 
-def test_checkpoint_from_before_a_field_existed_still_resumes(tmp_path):
-    checkpointer = _save(tmp_path, _config(), drop=("env.observation",))
-    state, _ = checkpointer.restore({"w": jnp.zeros(4)}, _config(observation="pixels"))
-    np.testing.assert_array_equal(state["w"], np.arange(4.0))
-    with pytest.raises(ConfigError, match="env.frame_stack"):  # older fields are still checked
-        checkpointer.restore({"w": jnp.zeros(4)}, _config(observation="pixels", frame_stack=1))
-    checkpointer.close()
-
-
-def test_checkpoint_from_before_stack_padding_means_zeros(tmp_path):
-    checkpointer = _save(tmp_path, _config(stack_padding="zeros"), drop=("env.stack_padding",))
-    state, _ = checkpointer.restore({"w": jnp.zeros(4)}, _config(stack_padding="zeros"))
-    np.testing.assert_array_equal(state["w"], np.arange(4.0))
-    checkpointer.restore({"w": jnp.zeros(4)}, _config())  # a config from before the field: zeros too
-    with pytest.raises(ConfigError, match="env.stack_padding: checkpoint 'zeros' vs config 'first_frame'"):
-        checkpointer.restore({"w": jnp.zeros(4)}, _config(stack_padding="first_frame"))
-    checkpointer.close()
-
-
 def _psrl(**fields):
     return {"cat_local": True, "max_displacement": 2, "warp_padding": "zeros", **fields}
 
 
-def test_checkpoint_from_before_warp_padding_means_zeros(tmp_path):
-    # Seed 1's sac_psrl run (session 15) was written before psrl.warp_padding existed; resuming it
-    # with today's config must work, since "zeros" is what every warp did then.
-    checkpointer = _save(tmp_path, _config(psrl=_psrl()), drop=("psrl.warp_padding",))
+def test_section_fields_are_compared_leaf_by_leaf(tmp_path):
+    checkpointer = _save(tmp_path, _config(psrl=_psrl()))
     state, _ = checkpointer.restore({"w": jnp.zeros(4)}, _config(psrl=_psrl()))
     np.testing.assert_array_equal(state["w"], np.arange(4.0))
     with pytest.raises(ConfigError, match=r"\(psrl.warp_padding: checkpoint 'zeros' vs config 'border'\)"):
         checkpointer.restore({"w": jnp.zeros(4)}, _config(psrl=_psrl(warp_padding="border")))
-    with pytest.raises(
-        ConfigError, match="psrl.max_displacement: checkpoint 2 vs config 1"
-    ):  # older fields still checked
+    with pytest.raises(ConfigError, match="psrl.max_displacement: checkpoint 2 vs config 1"):
         checkpointer.restore({"w": jnp.zeros(4)}, _config(psrl=_psrl(max_displacement=1)))
     checkpointer.close()
 
 
-# The fields of the whole-section compatibility entries ("agent", "psrl") as of 2026-12-01. Any field
-# a config has beyond these must be in ADDED_LATER, with the value that reproduces runs from before
-# it, or checkpoints from before it stop resuming (that happened with psrl.warp_padding).
-SECTION_FIELDS_SNAPSHOT = {
-    "agent": {
-        *("actor_update_every", "adam_b1", "adam_b2", "adam_eps", "alpha_b1", "alpha_b2"),
-        *("alpha_learning_rate", "augmentation", "batch_size", "compute_dtype", "critic_target_update_every"),
-        *("critic_tau", "double_q", "dropout_rate", "dueling", "encoder", "encoder_channels"),
-        *("encoder_strides", "encoder_tau", "gamma", "hidden", "hidden_size", "init_temperature"),
-        *("latent_dim", "learning_rate", "learning_rate_per_task", "log_std_max", "log_std_min"),
-        *("max_grad_norm", "noisy", "noisy_sigma0", "num_atoms", "target_entropy_per_dim"),
-        *("target_update_period", "v_max", "v_min"),
-        "weight_init",  # added later, refused on purpose (checkpoint.py, ADDED_LATER's comment)
-    },
-    "psrl": {
-        *("aat_global", "aat_local", "bn_momentum", "cat_global", "cat_local", "cat_steps", "correlation"),
-        *("correspondence_width", "global_weight", "internal", "leaky_relu_slope", "local_weight"),
-        *("max_displacement", "multiscale_decay", "projection_dim", "refinement_levels", "shared_shift"),
-        *("target_ema_decay", "transform_hidden"),
-    },
-}
-
-
-def _every_config():
-    for module in pkgutil.iter_modules(configs.__path__):
-        for variant in ("", "smoke"):
-            yield module.name, variant, importlib.import_module(f"configs.{module.name}").get_config(variant).to_dict()
-
-
-def test_every_new_section_field_says_what_older_checkpoints_meant():
-    sections = [field for field in COMPATIBILITY_FIELDS if "." not in field and field != "num_seeds"]
-    assert sorted(sections) == sorted(SECTION_FIELDS_SNAPSHOT)
-    for name, variant, config in _every_config():
-        for section in sections:
-            for field in config.get(section) or {}:
-                assert field in SECTION_FIELDS_SNAPSHOT[section] or f"{section}.{field}" in ADDED_LATER, (
-                    f"configs/{name}.py:{variant} has {section}.{field}, which checkpoints written before it "
-                    f"lack: add '{section}.{field}' to checkpoint.ADDED_LATER with the value that reproduces "
-                    "older runs (or to SECTION_FIELDS_SNAPSHOT if older checkpoints must be refused)"
-                )
-
-
-def test_agent_fields_added_later_apply_only_where_the_config_has_them(tmp_path):
-    sac = {"lr": 1e-3, "compute_dtype": "float32", "trunk_tanh": True, "weight_init": "lecun"}
-    checkpointer = _save(tmp_path, _config(agent=sac), drop=("agent.compute_dtype", "agent.trunk_tanh"))
-    checkpointer.restore({"w": jnp.zeros(4)}, _config(agent=sac))  # a header from before both: float32, tanh
-    with pytest.raises(ConfigError, match="agent.trunk_tanh: checkpoint True vs config False"):
-        checkpointer.restore({"w": jnp.zeros(4)}, _config(agent={**sac, "trunk_tanh": False}))
-    checkpointer.close()
-    # Rainbow's agent has no trunk_tanh: nothing is filled in for it.
-    rainbow = {"lr": 1e-3, "compute_dtype": "float32"}
-    checkpointer = _save(tmp_path / "rainbow", _config(agent=rainbow), drop=("agent.compute_dtype",))
-    checkpointer.restore({"w": jnp.zeros(4)}, _config(agent=rainbow))
-    checkpointer.close()
-    # The other way round: an older config.json (evaluate.py reads the run's own) and a newer header.
-    checkpointer = _save(tmp_path / "newer", _config(agent=rainbow))
-    checkpointer.restore({"w": jnp.zeros(4)}, _config(agent={"lr": 1e-3}))
-    with pytest.raises(ConfigError, match="agent.compute_dtype: checkpoint 'float32' vs config 'bfloat16'"):
-        checkpointer.restore({"w": jnp.zeros(4)}, _config(agent={**rainbow, "compute_dtype": "bfloat16"}))
-    checkpointer.close()
-    # weight_init is not in ADDED_LATER: a header without it is refused.
-    checkpointer = _save(tmp_path / "init", _config(agent=sac), drop=("agent.weight_init",))
-    with pytest.raises(ConfigError, match="agent.weight_init: checkpoint '\\(absent\\)' vs config 'lecun'"):
-        checkpointer.restore({"w": jnp.zeros(4)}, _config(agent=sac))
+def test_a_header_without_a_field_is_refused_with_the_field_named(tmp_path):
+    checkpointer = _save(tmp_path, _config(psrl=_psrl()), drop=("psrl.warp_padding", "env.observation"))
+    with pytest.raises(ConfigError) as raised:
+        checkpointer.restore({"w": jnp.zeros(4)}, _config(psrl=_psrl(), observation="pixels"))
+    assert "psrl.warp_padding: checkpoint '(absent)' vs config 'zeros'" in str(raised.value)
+    assert "env.observation: checkpoint None vs config 'pixels'" in str(raised.value)
     checkpointer.close()
 
 
-def test_rainbow_checkpoint_from_before_the_psrl_section_resumes(tmp_path):
-    off = _psrl(cat_local=False)
-    checkpointer = _save(tmp_path, _config(psrl=off), drop=("psrl",))
-    state, _ = checkpointer.restore({"w": jnp.zeros(4)}, _config(psrl=off))
-    np.testing.assert_array_equal(state["w"], np.arange(4.0))
+@pytest.mark.parametrize("saved_version", [None, 0, CONFIG_VERSION + 1])
+def test_a_checkpoint_of_another_config_version_is_refused(tmp_path, saved_version):
+    saved = {**_config(), "config_version": saved_version}
+    if saved_version is None:
+        del saved["config_version"]  # a checkpoint from before config versions
+    checkpointer = _save(tmp_path, saved)
+    with pytest.raises(ConfigError, match=f"config_version {saved_version!r} and this code's is {CONFIG_VERSION}"):
+        checkpointer.restore({"w": jnp.zeros(4)}, {**_config(), "config_version": CONFIG_VERSION})
     checkpointer.close()
 
 

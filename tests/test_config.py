@@ -131,33 +131,101 @@ def test_evaluate_and_visualize_name_a_bad_config_json_and_out_before_restoring(
     assert out.returncode != 0 and "--out" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
-def test_added_later_field_reads_the_table_for_older_config_json():
-    from psrl_jax.config import FIELDS_ADDED_LATER, added_later_field
+def _base_fields():
+    from configs import sac
+    from psrl_jax.config import config_fields, config_to_dict
 
-    for field, older in FIELDS_ADDED_LATER.items():
-        name = field.rpartition(".")[2]
-        assert added_later_field({}, field) == older
-        assert added_later_field({name: "set"}, field) == "set"
-    with pytest.raises(KeyError):
-        added_later_field({}, "agent.not_in_the_table")
+    return {
+        "atari": sorted(config_fields(config_to_dict(rainbow.get_config()))),
+        "dmc": sorted(config_fields(config_to_dict(sac.get_config()))),
+    }
 
 
-def test_no_hand_written_default_repeats_the_added_later_table():
-    """Code that reads a field of FIELDS_ADDED_LATER from a possibly older config.json goes through
-    added_later_field, so the value an absent field means is written once."""
-    import pathlib
-    import re
+def test_the_fields_change_only_with_a_new_config_version():
+    """tests/data/config_fields.json holds the fields of the current CONFIG_VERSION. A field added,
+    removed or renamed without a new version would let a saved config.json be read as something it
+    is not: bump CONFIG_VERSION, add the MIGRATIONS step from the previous version (the value that
+    reproduces older runs), and rewrite the snapshot."""
+    import json
 
-    from psrl_jax.config import FIELDS_ADDED_LATER
+    from psrl_jax.config import CONFIG_VERSION
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    names = "|".join(sorted({field.rpartition(".")[2] for field in FIELDS_ADDED_LATER}))
-    pattern = re.compile(rf"""\.get\(\s*["']({names})["']\s*,""")
-    found = [
-        f"{path.relative_to(root)}:{number}: {line.strip()}"
-        for folder in ("psrl_jax", "launch")
-        for path in sorted((root / folder).rglob("*.py"))
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line)
-    ]
-    assert not found, "use config.added_later_field instead of:\n" + "\n".join(found)
+    with open(os.path.join(ROOT, "tests", "data", "config_fields.json")) as f:
+        snapshot = json.load(f)
+    fields = _base_fields()
+    for domain in ("atari", "dmc"):
+        added, removed = (
+            sorted(set(fields[domain]) - set(snapshot[domain])),
+            sorted(set(snapshot[domain]) - set(fields[domain])),
+        )
+        assert not added and not removed and snapshot["config_version"] == CONFIG_VERSION, (
+            f"{domain} fields added {added}, removed {removed} at config version {CONFIG_VERSION} "
+            f"(snapshot: version {snapshot['config_version']}): bump CONFIG_VERSION with a migration step"
+        )
+
+
+def test_every_config_file_is_of_the_current_version_and_has_its_domains_fields():
+    import importlib
+    import pkgutil
+
+    import configs
+    from psrl_jax.config import CONFIG_VERSION, config_fields, config_to_dict
+
+    fields = _base_fields()
+    for module in pkgutil.iter_modules(configs.__path__):
+        for variant in ("", "smoke"):
+            config = config_to_dict(importlib.import_module(f"configs.{module.name}").get_config(variant))
+            assert config["config_version"] == CONFIG_VERSION, (module.name, variant)
+            domain = "dmc" if "task" in config["env"] else "atari"
+            assert sorted(config_fields(config)) == fields[domain], (module.name, variant)
+
+
+def test_every_run_config_in_docs_reads_at_the_current_version():
+    import glob
+    import json
+
+    from configs import sac
+    from psrl_jax.config import read_saved_config
+
+    paths = sorted(glob.glob(os.path.join(ROOT, "docs", "runs", "*", "config.json")))
+    assert paths
+    for path in paths:
+        with open(path) as f:
+            saved = json.load(f)
+        defaults = sac.get_config() if "task" in saved["env"] else rainbow.get_config()
+        config = read_saved_config(saved, defaults, path)
+        assert config.to_dict() == saved
+
+
+def test_a_saved_config_of_an_unknown_version_or_other_fields_is_refused_with_them_named():
+    from psrl_jax.config import CONFIG_VERSION, config_to_dict, read_saved_config
+
+    saved = config_to_dict(rainbow.get_config())
+    defaults = rainbow.get_config()
+    assert read_saved_config(saved, defaults, "x").to_dict() == saved
+    for version in (None, 0, CONFIG_VERSION + 1, "1"):
+        with pytest.raises(ConfigError, match=f"x has config_version {version!r}; this code reads versions 1 to"):
+            read_saved_config({**saved, "config_version": version}, defaults, "x")
+    odd = {
+        **saved,
+        "agent": {**saved["agent"], "lr_typo": 1.0},
+        "env": {k: v for k, v in saved["env"].items() if k != "noop_max"},
+    }
+    with pytest.raises(ConfigError, match=r"unknown: agent.lr_typo; missing: env.noop_max"):
+        read_saved_config(odd, defaults, "x")
+
+
+def test_a_saved_config_is_migrated_step_by_step(monkeypatch):
+    """The mechanism a new version uses: version 1 -> 2 adds a field with the value older runs ran with."""
+    from psrl_jax import config as config_module
+
+    saved = config_module.config_to_dict(rainbow.get_config())
+    defaults = rainbow.get_config()
+    defaults.agent.new_field = "today"
+    defaults.config_version = 2
+    monkeypatch.setattr(config_module, "CONFIG_VERSION", 2)
+    monkeypatch.setitem(
+        config_module.MIGRATIONS, 1, lambda s: {**s, "config_version": 2, "agent": {**s["agent"], "new_field": "then"}}
+    )
+    migrated = config_module.read_saved_config(saved, defaults, "x")
+    assert migrated.agent.new_field == "then" and migrated.config_version == 2

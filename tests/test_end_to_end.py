@@ -58,13 +58,23 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
         assert os.path.exists(os.path.join(run_dir, name))
     with open(os.path.join(run_dir, "config.json")) as f:
         assert json.load(f)["num_seeds"] == 2
+    with open(os.path.join(run_dir, "versions.json")) as f:  # the launcher's one cpu_settings.apply() call
+        assert set(json.load(f)["cpu_settings"]) == {"xla_convolutions_on_eigen", "glibc_malloc"}
     assert checkpoint_steps(run_dir)[-1] == total
 
-    # A finished run's latest checkpoint can be evaluated on its own, also when its config.json is
-    # from before the fields added later (the RoadRunner run in docs/runs has no psrl section).
-    _strip_fields_added_later(os.path.join(run_dir, "config.json"))
+    # A finished run's latest checkpoint can be evaluated on its own, from the run's config.json; a
+    # config.json of another config_version is refused before anything is restored.
     result = evaluate_latest_checkpoint(run_dir, episodes=2, step=total)
     assert len(result["returns"]) == 2 and all(len(r) == 2 for r in result["returns"])
+    config_path = os.path.join(run_dir, "config.json")
+    with open(config_path) as f:
+        saved = f.read()
+    with open(config_path, "w") as f:
+        json.dump({k: v for k, v in json.loads(saved).items() if k != "config_version"}, f)
+    old = run_launch_script("evaluate.py", f"--run_dir={run_dir}", "--episodes=2")
+    assert old.returncode != 0 and "config_version None" in old.stderr and "Traceback" not in old.stderr, old.stderr
+    with open(config_path, "w") as f:
+        f.write(saved)
 
     # The report reads the trainer's own run directory: both seeds finished and scored at the budget,
     # from the 4-episode final evaluation (more episodes than evaluate.py's 2 above).
@@ -105,16 +115,6 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     # A plain Rainbow run has no correspondence to draw: a clear error, before any restore.
     figure = run_launch_script("visualize.py", f"--run_dir={run_dir}", f"--out={tmp_path / 'fig.png'}", timeout=300)
     assert figure.returncode != 0 and "correspondence module" in figure.stderr, figure.stderr[-3000:]
-
-
-def _strip_fields_added_later(config_path):
-    with open(config_path) as f:
-        config = json.load(f)
-    for name in ("psrl", "seed_batching", "shard_seeds", "loop"):
-        del config[name]
-    del config["env"]["stack_padding"], config["agent"]["compute_dtype"]
-    with open(config_path, "w") as f:
-        json.dump(config, f)
 
 
 def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):

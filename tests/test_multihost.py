@@ -123,6 +123,8 @@ def _copy_without_last_checkpoint(source, target):
 # comparison below fails if the two drift apart.
 ONE_PROCESS = """
 import json, re, sys
+from psrl_jax import cpu_settings
+cpu_settings.apply()  # as the launchers whose runs this one is compared with
 import jax
 import jax.numpy as jnp
 import numpy as np

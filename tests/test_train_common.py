@@ -51,6 +51,67 @@ def test_log_window_rates_leave_out_paused_time(monkeypatch):
     assert window.metrics == [] and window.updates == 0
 
 
+def test_eta_uses_the_current_windows_rate_and_none_during_warm_up(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(common.time, "time", clock)
+    window = LogWindow(num_seeds=2)
+    window.add(env_steps=1000, updates=0)  # warm-up: random actions, fast
+    clock.now += 1.0
+    assert window.eta_s(100_000) is None
+    window.reset()
+    window.add(env_steps=40, updates=40)  # training: 40 steps in 20 s (+ 30 s paused for an evaluation)
+    clock.now += 20.0
+    with window.paused():
+        clock.now += 30.0
+    assert window.eta_s(99_000) == pytest.approx(99_000 / 40 * 20.0)
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(3.2, "3 s"), (89, "89 s"), (91, "2 min"), (5399, "90 min"), (5401, "1.5 h"), (3 * 86400, "3.0 days")],
+)
+def test_format_duration(seconds, text):
+    assert common.format_duration(seconds) == text
+
+
+def test_progress_bar_has_no_whole_run_average_eta():
+    """tqdm's remaining time (elapsed<remaining) averages the warm-up into the training rate; the bar
+    leaves it out and shows the postfix's eta instead."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"log": {"progress_bar": True}})
+    bar = common.progress_bar(config, total=100, initial=0, desc="x")
+    bar.update(50)
+    bar.set_postfix(eta="3 min", refresh=False)
+    text = str(bar)
+    bar.close()
+    assert "50/100" in text and "eta=3 min" in text and "<" not in text, text
+
+
+def test_slow_update_notice_projects_from_the_second_dispatch(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(common.time, "time", clock)
+    logged = []
+    monkeypatch.setattr(common, "log", logged.append)
+    notice = common.SlowUpdateNotice(backend="cpu")
+    assert notice.after_dispatch(jnp.zeros(2), updates=4, remaining_updates=100_000) is None  # compiles: not timed
+    clock.now += 4 * 12.0  # 12 s per update
+    line = notice.after_dispatch(jnp.zeros(2), updates=4, remaining_updates=100_000)
+    assert "12 s per update" in line and "100,000 updates left" in line and "13.9 days" in line  # 1.2e6 s
+    assert logged == [line]
+    clock.now += 1000.0
+    assert notice.after_dispatch(jnp.zeros(2), updates=4, remaining_updates=9_996) is None  # once only
+
+    fast = common.SlowUpdateNotice(backend="cpu")
+    fast.after_dispatch(jnp.zeros(2), 4, 100)
+    clock.now += 4 * 9.0
+    assert fast.after_dispatch(jnp.zeros(2), 4, 100) is None
+    accelerator = common.SlowUpdateNotice(backend="gpu")
+    accelerator.after_dispatch(jnp.zeros(2), 4, 100)
+    clock.now += 4 * 60.0
+    assert accelerator.after_dispatch(jnp.zeros(2), 4, 100) is None and logged == [line]
+
+
 def test_log_window_without_action_repeat_has_no_agent_rate():
     assert "agent_steps_per_s_all_seeds" not in LogWindow(num_seeds=1).rates()
 

@@ -1,4 +1,5 @@
-"""psrl_jax/xla_cpu.py: convolutions leave YNNPACK for Eigen on the checked jaxlibs, and only there."""
+"""psrl_jax/xla_cpu.py: convolutions leave YNNPACK for Eigen on the checked jaxlibs, and only there;
+importing psrl_jax changes nothing (psrl_jax/cpu_settings.py applies it)."""
 
 import os
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from psrl_jax import xla_cpu
+from psrl_jax import cpu_settings, xla_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -48,8 +49,9 @@ def test_wanted(environ, version, expected):
 
 @needs_flag
 def test_convolutions_compile_to_eigen_not_ynnpack():
-    # This process imported psrl_jax (above) before JAX started its backend: the flag is in force.
+    # tests/conftest.py applied the launchers' CPU settings before JAX started its backend.
     assert xla_cpu.FLAG in os.environ["XLA_FLAGS"]
+    assert cpu_settings.applied()["xla_convolutions_on_eigen"] is True
     text = compiled_conv_text()
     assert "convolution(" in text and "ynn_fusion" not in text
 
@@ -59,8 +61,8 @@ def test_defaults_kept_on_request_and_values_agree():
     """With PSRL_JAX_XLA_CPU_DEFAULTS=1 the convolution stays XLA's YNNPACK fusion (so the flag above
     is what changes it), and both compute the same values."""
     script = (
-        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]);"
-        "import psrl_jax, jax, jax.numpy as jnp; from jax import lax;"
+        "import sys, numpy as np; from psrl_jax import cpu_settings; print(cpu_settings.apply());"
+        "import jax, jax.numpy as jnp; from jax import lax;"
         "from tests.test_xla_cpu import compiled_conv_text, NHWC, X_SHAPE, W_SHAPE;"
         "x = jnp.asarray(np.random.default_rng(0).standard_normal(X_SHAPE), jnp.float32);"
         "w = jnp.asarray(np.random.default_rng(1).standard_normal(W_SHAPE), jnp.float32);"
@@ -70,9 +72,12 @@ def test_defaults_kept_on_request_and_values_agree():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(PSRL_JAX_XLA_CPU_DEFAULTS="1", JAX_PLATFORMS="cpu")
     out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"xla_cpu_defaults_{os.getpid()}.npy")
-    result = subprocess.run([sys.executable, "-c", script, ROOT, out], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script, ROOT, out], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True"
+    applied, ynn = result.stdout.strip().splitlines()
+    assert "'xla_convolutions_on_eigen': False" in applied and ynn == "True"
     x = jnp.asarray(np.random.default_rng(0).standard_normal(X_SHAPE), jnp.float32)
     w = jnp.asarray(np.random.default_rng(1).standard_normal(W_SHAPE), jnp.float32)
     eigen = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
@@ -142,3 +147,20 @@ def test_trainers_compile_their_init_with_the_one_shot_options(monkeypatch, tmp_
     finally:
         trainer.checkpointer.close()
         trainer.envs.close()
+
+
+def test_importing_the_package_changes_no_environment_variable():
+    """Only cpu_settings.apply() sets XLA_FLAGS or malloc settings: importing every module of the
+    package (and a launcher) in a fresh interpreter leaves os.environ as it was."""
+    script = (
+        "import os, pkgutil, importlib, json;"
+        "import envpool, jax, flax, matplotlib;"  # third-party imports set variables of their own (envpool)
+        "before = dict(os.environ); import psrl_jax;"
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(psrl_jax.__path__, 'psrl_jax.')];"
+        "import launch.dmc;"
+        "print(json.dumps({k: [before.get(k), v] for k, v in os.environ.items() if before.get(k) != v}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "{}"

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from psrl_jax.config import added_later_field
 from psrl_jax.losses.psrl import (
     auxiliary_batch_loss,
     ema_source,
@@ -84,7 +83,7 @@ def clip_by_group_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(agent_config) -> optax.GradientTransformation:
-    if added_later_field(agent_config, "agent.grad_clip") == "per_group":
+    if agent_config.grad_clip == "per_group":
         clip = clip_by_group_norm(agent_config.max_grad_norm)
     else:
         clip = optax.clip_by_global_norm(agent_config.max_grad_norm)
@@ -215,7 +214,7 @@ class RainbowAgent:
                 self.atoms,
                 double_q=self.config.agent.double_q,
             )
-        priority = kl if added_later_field(self.config.replay, "replay.priority") == "kl" else per_sample
+        priority = kl if self.config.replay.priority == "kl" else per_sample
         weights = batch.importance_weights * batch.valid
         total = jnp.mean(weights * per_sample)
         q_tm1 = jnp.sum(jax.nn.softmax(logits_tm1, -1) * self.atoms, -1)

@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from psrl_jax.config import added_later_field
 from psrl_jax.losses import sac as sac_losses
 from psrl_jax.losses.psrl import (
     auxiliary_batch_loss,
@@ -86,7 +85,7 @@ class SACAgent:
 
     @property
     def pixels(self) -> bool:
-        return added_later_field(self.config.env, "env.observation") == "pixels"
+        return self.config.env.observation == "pixels"
 
     @property
     def encoder(self) -> str:
@@ -103,8 +102,8 @@ class SACAgent:
             latent_dim=a.latent_dim,
             hidden=tuple(a.hidden),
             dtype=compute_dtype(a),
-            weight_init=added_later_field(a, "agent.weight_init"),
-            trunk_tanh=bool(added_later_field(a, "agent.trunk_tanh")),
+            weight_init=a.weight_init,
+            trunk_tanh=bool(a.trunk_tanh),
         )
 
     @property
@@ -118,8 +117,8 @@ class SACAgent:
             log_std_min=a.log_std_min,
             log_std_max=a.log_std_max,
             dtype=compute_dtype(a),
-            weight_init=added_later_field(a, "agent.weight_init"),
-            trunk_tanh=bool(added_later_field(a, "agent.trunk_tanh")),
+            weight_init=a.weight_init,
+            trunk_tanh=bool(a.trunk_tanh),
         )
 
     @property
@@ -149,11 +148,11 @@ class SACAgent:
 
     @property
     def target_views(self) -> int:
-        return int(added_later_field(self.config.agent, "agent.target_augmentations"))
+        return int(self.config.agent.target_augmentations)
 
     @property
     def q_views(self) -> int:
-        return int(added_later_field(self.config.agent, "agent.q_augmentations"))
+        return int(self.config.agent.q_augmentations)
 
     @property
     def crop_size(self) -> int:

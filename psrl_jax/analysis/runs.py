@@ -18,7 +18,7 @@ import json
 import os
 import re
 
-from psrl_jax.config import FIELDS_ADDED_LATER, PSRL_TERMS
+from psrl_jax.config import PSRL_TERMS
 from psrl_jax.train.run_dir import read_metrics
 
 
@@ -130,26 +130,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _method_fields(config: dict, other: dict) -> dict:
-    """config's fields that define the method, flattened, with the fields it lacks and `other` has
-    read as what they meant before they existed (config.FIELDS_ADDED_LATER); a config.json from
-    before the psrl section is a run with every PSRL term off."""
-    flat = {
+def _method_fields(config: dict) -> dict:
+    """config's fields that define the method, flattened."""
+    return {
         k: v for k, v in _flatten(config).items() if not any(k == p or k.startswith(p + ".") for p in NOT_THE_METHOD)
     }
-    if "psrl" not in config:
-        flat.update({f"psrl.{term}": False for term in PSRL_TERMS})
-    other_fields = _flatten(other)
-    for key, value in FIELDS_ADDED_LATER.items():
-        if key not in flat and key in other_fields:
-            flat[key] = value
-    return flat
 
 
 def method_differences(a: dict, b: dict) -> list:
     """The fields where config dicts a and b describe different methods, as "field: a_value vs
     b_value" strings. The rest of the psrl section is compared only where a PSRL term is on in both."""
-    fa, fb = _method_fields(a, b), _method_fields(b, a)
+    fa, fb = _method_fields(a), _method_fields(b)
     psrl_on = any(fa.get(f"psrl.{t}") for t in PSRL_TERMS) and any(fb.get(f"psrl.{t}") for t in PSRL_TERMS)
     differences = []
     for key in sorted(set(fa) | set(fb)):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from psrl_jax.config import PSRL_TERMS, added_later_field
+from psrl_jax.config import PSRL_TERMS
 from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
 from psrl_jax.networks.q_network import compute_dtype
 from psrl_jax.networks.transform import (
@@ -149,7 +149,7 @@ def auxiliary_batch_loss(per_sample, batch, config) -> jax.Array:
     """The batch's PSRL loss from psrl_loss's per-sample values: each multiplied by the sample's
     prioritised-replay importance weight, as SPR's spr_loss * weights (config.psrl.importance_weighted;
     weights are 1 under uniform replay), then the mean over the batch, as SPR's .mean()."""
-    if added_later_field(config.psrl, "psrl.importance_weighted"):
+    if config.psrl.importance_weighted:
         per_sample = per_sample * batch.importance_weights
     return jnp.mean(per_sample)
 
@@ -213,7 +213,7 @@ def psrl_loss(
     metrics = {}
     local_total = jnp.zeros((batch,))
     global_total = jnp.zeros((batch,))
-    if not added_later_field(p, "psrl.mask_padded_frames"):
+    if not p.mask_padded_frames:
         obs_frame_mask, future_frame_mask = jnp.ones_like(obs_frame_mask), jnp.ones_like(future_frame_mask)
 
     query = minmax_normalize(online_maps, num_feature_dims=3)  # [B, F, h, w, C]
@@ -286,7 +286,7 @@ def psrl_loss(
             new_batch_stats = updates["batch_stats"]
             flows = flows_at(flows, h, w)  # every scale, finest first, in pixels of the feature map
         scale_weights = [p.multiscale_decay**s for s in range(len(flows))]  # finest first; 0**0 = 1
-        padding = added_later_field(p, "psrl.warp_padding")
+        padding = p.warp_padding
         n_ext_pairs = n_ext * batch * frames
 
         if use_external:
@@ -336,7 +336,7 @@ def psrl_loss(
                 stack = predict_stack(transform, stack, actions[:, j])
                 predicted.append(stack)
             predicted = jnp.stack(predicted, axis=1)  # [B, K, F, h, w, C]
-        if added_later_field(p, "psrl.aat_target") == "newest_frame":
+        if p.aat_target == "newest_frame":
             # What the AAT predicts is the newest frame's map: compared with the target's map of that
             # frame (local), and inside the target's own stack (global), so the frames carried over
             # from the query, which the target also holds, add neither difference nor gradient.

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from psrl_jax.config import added_later_field
 from psrl_jax.networks.encoders import AtariEncoder, concat_frames
 from psrl_jax.networks.heads import DuelingC51Head, scale_gradient
 from psrl_jax.ops.normalize import minmax_normalize
@@ -20,7 +19,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def compute_dtype(agent_config: ml_collections.ConfigDict):
     """The networks' compute dtype from config.agent.compute_dtype ("float32" or "bfloat16");
     parameters, optimiser state and losses stay float32 either way."""
-    name = added_later_field(agent_config, "agent.compute_dtype")
+    name = agent_config.compute_dtype
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}")
     return COMPUTE_DTYPES[name]
@@ -105,7 +104,7 @@ def make_q_network(agent_config: ml_collections.ConfigDict, num_actions: int) ->
         encoder=agent_config.encoder,
         encoder_channels=tuple(agent_config.encoder_channels),
         dropout_rate=agent_config.dropout_rate,
-        renormalize=bool(added_later_field(agent_config, "agent.renormalize")),
-        dueling_grad_scale=float(added_later_field(agent_config, "agent.dueling_grad_scale")),
+        renormalize=bool(agent_config.renormalize),
+        dueling_grad_scale=float(agent_config.dueling_grad_scale),
         dtype=compute_dtype(agent_config),
     )

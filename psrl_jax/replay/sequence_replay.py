@@ -23,8 +23,6 @@ from flashbax.buffers.prioritised_trajectory_buffer import (
     PrioritisedTrajectoryBufferState,
 )
 
-from psrl_jax.config import added_later_field
-
 ReplayState = PrioritisedTrajectoryBufferState
 
 
@@ -291,7 +289,7 @@ class SequenceReplay:
 
 def configured_stack_padding(config) -> str:
     """config.env.stack_padding, "zeros" for configs written before the field existed."""
-    return str(added_later_field(config.env, "env.stack_padding"))
+    return str(config.env.stack_padding)
 
 
 def make_sequence_replay(

@@ -40,6 +40,7 @@ from psrl_jax.train.common import (
     LogWindow,
     RunRecords,
     SeedAxis,
+    SlowUpdateNotice,
     crossed,
     eval_keys,
     open_run_dir,
@@ -49,6 +50,7 @@ from psrl_jax.train.common import (
     unroll_seeds,
     vmap_seeds,
 )
+from psrl_jax.train.finite_guard import FiniteGuard
 from psrl_jax.train.fused_loop import FusedLoop
 
 
@@ -94,7 +96,7 @@ class AtariTrainer:
         self.unroll_seeds = unroll_seeds(config)
         self.env_ids = np.arange(self.num_envs, dtype=np.int32)
         self._compile()
-        self.fused = FusedLoop(self) if config.get("loop", "host") == "fused" else None
+        self.fused = FusedLoop(self) if config.loop == "fused" else None
 
     # ----- jitted, vmapped pieces ---------------------------------------------------------------
     def _init_single(self, key):
@@ -196,7 +198,7 @@ class AtariTrainer:
             "task_id": self.task_id,
             "seed_devices": placement["seed_devices"],
         }
-        records = RunRecords(self.run_dir, cfg, self.seeds, E, header, info)
+        records = RunRecords(self.run_dir, cfg, self.seeds, E, header, info, FiniteGuard(self.seeds))
         episodes = EpisodeStats(self.num_envs)
 
         timestep = self.envs.reset()
@@ -208,6 +210,7 @@ class AtariTrainer:
             desc += f" on {placement['seed_devices']} devices"
         progress = progress_bar(cfg, total, start_step, desc + (" fused" if self.fused is not None else ""))
         window = LogWindow(S)
+        slow_update_notice = SlowUpdateNotice()
         env_step = start_step
 
         def evaluate(episodes, eval_index):  # reads `state` when called: the loop's latest
@@ -224,6 +227,9 @@ class AtariTrainer:
                 dispatches = int(metrics is not None)
                 finished = [(env_step + E, episodes.update(arrays))]
             window.add(steps, dispatches * self.updates_per_dispatch, metrics)
+            if dispatches:
+                left = (total - env_step - steps) // (E * cfg.update_every) * self.updates_per_dispatch
+                slow_update_notice.after_dispatch(metrics, dispatches * self.updates_per_dispatch, left)
             records.updates_done += dispatches * self.updates_per_dispatch
             env_step += steps
             progress.update(steps)
@@ -231,7 +237,7 @@ class AtariTrainer:
                 records.episodes(finished_episodes, step_at)
 
             if crossed(env_step, steps, cfg.log.every_steps) or env_step >= total:
-                records.log_window(env_step, window, progress, {"beta": float(self.beta(env_step))})
+                records.log_window(env_step, window, progress, state.agent, {"beta": float(self.beta(env_step))})
             records.evaluate_and_save_when_due(env_step, steps, total, evaluate, self.checkpointer, state, window)
         progress.close()
 

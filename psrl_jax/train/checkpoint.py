@@ -7,13 +7,12 @@ shapes the current config implies (a clear error for a corrupted or mismatched c
 restore never deletes or overwrites anything.
 """
 
-import copy
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
-from psrl_jax.config import FIELDS_ADDED_LATER, ConfigError
+from psrl_jax.config import ConfigError
 
 # Config fields that change array shapes or the meaning of the saved state: a checkpoint written with
 # other values cannot be continued.
@@ -35,20 +34,6 @@ COMPATIBILITY_FIELDS = (
     "agent",
     "psrl",
 )
-# config.FIELDS_ADDED_LATER as a resume reads it (None: whatever the config says; the state's shapes
-# are still checked when it is restored). A field inside a whole-section entry ("agent", "psrl")
-# applies only where the current config has it (trunk_tanh is SAC's, not Rainbow's). Exceptions:
-# env.observation is None, since Atari headers record it as None; "psrl" (the whole section) is
-# None for Rainbow runs from before PSRL (a PSRL config is then refused when the arrays are
-# restored); agent.weight_init is left out on purpose: checkpoints from before it also moved the
-# critic target's trunk at critic_tau, a change no field records, so they are refused.
-# tests/test_checkpoint.py fails when a config grows a section field that is in neither this table
-# nor its snapshot of older fields.
-ADDED_LATER = {
-    **{k: v for k, v in FIELDS_ADDED_LATER.items() if k != "agent.weight_init"},
-    "env.observation": None,
-    "psrl": None,
-}
 
 
 class CheckpointError(RuntimeError):
@@ -66,9 +51,10 @@ def _lookup(config_dict: dict, dotted: str):
 
 
 def compatibility_header(config_dict: dict) -> dict:
+    """The COMPATIBILITY_FIELDS of a config dict (None where this kind of config has no such field),
+    with its config_version: a resume compares both."""
     header = {field: _lookup(config_dict, field) for field in COMPATIBILITY_FIELDS}
-    # A config without an added field means what an old header without it means.
-    return {k: ADDED_LATER.get(k) if v is None and ADDED_LATER.get(k) is not None else v for k, v in header.items()}
+    return {"config_version": config_dict.get("config_version"), **header}
 
 
 class Checkpointer:
@@ -101,9 +87,13 @@ class Checkpointer:
                 f"checkpoint {where} is corrupted or unreadable ({_brief(error)}). "
                 "It was left untouched; move it away to resume from an older one, or start a new run_dir."
             ) from error
-        current, saved = compatibility_header(config_dict), header.get("compatibility", {})
-        # Either side may be the older one: an old header, or an old run's config.json (evaluate.py).
-        expected, saved = fill_added_later(current, saved), fill_added_later(saved, current)
+        expected, saved = compatibility_header(config_dict), header.get("compatibility", {})
+        if saved.get("config_version") != expected["config_version"]:
+            raise ConfigError(
+                f"checkpoint {where} was written with config_version {saved.get('config_version')!r} and this "
+                f"code's is {expected['config_version']!r}; continue it with the code that wrote it, or start "
+                "a new run_dir"
+            )
         mismatched = [k for k in expected if _normalise(saved.get(k)) != _normalise(expected[k])]
         if mismatched:
             details = "; ".join(line for k in mismatched for line in _differences(k, saved.get(k), expected[k]))
@@ -123,36 +113,6 @@ class Checkpointer:
 
     def close(self):
         self._manager.close()
-
-
-def _section(dotted: str):
-    """(the compatibility field that holds `dotted`, the path inside it): ("psrl", ["warp_padding"])."""
-    for field in COMPATIBILITY_FIELDS:
-        if dotted == field:
-            return field, []
-        if dotted.startswith(field + "."):
-            return field, dotted[len(field) + 1 :].split(".")
-    raise KeyError(f"ADDED_LATER names {dotted!r}, which no compatibility field holds")
-
-
-def fill_added_later(saved: dict, expected: dict) -> dict:
-    """`saved` (a compatibility header) with every ADDED_LATER field it lacks set to what its absence
-    meant when it was written (or to the expected value, where that entry is None). A field inside a
-    section is filled only where `expected` (the header it is compared with) has it."""
-    saved = copy.deepcopy(saved)
-    for dotted, implied in ADDED_LATER.items():
-        field, path = _section(dotted)
-        if not path:
-            if field not in saved:
-                saved[field] = expected.get(field) if implied is None else implied
-            continue
-        now = _lookup(expected.get(field) or {}, ".".join(path))
-        holder = saved.get(field)
-        for part in path[:-1]:
-            holder = holder.get(part) if isinstance(holder, dict) else None
-        if now is not None and isinstance(holder, dict) and path[-1] not in holder:
-            holder[path[-1]] = now if implied is None else implied
-    return saved
 
 
 def _brief(error: Exception, limit: int = 300) -> str:

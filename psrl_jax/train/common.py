@@ -52,7 +52,7 @@ class SeedAxis:
     def for_config(cls, config) -> "SeedAxis":
         """config.num_seeds from config.seed, sharded as config.shard_seeds says (always, across
         processes, with several processes)."""
-        mode = config.get("shard_seeds", "auto")  # run dirs written before the field existed: "auto"
+        mode = config.shard_seeds
         if jax.process_count() > 1:
             if mode == "off":
                 raise ConfigError(
@@ -158,7 +158,7 @@ def resolve_seed_batching(mode: str, backend: str | None = None) -> str:
 def unroll_seeds(config) -> bool:
     """Whether a trainer unrolls its seeds' updates (config.seed_batching; run dirs written before
     the field existed mean "auto")."""
-    return resolve_seed_batching(config.get("seed_batching", "auto")) == "unroll"
+    return resolve_seed_batching(config.seed_batching) == "unroll"
 
 
 def vmap_seeds(fn, in_axes=0, unroll: bool = False):
@@ -235,8 +235,11 @@ class RunRecords:
     records after the checkpoint (kept aside, run_dir.py); a fresh start moves a killed attempt's logs
     aside. Both trainers (atari_trainer.py, dmc_trainer.py) keep one of these through `run()`."""
 
-    def __init__(self, run_dir: str, config, seeds: SeedAxis, envs_per_seed: int, header: dict | None, info: dict):
+    def __init__(
+        self, run_dir: str, config, seeds: SeedAxis, envs_per_seed: int, header: dict | None, info: dict, guard
+    ):
         self.run_dir, self.config, self.seeds, self.envs_per_seed = run_dir, config, seeds, envs_per_seed
+        self.guard = guard  # finite_guard.FiniteGuard: a non-finite loss or parameter stops the run
         if header is not None:
             truncate_metrics_after(run_dir, seeds.seed_indices, int(header["env_step"]))
         elif multihost.is_main():
@@ -262,23 +265,31 @@ class RunRecords:
         """Finished episodes of this process's envs (FinishedEpisode, env_index local)."""
         write_episode_records(self.logger, finished, self.episode_counts, self.envs_per_seed, env_step)
 
-    def update(self, env_step: int, rates: dict, window_metrics: list) -> None:
-        """The rates plus each metric averaged over the window's dispatches ([S] device arrays each)."""
+    def update(self, env_step: int, rates: dict, window_metrics: list) -> dict:
+        """The rates plus each metric averaged over the window's dispatches ([S] device arrays each);
+        returns those means (host arrays over this process's seeds)."""
         means = {}
         if window_metrics:
             means = self.seeds.to_host(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *window_metrics))
         write_update_records(self.logger, env_step, rates, means)
+        return means
 
-    def log_window(self, env_step: int, window: "LogWindow", progress: tqdm, extra: dict | None = None) -> None:
+    def log_window(
+        self, env_step: int, window: "LogWindow", progress: tqdm, agent_state, extra: dict | None = None
+    ) -> None:
         """One "update" record per seed for the window (its rates, `extra` and its metrics' means), the
-        progress bar's figures, and a fresh window."""
+        progress bar's figures, and a fresh window. Then the non-finite guard: the records above are
+        written (and flushed) first, so the window that diverged is on disk when the run stops."""
         rates = {**window.rates(), "updates_per_seed": self.updates_done, **(extra or {})}
-        self.update(env_step, rates, window.metrics)
+        means = self.update(env_step, rates, window.metrics)
+        self.check_finite(env_step, agent_state, means)
         ups = rates["updates_per_s_all_seeds"]
+        eta = window.eta_s(max(self.config.total_env_steps - env_step, 0))
         progress.set_postfix(
             sps=f"{rates['env_steps_per_s_all_seeds']:.0f}",
             ups=f"{ups:.1f}" if ups < 10 else f"{ups:.0f}",
             eval="-" if self.last_eval is None else f"{self.last_eval:.1f}",
+            eta="after warm-up" if eta is None else format_duration(eta),
             refresh=False,
         )
         window.reset()
@@ -326,8 +337,22 @@ class RunRecords:
     def final_eval_path(self) -> str:
         return os.path.join(self.run_dir, "final_eval.json")
 
+    def check_finite(self, env_step: int, agent_state, metric_means: dict | None = None) -> None:
+        """finite_guard.FiniteGuard.check; on failure the logs are closed (flushed) before it raises."""
+        try:
+            self.guard.check(env_step, agent_state, metric_means, kept_steps=self.kept_checkpoints())
+        except Exception:
+            self.close()
+            raise
+
+    def kept_checkpoints(self) -> list:
+        path = os.path.join(self.run_dir, "checkpoints")
+        return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
     def save(self, checkpointer: Checkpointer, state, env_step: int) -> None:
-        """A checkpoint of `state` with the header of where the run stands (every process calls it)."""
+        """A checkpoint of `state` with the header of where the run stands (every process calls it),
+        after the non-finite guard has checked its agent state."""
+        self.check_finite(env_step, state.agent)
         episode_counts = self.seeds.gather(self.episode_counts)
         header = checkpoint_header(
             env_step, config_to_dict(self.config), episode_counts, self.updates_done, self.last_eval, self.eval_index
@@ -371,8 +396,19 @@ class LogWindow:
         finally:
             self.paused_s += time.time() - start
 
+    def elapsed(self) -> float:
+        return max(time.time() - self.start - self.paused_s, 1e-9)
+
+    def eta_s(self, remaining_env_steps: int) -> float | None:
+        """Seconds left at this window's rate, or None for a window without updates: the warm-up's
+        random steps run far faster than training, so their rate says nothing of the rest. (tqdm's own
+        estimate averaged over phases: a months-long CPU run showed 40 minutes after its warm-up.)"""
+        if self.updates == 0 or self.env_steps == 0:
+            return None
+        return remaining_env_steps * self.elapsed() / self.env_steps
+
     def rates(self) -> dict:
-        elapsed = max(time.time() - self.start - self.paused_s, 1e-9)
+        elapsed = self.elapsed()
         rates = {
             "env_steps_per_s_all_seeds": self.env_steps * self.num_seeds / elapsed,
             "updates_per_s_all_seeds": self.updates * self.num_seeds / elapsed,
@@ -380,6 +416,54 @@ class LogWindow:
         if self.action_repeat is not None:
             rates["agent_steps_per_s_all_seeds"] = rates["env_steps_per_s_all_seeds"] / self.action_repeat
         return rates
+
+
+def format_duration(seconds: float) -> str:
+    """3 s, 12 min, 5.2 h, 3.4 days: a wall-clock estimate at the precision it deserves."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+SLOW_UPDATE_S = 10.0  # per update (all seeds): above this on a CPU, a run says what it will cost
+
+
+class SlowUpdateNotice:
+    """On a CPU backend, one line projecting the run's wall-clock from its first measured update
+    dispatch (the second: the first one compiles), when an update takes more than SLOW_UPDATE_S. A
+    full-size config that an accelerator runs in hours takes weeks on a laptop; the user learns it
+    after two dispatches instead of from a progress bar. Elsewhere, and after that measurement, it
+    costs nothing (it blocks on the first two dispatches only)."""
+
+    def __init__(self, backend: str | None = None):
+        self.done = (backend or jax.default_backend()) != "cpu"
+        self.last_done_at = None
+
+    def after_dispatch(self, metrics, updates: int, remaining_updates: int) -> str | None:
+        """Call after each dispatch of `updates` updates (per seed, every seed in one program) with the
+        updates the run has left; returns the line it logged, if any."""
+        if self.done:
+            return None
+        jax.block_until_ready(metrics)
+        now = time.time()
+        if self.last_done_at is None:
+            self.last_done_at = now
+            return None
+        self.done = True
+        per_update = (now - self.last_done_at) / updates
+        if per_update <= SLOW_UPDATE_S:
+            return None
+        line = (
+            f"this CPU takes {per_update:.0f} s per update (every seed): the {remaining_updates:,} updates left "
+            f"would take about {format_duration(per_update * remaining_updates)}. The config is sized for an "
+            "accelerator; its :smoke variant runs the same code small."
+        )
+        log(line)
+        return line
 
 
 def log(message: str) -> None:
@@ -392,6 +476,9 @@ def progress_bar(config, total: int, initial: int, desc: str) -> tqdm:
     """The run's progress bar (rate and ETA), on process 0 only; sparse when stderr is a file."""
     return tqdm(
         total=total,
+        # No tqdm remaining-time field: it averages over the warm-up and training phases (the postfix's
+        # eta, from LogWindow.eta_s, uses the current phase's rate).
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         initial=initial,
         unit="step",
         desc=desc,

@@ -22,7 +22,7 @@ import numpy as np
 
 from psrl_jax import xla_cpu
 from psrl_jax.agents.sac import SACAgent, SACState, learning_rate
-from psrl_jax.config import added_later_field, config_to_dict
+from psrl_jax.config import config_to_dict
 from psrl_jax.config import validate_dmc_config as validate_config
 from psrl_jax.envs.dmc import (
     DMCEpisodeStats,
@@ -38,6 +38,7 @@ from psrl_jax.train.common import (
     LogWindow,
     RunRecords,
     SeedAxis,
+    SlowUpdateNotice,
     crossed,
     eval_keys,
     open_run_dir,
@@ -47,6 +48,7 @@ from psrl_jax.train.common import (
     unroll_seeds,
     vmap_seeds,
 )
+from psrl_jax.train.finite_guard import FiniteGuard
 
 
 @flax.struct.dataclass
@@ -70,7 +72,7 @@ class DMCTrainer:
         config.env.action_repeat = repeat  # resolved, so config.json records the repeat used
         validate_config(config)
         self.seeds = SeedAxis.for_config(config)
-        prepare_rendering(config.env.backend, added_later_field(config.env, "env.observation"), config.env.gl)
+        prepare_rendering(config.env.backend, config.env.observation, config.env.gl)
         self.run_dir, self.checkpointer = open_run_dir(
             config, f"{config.name}-{self.task.name}-s{config.seed}x{config.num_seeds}"
         )
@@ -117,7 +119,7 @@ class DMCTrainer:
             camera_id=env.camera_id,
             num_threads=env.num_threads,
             gl=env.gl,
-            observation=added_later_field(env, "env.observation"),
+            observation=env.observation,
         )
 
     # ----- jitted, vmapped pieces ---------------------------------------------------------------
@@ -214,7 +216,7 @@ class DMCTrainer:
             "backend": cfg.env.backend,
             "seed_devices": sharding.describe(self.seeds.sharding)["seed_devices"],
         }
-        records = RunRecords(self.run_dir, cfg, self.seeds, E, header, info)
+        records = RunRecords(self.run_dir, cfg, self.seeds, E, header, info, FiniteGuard(self.seeds))
         episodes = DMCEpisodeStats(self.num_envs)
 
         arrays = self.envs.reset()
@@ -222,6 +224,7 @@ class DMCTrainer:
         step_size = self.env_steps_per_iteration
         progress = progress_bar(cfg, total_env_steps, start_iteration * step_size, f"{cfg.name} {self.task.name} x{S}")
         window = LogWindow(S, action_repeat=self.action_repeat)
+        slow_update_notice = SlowUpdateNotice()
 
         def evaluate(episodes, eval_index):  # reads `state` when called: the loop's latest
             return self.evaluate(state.agent, episodes, eval_index)
@@ -241,6 +244,8 @@ class DMCTrainer:
             if not warmup and (iteration + 1) % cfg.update_every == 0:
                 state, metrics = self.update_fn(state)
                 updates = self.updates_per_dispatch
+                remaining = (self.total_iterations - iteration - 1) // cfg.update_every * updates
+                slow_update_notice.after_dispatch(metrics, updates, remaining)
             window.add(step_size, updates, metrics)
             records.updates_done += updates
             arrays = self.envs.step(np.asarray(self.seeds.to_host(actions)).reshape(self.num_envs, self.action_dim))
@@ -249,7 +254,7 @@ class DMCTrainer:
             records.episodes(episodes.update(arrays), env_step)
 
             if crossed(env_step, step_size, cfg.log.every_steps) or env_step >= total_env_steps:
-                records.log_window(env_step, window, progress)
+                records.log_window(env_step, window, progress, state.agent)
             records.evaluate_and_save_when_due(
                 env_step, step_size, total_env_steps, evaluate, self.checkpointer, state, window
             )

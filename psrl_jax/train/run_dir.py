@@ -17,6 +17,7 @@ import platform
 import sys
 import time
 
+from psrl_jax import cpu_settings
 from psrl_jax.config import config_to_dict, save_json_atomic
 from psrl_jax.perf import host_info
 
@@ -54,6 +55,7 @@ def package_versions() -> dict:
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),  # e.g. psrl_jax/xla_cpu.py's convolution flag
+        "cpu_settings": cpu_settings.applied(),  # what the launcher's cpu_settings.apply() set ({}: not called)
         "host": host_info(),  # CPU model, vector ISA, cores, memory: what a rate was measured on
         "packages": versions,
     }
