@@ -186,9 +186,9 @@ def main(argv):
             sys.exit(f"error: {spec}: env.observation={config.env.observation!r}; this script times pixel updates")
         size, frames = config.env.image_size, config.env.frame_stack
         if is_dmc(config):
-            agent = SACAgent(config, _ACTION_DIM.value, (frames, size, size, 3))
+            agent = SACAgent.from_config(config, _ACTION_DIM.value, (frames, size, size, 3))
         else:
-            agent = RainbowAgent(config, _NUM_ACTIONS.value, (frames, size, size))
+            agent = RainbowAgent.from_config(config, _NUM_ACTIONS.value, (frames, size, size))
         state = agent.init(jax.random.PRNGKey(0))
         batch = synthetic_batch(config, np.random.default_rng(0))
         if seed_axis != "none":

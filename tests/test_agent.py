@@ -15,7 +15,7 @@ NUM_ACTIONS = 4
 
 def _agent(config):
     size = config.env.image_size
-    return RainbowAgent(config, NUM_ACTIONS, (config.env.frame_stack, size, size))
+    return RainbowAgent.from_config(config, NUM_ACTIONS, (config.env.frame_stack, size, size))
 
 
 def _filled_replay(config, key, steps=60):

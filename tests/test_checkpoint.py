@@ -91,7 +91,7 @@ def test_a_moved_psrl_agent_state_round_trips_exactly(tmp_path):
 
     config = rainbow_psrl.get_config("smoke")
     size = config.env.image_size
-    agent = RainbowAgent(config, 5, (config.env.frame_stack, size, size))
+    agent = RainbowAgent.from_config(config, 5, (config.env.frame_stack, size, size))
     fresh = jax.jit(agent.init)(jax.random.PRNGKey(0))
     leaves, tree = jax.tree.flatten(fresh)
     rng = np.random.default_rng(0)

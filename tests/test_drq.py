@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import drq, sac
+from configs import drq
 from psrl_jax.config import ConfigError, validate_any_config
 from psrl_jax.ops.augment import augment_pixels
 from tests.test_sac import _agent, _batch
@@ -91,21 +91,6 @@ def test_critic_loss_sums_the_m_views():
 
     twice, _ = loss(jnp.stack([views[0], views[0]]))
     np.testing.assert_allclose(twice, 2 * first, rtol=1e-6)
-
-
-def test_single_view_update_is_unchanged_by_the_view_fields():
-    """K = M = 1 written out gives the same update, bit for bit, as a config without the fields
-    (a config.json from before them)."""
-    config = sac.get_config("smoke")
-    agent = _agent(config)
-    state = agent.init(jax.random.key(0))
-    batch = _batch(config)
-    new_state, metrics = jax.jit(agent.update)(state, batch)
-    del config.agent["target_augmentations"], config.agent["q_augmentations"]
-    old_state, old_metrics = jax.jit(_agent(config).update)(state, batch)
-    new_state, old_state = (s.replace(key=jax.random.key_data(s.key)) for s in (new_state, old_state))
-    jax.tree.map(np.testing.assert_array_equal, new_state, old_state)
-    assert metrics["loss/critic"] == old_metrics["loss/critic"]
 
 
 def test_drq_update_trains_with_two_views():

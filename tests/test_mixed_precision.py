@@ -28,7 +28,7 @@ def _config(name, dtype=None):
 
 def _agent(config):
     size = config.env.image_size
-    return RainbowAgent(config, NUM_ACTIONS, (config.env.frame_stack, size, size))
+    return RainbowAgent.from_config(config, NUM_ACTIONS, (config.env.frame_stack, size, size))
 
 
 def _init(agent, seed=0):

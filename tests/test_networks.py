@@ -9,7 +9,7 @@ import pytest
 from configs.rainbow import get_config
 from psrl_jax.networks.encoders import AtariEncoder, concat_frames
 from psrl_jax.networks.heads import DuelingC51Head, NoisyDense
-from psrl_jax.networks.q_network import RainbowQNetwork, make_q_network
+from psrl_jax.networks.q_network import RainbowQNetwork
 
 SMALL = (8, 16, 16)  # narrow channels keep the tests fast; spatial sizes are the real ones
 
@@ -154,10 +154,12 @@ def test_gradients_reach_every_parameter(encoder):
         assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)
 
 
-def test_make_q_network_from_config():
+def test_rainbow_agent_builds_its_q_network_from_the_config():
+    from psrl_jax.agents.rainbow import RainbowAgent
+
     config = get_config("smoke")
     config.agent.encoder = "framewise"
-    net = make_q_network(config.agent, num_actions=18)
+    net = RainbowAgent.from_config(config, 18, (4, 84, 84)).network
     assert net.num_atoms == 51 and net.hidden_size == 64 and net.encoder == "framewise"
     assert tuple(net.encoder_channels) == (16, 32, 32) and net.sigma0 == config.agent.noisy_sigma0
     shapes = jax.eval_shape(lambda: net.init(_rngs(), _obs(), train=False, noisy_sample=True))

@@ -37,7 +37,7 @@ def _config(terms=TERMS, **psrl):
 
 def _agent(config):
     size = config.env.image_size
-    return RainbowAgent(config, NUM_ACTIONS, (config.env.frame_stack, size, size))
+    return RainbowAgent.from_config(config, NUM_ACTIONS, (config.env.frame_stack, size, size))
 
 
 def _batch(config, seed=0, importance_weight=1.0):

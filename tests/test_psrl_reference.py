@@ -118,7 +118,7 @@ def _batch(config):
 @pytest.fixture(scope="module")
 def case():
     config = _config()
-    agent = RainbowAgent(config, NUM_ACTIONS, (config.env.frame_stack, 84, 84))
+    agent = RainbowAgent.from_config(config, NUM_ACTIONS, (config.env.frame_stack, 84, 84))
     state = agent.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(7)
     aux = dict(state.aux_params)
@@ -131,7 +131,7 @@ def case():
     key = jax.random.PRNGKey(11)
     total, (_, _, metrics) = jax.jit(agent.loss)({"q": state.params, "aux": aux}, state, batch, key)
     # The same update without PSRL: its loss is the RL loss alone (same Q network, same keys).
-    plain = RainbowAgent(_config(psrl=False), NUM_ACTIONS, (config.env.frame_stack, 84, 84))
+    plain = RainbowAgent.from_config(_config(psrl=False), NUM_ACTIONS, (config.env.frame_stack, 84, 84))
     rl_total, _ = jax.jit(plain.loss)({"q": state.params, "aux": {}}, state.replace(aux_params={}), batch, key)
     return config, agent, state, batch, float(total) - float(rl_total), metrics
 

@@ -115,9 +115,9 @@ def test_init_at_the_one_shot_level_is_bit_identical_to_xla_default(config_name)
     config = importlib.import_module(f"configs.{module}").get_config(variant)
     size = config.env.image_size
     if module.startswith("sac"):
-        agent = SACAgent(config, 2, (config.env.frame_stack, size, size, 3))
+        agent = SACAgent.from_config(config, 2, (config.env.frame_stack, size, size, 3))
     else:
-        agent = RainbowAgent(config, 6, (config.env.frame_stack, size, size))
+        agent = RainbowAgent.from_config(config, 6, (config.env.frame_stack, size, size))
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
     lowered = jax.jit(jax.vmap(agent.init)).lower(keys)
     default = lowered.compile(compiler_options={xla_cpu.LEVEL_FLAG: 3})(keys)

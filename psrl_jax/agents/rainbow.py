@@ -18,16 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from psrl_jax.losses.psrl import (
-    auxiliary_batch_loss,
-    ema_source,
-    init_psrl_params,
-    make_psrl_modules,
-    psrl_enabled,
-    psrl_loss,
-)
+from psrl_jax.losses.psrl import PSRLAuxiliary, PSRLHyperparams
 from psrl_jax.losses.rainbow import c51_support, categorical_double_q_loss
-from psrl_jax.networks.q_network import RainbowQNetwork, make_q_network
+from psrl_jax.networks.q_network import RainbowQNetwork, compute_dtype
 from psrl_jax.ops.augment import augment_observations, to_float
 from psrl_jax.replay.sequence_replay import SequenceBatch
 
@@ -82,41 +75,119 @@ def clip_by_group_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(agent_config) -> optax.GradientTransformation:
-    if agent_config.grad_clip == "per_group":
-        clip = clip_by_group_norm(agent_config.max_grad_norm)
+@dataclasses.dataclass(frozen=True)
+class RainbowHyperparams:
+    """config.agent (configs/rainbow.py documents every field) and replay.priority, read once."""
+
+    num_atoms: int
+    v_min: float
+    v_max: float
+    hidden_size: int
+    noisy: bool
+    noisy_sigma0: float
+    dueling: bool
+    encoder: str
+    encoder_channels: tuple
+    dropout_rate: float
+    renormalize: bool
+    dueling_grad_scale: float
+    compute_dtype: Any
+    double_q: bool
+    learning_rate: float
+    adam_eps: float
+    grad_clip: str  # "per_group" (SPR) or "global"
+    max_grad_norm: float
+    target_update_period: int
+    augment: bool
+    shift_pad: int
+    intensity_scale: float
+    priority: str  # "kl" (SPR) or "cross_entropy"
+
+    @classmethod
+    def from_config(cls, config) -> "RainbowHyperparams":
+        a = config.agent
+        return cls(
+            num_atoms=int(a.num_atoms),
+            v_min=float(a.v_min),
+            v_max=float(a.v_max),
+            hidden_size=int(a.hidden_size),
+            noisy=bool(a.noisy),
+            noisy_sigma0=float(a.noisy_sigma0),
+            dueling=bool(a.dueling),
+            encoder=a.encoder,
+            encoder_channels=tuple(a.encoder_channels),
+            dropout_rate=float(a.dropout_rate),
+            renormalize=bool(a.renormalize),
+            dueling_grad_scale=float(a.dueling_grad_scale),
+            compute_dtype=compute_dtype(a),
+            double_q=bool(a.double_q),
+            learning_rate=float(a.learning_rate),
+            adam_eps=float(a.adam_eps),
+            grad_clip=a.grad_clip,
+            max_grad_norm=float(a.max_grad_norm),
+            target_update_period=int(a.target_update_period),
+            augment=bool(a.augmentation.enabled),
+            shift_pad=int(a.augmentation.shift_pad),
+            intensity_scale=float(a.augmentation.intensity_scale),
+            priority=config.replay.priority,
+        )
+
+
+def make_optimizer(hp: RainbowHyperparams) -> optax.GradientTransformation:
+    if hp.grad_clip == "per_group":
+        clip = clip_by_group_norm(hp.max_grad_norm)
     else:
-        clip = optax.clip_by_global_norm(agent_config.max_grad_norm)
-    return optax.chain(clip, optax.adam(agent_config.learning_rate, eps=agent_config.adam_eps))
+        clip = optax.clip_by_global_norm(hp.max_grad_norm)
+    return optax.chain(clip, optax.adam(hp.learning_rate, eps=hp.adam_eps))
 
 
 @dataclasses.dataclass(frozen=True)
 class RainbowAgent:
-    """The static parts of the agent (network, optimiser, constants); all methods are pure."""
+    """The static parts of the agent (hyperparameters, network, optimiser, the PSRL auxiliary or None);
+    all methods are pure."""
 
-    config: Any  # the full ml_collections config (read-only here)
+    hp: RainbowHyperparams
     num_actions: int
     observation_shape: tuple  # (frame_stack, H, W)
+    psrl_hp: PSRLHyperparams | None = None  # None: no PSRL term is on (plain Rainbow)
+
+    @classmethod
+    def from_config(cls, config, num_actions: int, observation_shape: tuple) -> "RainbowAgent":
+        return cls(
+            RainbowHyperparams.from_config(config), num_actions, observation_shape, PSRLHyperparams.from_config(config)
+        )
 
     @property
-    def network(self):
-        return make_q_network(self.config.agent, self.num_actions)
+    def network(self) -> RainbowQNetwork:
+        hp = self.hp
+        return RainbowQNetwork(
+            num_actions=self.num_actions,
+            num_atoms=hp.num_atoms,
+            hidden_size=hp.hidden_size,
+            noisy=hp.noisy,
+            sigma0=hp.noisy_sigma0,
+            dueling=hp.dueling,
+            encoder=hp.encoder,
+            encoder_channels=hp.encoder_channels,
+            dropout_rate=hp.dropout_rate,
+            renormalize=hp.renormalize,
+            dueling_grad_scale=hp.dueling_grad_scale,
+            dtype=hp.compute_dtype,
+        )
 
     @property
     def optimizer(self):
-        return make_optimizer(self.config.agent)
+        return make_optimizer(self.hp)
 
     @property
-    def psrl(self):
-        """The PSRL modules, or None when every PSRL term is off (plain Rainbow)."""
-        if not psrl_enabled(self.config):
+    def psrl(self) -> PSRLAuxiliary | None:
+        if self.psrl_hp is None:
             return None
-        return make_psrl_modules(self.config, self.network, self.num_actions)
+        return PSRLAuxiliary.build(self.psrl_hp, self.network, self.num_actions)
 
     @property
     def atoms(self):
-        a = self.config.agent
-        return c51_support(a.num_atoms, a.v_min, a.v_max)
+        return c51_support(self.hp.num_atoms, self.hp.v_min, self.hp.v_max)
 
     def init(self, key: jax.Array) -> RainbowState:
         key, k_params, k_noise, k_drop, k_aux = jax.random.split(key, 5)
@@ -129,10 +200,7 @@ class RainbowAgent:
             maps, skip = self.network.apply(
                 params, dummy, train=False, return_skip=True, method=RainbowQNetwork.encode
             )  # [1, F, h, w, C]
-            aux_params, batch_stats = init_psrl_params(
-                k_aux, self.psrl, self.config, self.num_actions, maps.shape[2:], skip.shape[2:]
-            )
-            ema_params = ema_source(params, aux_params)
+            aux_params, ema_params, batch_stats = self.psrl.init(k_aux, params, maps.shape[2:], skip.shape[2:])
         return RainbowState(
             params=params,
             target_params=params,
@@ -166,29 +234,19 @@ class RainbowAgent:
         Returns (scalar loss, (per-sample priorities, new batch_stats, metrics)): the priority is SPR's
         KL or the RL loss itself (config.replay.priority).
         """
-        params = trainable["q"]
-        aug = self.config.agent.augmentation
+        params, hp = trainable["q"], self.hp
         k_rl, k_psrl = jax.random.split(key)
         k_aug_tm1, k_aug_t, k_online, k_select, k_target, k_drop = jax.random.split(k_rl, 6)
         psrl = self.psrl
 
         def prepare(k, obs):
-            if aug.enabled:
-                return augment_observations(k, obs, aug.shift_pad, aug.intensity_scale)
+            if hp.augment:
+                return augment_observations(k, obs, hp.shift_pad, hp.intensity_scale)
             return to_float(obs)
 
-        frames = batch.obs.shape[1]
-        if psrl is not None:
-            # o_k and o_{k+1..k+K} get the same random shift (and intensity), so the correspondence
-            # sees the true motion rather than two independent crops (ours; config psrl.shared_shift).
-            # The offsets are drawn per sample, so o_k's augmentation equals Rainbow's.
-            future = batch.future_obs.reshape(batch.obs.shape[:1] + (-1,) + batch.obs.shape[2:])
-            if self.config.psrl.shared_shift:
-                both = prepare(k_aug_tm1, jnp.concatenate([batch.obs, future], axis=1))
-                obs_tm1, future_obs = both[:, :frames], both[:, frames:]
-            else:
-                obs_tm1, future_obs = prepare(k_aug_tm1, batch.obs), prepare(jax.random.fold_in(k_psrl, 1), future)
-            future_obs = future_obs.reshape(batch.future_obs.shape)
+        if psrl is not None:  # the offsets are drawn per sample, so o_k's augmentation equals Rainbow's
+            k_future = jax.random.fold_in(k_psrl, 1)
+            obs_tm1, future_obs = psrl.augment_with_future(prepare, k_aug_tm1, k_future, batch.obs, batch.future_obs)
         else:
             obs_tm1 = prepare(k_aug_tm1, batch.obs)
         obs_t = prepare(k_aug_t, batch.next_obs)
@@ -212,9 +270,9 @@ class RainbowAgent:
                 jax.lax.stop_gradient(target_t),
                 jax.lax.stop_gradient(selector_t),
                 self.atoms,
-                double_q=self.config.agent.double_q,
+                double_q=hp.double_q,
             )
-        priority = kl if self.config.replay.priority == "kl" else per_sample
+        priority = kl if hp.priority == "kl" else per_sample
         weights = batch.importance_weights * batch.valid
         total = jnp.mean(weights * per_sample)
         q_tm1 = jnp.sum(jax.nn.softmax(logits_tm1, -1) * self.atoms, -1)
@@ -233,26 +291,18 @@ class RainbowAgent:
                     params, obs, train=True, return_skip=True, method=RainbowQNetwork.encode, rngs={"dropout": k}
                 )
 
-            with jax.named_scope("psrl_loss"):
-                psrl_per_sample, batch_stats, psrl_metrics = psrl_loss(
-                    trainable["aux"],
-                    state.batch_stats,
-                    state.ema_params,
-                    online_maps=maps_tm1,
-                    online_skip=skip_tm1,
-                    future_obs=future_obs,
-                    actions=batch.future_actions,
-                    future_mask=batch.future_mask * batch.valid[:, None],
-                    valid=batch.valid,
-                    obs_frame_mask=batch.obs_frame_mask,
-                    future_frame_mask=batch.future_frame_mask,
-                    config=self.config,
-                    modules=psrl,
-                    encode_online=encode_online,
-                )
-            psrl_total = auxiliary_batch_loss(psrl_per_sample, batch, self.config)
+            psrl_total, batch_stats, psrl_metrics = psrl.loss(
+                trainable["aux"],
+                state.batch_stats,
+                state.ema_params,
+                online_maps=maps_tm1,
+                online_skip=skip_tm1,
+                future_obs=future_obs,
+                batch=batch,
+                encode_online=encode_online,
+            )
             total = total + psrl_total
-            metrics.update(psrl_metrics, **{"loss/psrl": psrl_total})  # what the update adds
+            metrics.update(psrl_metrics)  # with "loss/psrl": what the update adds
         return total, (priority, batch_stats, metrics)
 
     def update(self, state: RainbowState, batch: SequenceBatch):
@@ -267,12 +317,10 @@ class RainbowAgent:
             trainable = optax.apply_updates(trainable, updates)
         params, aux_params = trainable["q"], trainable["aux"]
         step = state.update_step + 1
-        target_params = optax.periodic_update(params, state.target_params, step, self.config.agent.target_update_period)
+        target_params = optax.periodic_update(params, state.target_params, step, self.hp.target_update_period)
         ema_params = state.ema_params
         if self.psrl is not None:
-            # target <- decay * target + (1 - decay) * online; decay 0 (SPR on Atari) copies the online side.
-            decay = self.config.psrl.target_ema_decay
-            ema_params = optax.incremental_update(ema_source(params, aux_params), ema_params, 1.0 - decay)
+            ema_params = self.psrl.target_update(params, aux_params, ema_params)
         metrics = dict(metrics, **{"optim/grad_norm": optax.global_norm(grads)})
         metrics.update({f"optim/grad_norm/{group}": norm for group, norm in group_norms(grads).items()})
         new_state = RainbowState(

@@ -35,14 +35,7 @@ import numpy as np
 import optax
 
 from psrl_jax.losses import sac as sac_losses
-from psrl_jax.losses.psrl import (
-    auxiliary_batch_loss,
-    ema_source,
-    init_psrl_params,
-    make_psrl_modules,
-    psrl_enabled,
-    psrl_loss,
-)
+from psrl_jax.losses.psrl import PSRLAuxiliary, PSRLHyperparams
 from psrl_jax.networks.q_network import compute_dtype
 from psrl_jax.networks.sac_networks import SACActor, SACCritic, tanh_gaussian
 from psrl_jax.ops.augment import augment_pixels, center_crop, to_float
@@ -76,62 +69,130 @@ def _where(flag, new, old):
 
 
 @dataclasses.dataclass(frozen=True)
-class SACAgent:
-    """The static parts of the agent; every method is pure."""
+class SACHyperparams:
+    """config.agent (configs/sac.py documents every field) and the pixel facts of config.env, read once."""
 
-    config: Any
+    pixels: bool  # rendered frames (else proprioceptive states: no encoder, no augmentation)
+    encoder: str  # "stacked" or "framewise" from pixels, "state" from states
+    encoder_channels: tuple
+    encoder_strides: tuple
+    latent_dim: int
+    hidden: tuple
+    compute_dtype: Any
+    weight_init: str
+    trunk_tanh: bool
+    log_std_min: float
+    log_std_max: float
+    learning_rate: float  # encoder, critic and actor (the task's, config.agent.learning_rate_per_task)
+    adam_b1: float
+    adam_b2: float
+    alpha_learning_rate: float
+    alpha_b1: float
+    alpha_b2: float
+    init_temperature: float
+    target_entropy_per_dim: float
+    critic_tau: float
+    encoder_tau: float
+    critic_target_update_every: int
+    actor_update_every: int
+    target_augmentations: int  # DrQ's K
+    q_augmentations: int  # DrQ's M
+    crop_size: int
+    augment: bool
+    translate_pad: int
+
+    @classmethod
+    def from_config(cls, config) -> "SACHyperparams":
+        a, pixels = config.agent, config.env.observation == "pixels"
+        return cls(
+            pixels=pixels,
+            encoder=a.encoder if pixels else "state",
+            encoder_channels=tuple(a.encoder_channels),
+            encoder_strides=tuple(a.encoder_strides),
+            latent_dim=int(a.latent_dim),
+            hidden=tuple(a.hidden),
+            compute_dtype=compute_dtype(a),
+            weight_init=a.weight_init,
+            trunk_tanh=bool(a.trunk_tanh),
+            log_std_min=float(a.log_std_min),
+            log_std_max=float(a.log_std_max),
+            learning_rate=learning_rate(config),
+            adam_b1=float(a.adam_b1),
+            adam_b2=float(a.adam_b2),
+            alpha_learning_rate=float(a.alpha_learning_rate),
+            alpha_b1=float(a.alpha_b1),
+            alpha_b2=float(a.alpha_b2),
+            init_temperature=float(a.init_temperature),
+            target_entropy_per_dim=float(a.target_entropy_per_dim),
+            critic_tau=float(a.critic_tau),
+            encoder_tau=float(a.encoder_tau),
+            critic_target_update_every=int(a.critic_target_update_every),
+            actor_update_every=int(a.actor_update_every),
+            target_augmentations=int(a.target_augmentations),
+            q_augmentations=int(a.q_augmentations),
+            crop_size=int(config.env.crop_size),
+            augment=bool(a.augmentation.enabled),
+            translate_pad=int(a.augmentation.translate_pad),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SACAgent:
+    """The static parts of the agent (hyperparameters, networks, the PSRL auxiliary or None); every
+    method is pure."""
+
+    hp: SACHyperparams
     action_dim: int
     observation_shape: tuple  # (frame_stack, H, W, 3): the rendered (uncropped) stack; states: (frame_stack, D)
+    psrl_hp: PSRLHyperparams | None = None  # None: no PSRL term is on
+
+    @classmethod
+    def from_config(cls, config, action_dim: int, observation_shape: tuple) -> "SACAgent":
+        hp, psrl_hp = SACHyperparams.from_config(config), PSRLHyperparams.from_config(config)
+        return cls(hp, action_dim, observation_shape, psrl_hp)
 
     @property
     def pixels(self) -> bool:
-        return self.config.env.observation == "pixels"
-
-    @property
-    def encoder(self) -> str:
-        """The critic's encoder: config.agent.encoder from pixels, "state" (none) from states."""
-        return self.config.agent.encoder if self.pixels else "state"
+        return self.hp.pixels
 
     @property
     def critic(self) -> SACCritic:
-        a = self.config.agent
+        hp = self.hp
         return SACCritic(
-            encoder=self.encoder,
-            encoder_channels=tuple(a.encoder_channels),
-            encoder_strides=tuple(a.encoder_strides),
-            latent_dim=a.latent_dim,
-            hidden=tuple(a.hidden),
-            dtype=compute_dtype(a),
-            weight_init=a.weight_init,
-            trunk_tanh=bool(a.trunk_tanh),
+            encoder=hp.encoder,
+            encoder_channels=hp.encoder_channels,
+            encoder_strides=hp.encoder_strides,
+            latent_dim=hp.latent_dim,
+            hidden=hp.hidden,
+            dtype=hp.compute_dtype,
+            weight_init=hp.weight_init,
+            trunk_tanh=hp.trunk_tanh,
         )
 
     @property
     def actor(self) -> SACActor:
-        a = self.config.agent
+        hp = self.hp
         return SACActor(
             action_dim=self.action_dim,
-            encoder=self.encoder,
-            latent_dim=a.latent_dim,
-            hidden=tuple(a.hidden),
-            log_std_min=a.log_std_min,
-            log_std_max=a.log_std_max,
-            dtype=compute_dtype(a),
-            weight_init=a.weight_init,
-            trunk_tanh=bool(a.trunk_tanh),
+            encoder=hp.encoder,
+            latent_dim=hp.latent_dim,
+            hidden=hp.hidden,
+            log_std_min=hp.log_std_min,
+            log_std_max=hp.log_std_max,
+            dtype=hp.compute_dtype,
+            weight_init=hp.weight_init,
+            trunk_tanh=hp.trunk_tanh,
         )
 
     @property
-    def psrl(self):
-        return make_psrl_modules(self.config, self.critic, num_actions=0) if psrl_enabled(self.config) else None
-
-    def _adam(self, lr, b1, b2):
-        return optax.adam(lr, b1=b1, b2=b2)
+    def psrl(self) -> PSRLAuxiliary | None:
+        if self.psrl_hp is None:
+            return None
+        return PSRLAuxiliary.build(self.psrl_hp, self.critic, num_actions=0, action_dim=self.action_dim)
 
     @property
     def critic_optimizer(self):
-        a = self.config.agent
-        return self._adam(learning_rate(self.config), a.adam_b1, a.adam_b2)
+        return optax.adam(self.hp.learning_rate, b1=self.hp.adam_b1, b2=self.hp.adam_b2)
 
     @property
     def actor_optimizer(self):
@@ -139,30 +200,17 @@ class SACAgent:
 
     @property
     def alpha_optimizer(self):
-        a = self.config.agent
-        return self._adam(a.alpha_learning_rate, a.alpha_b1, a.alpha_b2)
+        return optax.adam(self.hp.alpha_learning_rate, b1=self.hp.alpha_b1, b2=self.hp.alpha_b2)
 
     @property
     def target_entropy(self) -> float:
-        return float(self.config.agent.target_entropy_per_dim) * self.action_dim
-
-    @property
-    def target_views(self) -> int:
-        return int(self.config.agent.target_augmentations)
-
-    @property
-    def q_views(self) -> int:
-        return int(self.config.agent.q_augmentations)
-
-    @property
-    def crop_size(self) -> int:
-        return int(self.config.env.crop_size)
+        return self.hp.target_entropy_per_dim * self.action_dim
 
     def init(self, key: jax.Array) -> SACState:
         key, k_critic, k_actor, k_aux = jax.random.split(key, 4)
-        frames = self.observation_shape[0]
+        frames, crop = self.observation_shape[0], self.hp.crop_size
         if self.pixels:
-            dummy = jnp.zeros((1, frames, self.crop_size, self.crop_size, self.observation_shape[-1]), jnp.float32)
+            dummy = jnp.zeros((1, frames, crop, crop, self.observation_shape[-1]), jnp.float32)
         else:
             dummy = jnp.zeros((1, *self.observation_shape), jnp.float32)
         critic_params = self.critic.init(k_critic, dummy, jnp.zeros((1, self.action_dim)))
@@ -171,11 +219,8 @@ class SACAgent:
         aux_params, ema_params, batch_stats = {}, {}, {}
         if self.psrl is not None:
             maps, skip = self.critic.apply(critic_params, dummy, return_skip=True, method="encode")
-            aux_params, batch_stats = init_psrl_params(
-                k_aux, self.psrl, self.config, 0, maps.shape[2:], skip.shape[2:], action_dim=self.action_dim
-            )
-            ema_params = ema_source(critic_params, aux_params)
-        log_alpha = jnp.asarray(np.log(self.config.agent.init_temperature), jnp.float32)
+            aux_params, ema_params, batch_stats = self.psrl.init(k_aux, critic_params, maps.shape[2:], skip.shape[2:])
+        log_alpha = jnp.asarray(np.log(self.hp.init_temperature), jnp.float32)
         return SACState(
             critic_params=critic_params,
             critic_target=critic_params,
@@ -199,7 +244,7 @@ class SACAgent:
         """Actions in [-1, 1]^A for rendered stacks uint8 [N, F, H, W, 3] (centre-cropped here), or
         state stacks float32 [N, F, D]: a sample of the policy when training, tanh of its mean when
         evaluating."""
-        obs = to_float(center_crop(obs_uint8, self.crop_size)) if self.pixels else obs_uint8.astype(jnp.float32)
+        obs = to_float(center_crop(obs_uint8, self.hp.crop_size)) if self.pixels else obs_uint8.astype(jnp.float32)
         maps = self.critic.apply(state.critic_params, obs, method="encode")
         policy, mean = self._policy(state.actor_params, maps)
         return jnp.tanh(mean) if deterministic else policy.sample(seed=key)
@@ -207,10 +252,9 @@ class SACAgent:
     def _augment(self, key, obs_uint8):
         if not self.pixels:  # states are not augmented
             return obs_uint8.astype(jnp.float32)
-        aug = self.config.agent.augmentation
-        if aug.enabled:
-            return augment_pixels(key, obs_uint8, self.crop_size, aug.translate_pad)
-        return to_float(center_crop(obs_uint8, self.crop_size))
+        if self.hp.augment:
+            return augment_pixels(key, obs_uint8, self.hp.crop_size, self.hp.translate_pad)
+        return to_float(center_crop(obs_uint8, self.hp.crop_size))
 
     def soft_target(self, state: SACState, batch: SequenceBatch, next_views, key):
         """[B] soft Bellman target averaged over the K views `next_views` [K, B, ...] of o_{k+n}: a'
@@ -253,56 +297,41 @@ class SACAgent:
         metrics = {"loss/critic": total, "q/mean": sac_losses.masked_mean(0.5 * (q1[0] + q2[0]), valid)}
         batch_stats = state.batch_stats
         if self.psrl is not None:
-            with jax.named_scope("psrl_loss"):
-                per_sample, batch_stats, psrl_metrics = psrl_loss(
-                    trainable["aux"],
-                    state.batch_stats,
-                    state.ema_params,
-                    online_maps=maps,
-                    online_skip=skip,
-                    future_obs=future_obs,
-                    actions=batch.future_actions,
-                    future_mask=batch.future_mask * valid[:, None],
-                    valid=valid,
-                    obs_frame_mask=batch.obs_frame_mask,
-                    future_frame_mask=batch.future_frame_mask,
-                    config=self.config,
-                    modules=self.psrl,
-                    encode_online=lambda o: critic.apply(trainable["critic"], o, return_skip=True, method="encode"),
-                )
-            psrl_total = auxiliary_batch_loss(per_sample, batch, self.config)
+            psrl_total, batch_stats, psrl_metrics = self.psrl.loss(
+                trainable["aux"],
+                state.batch_stats,
+                state.ema_params,
+                online_maps=maps,
+                online_skip=skip,
+                future_obs=future_obs,
+                batch=batch,
+                encode_online=lambda o: critic.apply(trainable["critic"], o, return_skip=True, method="encode"),
+            )
             total = total + psrl_total
-            metrics.update(psrl_metrics, **{"loss/psrl": psrl_total})  # what the update adds
+            metrics.update(psrl_metrics)  # with "loss/psrl": what the update adds
         return total, (batch_stats, metrics)
 
     def update(self, state: SACState, batch: SequenceBatch):
         """One SAC (+ PSRL) update. Returns (new state, metrics)."""
-        a = self.config.agent
+        hp = self.hp
         key, k_aug, k_aug_next, k_next, k_actor, k_psrl = jax.random.split(state.key, 6)
         critic = self.critic
         alpha = jnp.exp(state.log_alpha)
-        frames = batch.obs.shape[1]
 
         future_obs = None
-        if self.psrl is not None and self.config.psrl.shared_shift:
-            # o_k and o_{k+1..k+K} share one crop and translation (as on Atari), so flows see true motion.
-            future = batch.future_obs.reshape(batch.obs.shape[:1] + (-1,) + batch.obs.shape[2:])
-            both = self._augment(k_aug, jnp.concatenate([batch.obs, future], axis=1))
-            obs, future_obs = both[:, :frames], both[:, frames:].reshape(batch.future_obs.shape[:3] + both.shape[2:])
+        if self.psrl is not None:
+            obs, future_obs = self.psrl.augment_with_future(self._augment, k_aug, k_psrl, batch.obs, batch.future_obs)
         else:
             obs = self._augment(k_aug, batch.obs)
-            if self.psrl is not None:
-                future = batch.future_obs.reshape((-1,) + batch.future_obs.shape[2:])
-                future_obs = self._augment(k_psrl, future).reshape(batch.future_obs.shape[:3] + obs.shape[2:])
         # Views 1.. of o_k and o_{k+n} (DrQ's M and K) are independent augmentations; view 0 keeps the
         # keys of a single-view update.
         obs_views = jnp.stack(
-            [obs] + [self._augment(jax.random.fold_in(k_aug, m), batch.obs) for m in range(1, self.q_views)]
+            [obs] + [self._augment(jax.random.fold_in(k_aug, m), batch.obs) for m in range(1, hp.q_augmentations)]
         )
         next_views = jnp.stack(
             [
                 self._augment(k_aug_next if k == 0 else jax.random.fold_in(k_aug_next, k), batch.next_obs)
-                for k in range(self.target_views)
+                for k in range(hp.target_augmentations)
             ]
         )
         with jax.named_scope("soft_target"):
@@ -338,20 +367,20 @@ class SACAgent:
             loss_alpha, alpha_grad = jax.value_and_grad(alpha_loss)(state.log_alpha)
             updates, alpha_opt_state = self.alpha_optimizer.update(alpha_grad, state.alpha_opt_state)
             log_alpha = optax.apply_updates(state.log_alpha, updates)
-            actor_due = state.update_step % a.actor_update_every == 0  # updates 1, 3, ... (CURL, DrQ)
+            actor_due = state.update_step % hp.actor_update_every == 0  # updates 1, 3, ... (CURL, DrQ)
             actor_params, actor_opt_state, log_alpha, alpha_opt_state = _where(
                 actor_due,
                 (actor_params, actor_opt_state, log_alpha, alpha_opt_state),
                 (state.actor_params, state.actor_opt_state, state.log_alpha, state.alpha_opt_state),
             )
 
-        target_due = state.update_step % a.critic_target_update_every == 0
+        target_due = state.update_step % hp.critic_target_update_every == 0
         new_target = {
             "params": {
                 name: optax.incremental_update(
                     critic_params["params"][name],
                     state.critic_target["params"][name],
-                    a.encoder_tau if name in ("torso", "trunk") else a.critic_tau,
+                    hp.encoder_tau if name in ("torso", "trunk") else hp.critic_tau,
                 )
                 for name in critic_params["params"]
             }
@@ -359,8 +388,7 @@ class SACAgent:
         critic_target = _where(target_due, new_target, state.critic_target)
         ema_params = state.ema_params
         if self.psrl is not None:
-            decay = self.config.psrl.target_ema_decay
-            ema_params = optax.incremental_update(ema_source(critic_params, aux_params), ema_params, 1.0 - decay)
+            ema_params = self.psrl.target_update(critic_params, aux_params, ema_params)
 
         metrics = dict(
             metrics,

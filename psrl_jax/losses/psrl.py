@@ -14,7 +14,7 @@ gives exactly the Rainbow update. All terms are masked where a sequence crosses 
 (replay's future_mask) and for invalid samples; correspondence pairs that involve stack padding
 (replay's frame masks) are left out (psrl.mask_padded_frames). The AAT terms compare the predicted
 newest frame with the target's (psrl.aat_target). The agents multiply the per-sample loss by the
-importance weights and average it over the batch (auxiliary_batch_loss), as SPR does. Everything is
+importance weights and average it over the batch (PSRLAuxiliary.loss), as SPR does. Everything is
 batched: the correspondence module runs once on all (query, target) pairs of the batch, and the warp
 is one vmapped op.
 
@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from psrl_jax.config import PSRL_TERMS
 from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
@@ -54,52 +55,187 @@ def active_terms(psrl_config: ml_collections.ConfigDict) -> tuple:
     return tuple(t for t in TERMS if psrl_config[t] and weights[t] != 0)
 
 
-def psrl_enabled(config) -> bool:
-    return len(active_terms(config.psrl)) > 0
+@dataclasses.dataclass(frozen=True)
+class PSRLHyperparams:
+    """config.psrl (configs/rainbow.py documents every field) read once, with the encoder facts the
+    modules need; `terms` holds the active terms only."""
+
+    terms: tuple
+    local_weight: float
+    global_weight: float
+    cat_steps: int
+    mask_padded_frames: bool
+    multiscale_decay: float
+    warp_padding: str
+    aat_target: str
+    target_ema_decay: float
+    importance_weighted: bool
+    shared_shift: bool
+    correspondence_width: float
+    refinement_levels: int
+    correlation: str
+    max_displacement: int
+    leaky_relu_slope: float
+    bn_momentum: float
+    transform_hidden: int
+    projection_dim: int
+    frame_stack: int  # query and target stacks hold this many per-frame maps
+    map_channels: int  # the encoder's last layer: the AAT predicts maps of this width
+    dtype: Any  # the agent's compute dtype, for every PSRL module
+
+    @classmethod
+    def from_config(cls, config) -> "PSRLHyperparams | None":
+        """None when no term is active (the agent is then exactly its RL update)."""
+        p = config.psrl
+        terms = active_terms(p)
+        if not terms:
+            return None
+        return cls(
+            terms=terms,
+            local_weight=float(p.local_weight),
+            global_weight=float(p.global_weight),
+            cat_steps=int(p.cat_steps),
+            mask_padded_frames=bool(p.mask_padded_frames),
+            multiscale_decay=float(p.multiscale_decay),
+            warp_padding=p.warp_padding,
+            aat_target=p.aat_target,
+            target_ema_decay=float(p.target_ema_decay),
+            importance_weighted=bool(p.importance_weighted),
+            shared_shift=bool(p.shared_shift),
+            correspondence_width=p.correspondence_width,
+            refinement_levels=int(p.refinement_levels),
+            correlation=p.correlation,
+            max_displacement=int(p.max_displacement),
+            leaky_relu_slope=float(p.leaky_relu_slope),
+            bn_momentum=float(p.bn_momentum),
+            transform_hidden=int(p.transform_hidden),
+            projection_dim=int(p.projection_dim),
+            frame_stack=int(config.env.frame_stack),
+            map_channels=int(config.agent.encoder_channels[-1]),
+            dtype=compute_dtype(config.agent),
+        )
+
+    @property
+    def needed_modules(self) -> tuple:
+        return needed_modules(self.terms)
 
 
 @dataclasses.dataclass(frozen=True)
-class PSRLModules:
-    """The flax modules PSRL adds, built once from the config (static; params live in the agent state)."""
+class PSRLAuxiliary:
+    """PSRL as one auxiliary loss on an agent's encoder, used unchanged by Rainbow and SAC: its modules
+    (static; their params live in the agent state), their init, the loss and the EMA target's update.
 
-    # The RL network whose encoder PSRL shapes (Rainbow's Q network or SAC's critic): it has an
-    # `encode` method and its encoder params under "torso"; with the EMA torso it is the target encoder.
+    `network` is the RL network whose encoder PSRL shapes (Rainbow's Q network or SAC's critic): it
+    has an `encode` method and its encoder params under "torso"; with the EMA torso it is the target
+    encoder. `num_actions` is the discrete action count (one-hot in the AAT), or 0 for continuous
+    actions of size `action_dim`."""
+
+    hp: PSRLHyperparams
     network: Any
     correspondence: CorrespondenceNet
     transform: ActionAwareTransform
     projection: GlobalProjection
     predictor: GlobalPredictor
+    num_actions: int
+    action_dim: int
+
+    @classmethod
+    def build(cls, hp: PSRLHyperparams, network, num_actions: int, action_dim: int = 1) -> "PSRLAuxiliary":
+        return cls(
+            hp=hp,
+            network=network,
+            correspondence=CorrespondenceNet(
+                width=hp.correspondence_width,
+                refinement_levels=hp.refinement_levels,
+                correlation=hp.correlation,
+                max_displacement=hp.max_displacement,
+                negative_slope=hp.leaky_relu_slope,
+                bn_momentum=hp.bn_momentum,
+                dtype=hp.dtype,
+            ),
+            transform=ActionAwareTransform(
+                num_actions=num_actions, hidden=hp.transform_hidden, out_channels=hp.map_channels, dtype=hp.dtype
+            ),
+            projection=GlobalProjection(dim=hp.projection_dim, dtype=hp.dtype),
+            predictor=GlobalPredictor(dim=hp.projection_dim, dtype=hp.dtype),
+            num_actions=num_actions,
+            action_dim=action_dim,
+        )
 
     def encode_target(self, ema_params, obs):
         """Per-frame maps of the EMA target encoder (eval mode: no dropout); only the torso is read."""
         variables = {"params": {"torso": ema_params["torso"]}}
         return self.network.apply(variables, obs, train=False, method="encode")
 
+    def init(self, key, network_params, maps_shape, skip_shape):
+        """(params, ema_params, batch_stats): params of the modules the active terms need (of
+        "correspondence", "transform", "projection", "predictor"), the EMA target's starting copy and
+        the correspondence module's BatchNorm statistics ({} without it), for per-frame maps of shape
+        (h, w, C) and skip maps (h2, w2, C2)."""
+        needed = self.hp.needed_modules
+        k_corr, k_tr, k_proj, k_pred = jax.random.split(key, 4)
+        maps = jnp.zeros((1, *maps_shape), jnp.float32)
+        stack = jnp.zeros((1, self.hp.frame_stack, *maps_shape), jnp.float32)
+        params, batch_stats = {}, {}
+        if "correspondence" in needed:
+            skip = jnp.zeros((1, *skip_shape), jnp.float32)
+            corr_vars = self.correspondence.init(k_corr, maps, maps, skip, train=False)
+            params["correspondence"], batch_stats = corr_vars["params"], corr_vars["batch_stats"]
+        if "transform" in needed:
+            if self.num_actions > 0:
+                action = jnp.zeros((1,), jnp.int32)
+            else:
+                action = jnp.zeros((1, self.action_dim), jnp.float32)
+            params["transform"] = self.transform.init(k_tr, stack, action)["params"]
+        if "projection" in needed:
+            params["projection"] = self.projection.init(k_proj, stack)["params"]
+            params["predictor"] = self.predictor.init(k_pred, jnp.zeros((1, self.predictor.dim)))["params"]
+        return params, ema_source(network_params, params), batch_stats
 
-def make_psrl_modules(config, network, num_actions: int) -> PSRLModules:
-    """num_actions: discrete action count (one-hot in the AAT), or 0 for continuous actions."""
-    p = config.psrl
-    dtype = compute_dtype(config.agent)  # the Q network's compute dtype, for every PSRL module
-    return PSRLModules(
-        network=network,
-        correspondence=CorrespondenceNet(
-            width=p.correspondence_width,
-            refinement_levels=p.refinement_levels,
-            correlation=p.correlation,
-            max_displacement=p.max_displacement,
-            negative_slope=p.leaky_relu_slope,
-            bn_momentum=p.bn_momentum,
-            dtype=dtype,
-        ),
-        transform=ActionAwareTransform(
-            num_actions=num_actions,
-            hidden=p.transform_hidden,
-            out_channels=config.agent.encoder_channels[-1],
-            dtype=dtype,
-        ),
-        projection=GlobalProjection(dim=p.projection_dim, dtype=dtype),
-        predictor=GlobalPredictor(dim=p.projection_dim, dtype=dtype),
-    )
+    def target_update(self, network_params, params, ema_params):
+        """The EMA target after an update: target <- decay * target + (1 - decay) * online (decay 0, as
+        SPR on Atari, copies the online side)."""
+        step = 1.0 - self.hp.target_ema_decay
+        return optax.incremental_update(ema_source(network_params, params), ema_params, step)
+
+    def augment_with_future(self, augment, obs_key, future_key, obs, future_obs):
+        """o_k [B, F, ...] and o_{k+1..k+K} [B, K, F, ...] through the agent's `augment(key, x)`: with
+        one shared random shift per sample (psrl.shared_shift: the correspondence then sees the true
+        motion, not two independent crops), else each with its own key. o_k's augmentation is the one
+        the RL loss would draw with obs_key either way."""
+        batch, frames = obs.shape[:2]
+        future = future_obs.reshape((batch, -1) + obs.shape[2:])
+        if self.hp.shared_shift:
+            both = augment(obs_key, jnp.concatenate([obs, future], axis=1))
+            obs, future = both[:, :frames], both[:, frames:]
+        else:
+            obs, future = augment(obs_key, obs), augment(future_key, future)
+        return obs, future.reshape(future_obs.shape[:3] + future.shape[2:])
+
+    def loss(self, params, batch_stats, ema_params, *, online_maps, online_skip, future_obs, batch, encode_online):
+        """The batch's PSRL loss: psrl_loss's per-sample values times the samples' importance weights
+        (psrl.importance_weighted; 1 under uniform replay), averaged over the batch as SPR's
+        (spr_loss * weights).mean(). Returns (loss, new batch_stats, metrics with "loss/psrl")."""
+        with jax.named_scope("psrl_loss"):
+            per_sample, batch_stats, metrics = psrl_loss(
+                params,
+                batch_stats,
+                ema_params,
+                online_maps=online_maps,
+                online_skip=online_skip,
+                future_obs=future_obs,
+                actions=batch.future_actions,
+                future_mask=batch.future_mask * batch.valid[:, None],
+                valid=batch.valid,
+                obs_frame_mask=batch.obs_frame_mask,
+                future_frame_mask=batch.future_frame_mask,
+                aux=self,
+                encode_online=encode_online,
+            )
+        if self.hp.importance_weighted:
+            per_sample = per_sample * batch.importance_weights
+        total = jnp.mean(per_sample)
+        return total, batch_stats, {**metrics, "loss/psrl": total}
 
 
 def needed_modules(terms) -> tuple:
@@ -114,44 +250,12 @@ def needed_modules(terms) -> tuple:
     return tuple(needed)
 
 
-def init_psrl_params(key, modules: PSRLModules, config, num_actions: int, maps_shape, skip_shape, action_dim: int = 1):
-    """Params of the modules the active terms need (of "correspondence", "transform", "projection",
-    "predictor") and the correspondence module's BatchNorm statistics ({} without it), for per-frame
-    maps of shape (h, w, C) and skip maps (h2, w2, C2); action_dim is the continuous action size
-    (used when num_actions is 0)."""
-    needed = needed_modules(active_terms(config.psrl))
-    k_corr, k_tr, k_proj, k_pred = jax.random.split(key, 4)
-    maps = jnp.zeros((1, *maps_shape), jnp.float32)
-    stack = jnp.zeros((1, config.env.frame_stack, *maps_shape), jnp.float32)
-    params, batch_stats = {}, {}
-    if "correspondence" in needed:
-        skip = jnp.zeros((1, *skip_shape), jnp.float32)
-        corr_vars = modules.correspondence.init(k_corr, maps, maps, skip, train=False)
-        params["correspondence"], batch_stats = corr_vars["params"], corr_vars["batch_stats"]
-    if "transform" in needed:
-        action = jnp.zeros((1,), jnp.int32) if num_actions > 0 else jnp.zeros((1, action_dim), jnp.float32)
-        params["transform"] = modules.transform.init(k_tr, stack, action)["params"]
-    if "projection" in needed:
-        params["projection"] = modules.projection.init(k_proj, stack)["params"]
-        params["predictor"] = modules.predictor.init(k_pred, jnp.zeros((1, modules.predictor.dim)))["params"]
-    return params, batch_stats
-
-
 def ema_source(q_params, aux_params) -> dict:
     """The online parameters the EMA target tracks: the encoder and (with global terms) the projection."""
     source = {"torso": q_params["params"]["torso"]}
     if "projection" in aux_params:
         source["projection"] = aux_params["projection"]
     return source
-
-
-def auxiliary_batch_loss(per_sample, batch, config) -> jax.Array:
-    """The batch's PSRL loss from psrl_loss's per-sample values: each multiplied by the sample's
-    prioritised-replay importance weight, as SPR's spr_loss * weights (config.psrl.importance_weighted;
-    weights are 1 under uniform replay), then the mean over the batch, as SPR's .mean()."""
-    if config.psrl.importance_weighted:
-        per_sample = per_sample * batch.importance_weights
-    return jnp.mean(per_sample)
 
 
 def _masked_mean(values, mask):
@@ -186,8 +290,7 @@ def psrl_loss(
     valid,
     obs_frame_mask,
     future_frame_mask,
-    config,
-    modules: PSRLModules,
+    aux: PSRLAuxiliary,
     encode_online=None,
 ):
     """The PSRL auxiliary loss of one batch.
@@ -204,8 +307,8 @@ def psrl_loss(
     Returns (per-sample loss [B], new batch_stats, metrics): the per-sample loss is the weighted sum
     over terms and prediction steps; the caller applies importance weights and the batch mean.
     """
-    p = config.psrl
-    terms = active_terms(p)
+    p, modules = aux.hp, aux
+    terms = p.terms
     batch, frames = online_maps.shape[:2]
     k_steps = future_obs.shape[1]
     cat_steps = min(p.cat_steps, k_steps)

@@ -1,4 +1,4 @@
-"""Rainbow Q network: Atari encoder + dueling C51 head, built from the agent config."""
+"""Rainbow Q network: Atari encoder + dueling C51 head (agents/rainbow.py builds it from its hyperparameters)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -90,21 +90,3 @@ class RainbowQNetwork(nn.Module):
 
     def __call__(self, obs: jax.Array, train: bool, noisy_sample: bool) -> jax.Array:
         return self.q_head(self.encode(obs, train), noisy_sample)
-
-
-def make_q_network(agent_config: ml_collections.ConfigDict, num_actions: int) -> RainbowQNetwork:
-    """Builds the network from the `c.agent` fields of configs/rainbow.py."""
-    return RainbowQNetwork(
-        num_actions=num_actions,
-        num_atoms=agent_config.num_atoms,
-        hidden_size=agent_config.hidden_size,
-        noisy=agent_config.noisy,
-        sigma0=agent_config.noisy_sigma0,
-        dueling=agent_config.dueling,
-        encoder=agent_config.encoder,
-        encoder_channels=tuple(agent_config.encoder_channels),
-        dropout_rate=agent_config.dropout_rate,
-        renormalize=bool(agent_config.renormalize),
-        dueling_grad_scale=float(agent_config.dueling_grad_scale),
-        dtype=compute_dtype(agent_config),
-    )

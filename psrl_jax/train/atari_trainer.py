@@ -86,7 +86,7 @@ class AtariTrainer:
         self.num_actions = num_actions(self.envs)
         size = config.env.image_size
         self.frame_shape, self.frame_dtype = (size, size), np.uint8  # grey frames, as DMCTrainer's pixels
-        self.agent = RainbowAgent(config, self.num_actions, (config.env.frame_stack, size, size))
+        self.agent = RainbowAgent.from_config(config, self.num_actions, (config.env.frame_stack, size, size))
         self.replay = make_sequence_replay(config, self.frame_shape)
         self.beta = LinearSchedule(
             config.replay.importance_beta_start, config.replay.importance_beta_end, config.total_env_steps

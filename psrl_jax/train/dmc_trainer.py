@@ -86,7 +86,7 @@ class DMCTrainer:
         self.envs = self._make_envs(self.num_envs, self.seeds.local.first_seed * self.envs_per_seed)
         self.action_dim = int(self.envs.action_dim)
         self.frame_shape, self.frame_dtype = tuple(self.envs.frame_shape), self.envs.frame_dtype
-        self.agent = SACAgent(config, self.action_dim, (config.env.frame_stack, *self.frame_shape))
+        self.agent = SACAgent.from_config(config, self.action_dim, (config.env.frame_stack, *self.frame_shape))
         # The buffer never needs more rows than the run writes: cap it (a 100k x 100x100x3 buffer is
         # 3 GB per seed; cartpole_swingup's 100k env steps are 12.5k transitions).
         seq = sequence_length(config.env.frame_stack, config.replay.n_step, config.replay.prediction_steps)
