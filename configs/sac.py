@@ -96,10 +96,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.agent.log_std_min = -10.0
     c.agent.log_std_max = 2.0
     # SAC-AE / CURL: orthogonal Dense, delta-orthogonal convs (networks/sac_networks.py); "lecun" is
-    # Flax's default, used by the sessions 6-8 runs in docs/runs.
+    # Flax's default, used by the earliest pixel-SAC runs in docs/runs (sac-cartpole_swingup-100k-s0, -s1).
     c.agent.weight_init = "orthogonal"
     # CURL's SAC feeds the trunk's LayerNorm output to the MLPs (output_logits=True); True adds
-    # SAC-AE's tanh, as the sessions 6-8 runs had (their config.json has no field: True).
+    # SAC-AE's tanh, as those earliest runs had.
     c.agent.trunk_tanh = False
     # DrQ's averaging over augmented views (configs/drq.py): the soft target's mean over K views of
     # o', the critic loss summed over M views of o. 1 and 1: CURL's single view.

@@ -7,7 +7,7 @@ Everything the agent must control itself lives here, host side, in NumPy:
   evaluation and training share one environment definition;
 - discounts: envpool also sets `discount = 0` on truncation, so we derive ours from
   `observation.terminated` instead;
-- frame stacking (`FrameStacker`; envpool is run with `stack_num=1`) and episode bookkeeping.
+- frame stacking (`ops/frame_stack.py` `FrameStacker`; envpool is run with `stack_num=1`) and episode bookkeeping.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 import envpool
 import numpy as np
+
+from psrl_jax.ops.frame_stack import FrameStacker
 
 _TASK_SUFFIX = "-v5"
 _ATARI_ENTRY_MODULE = "envpool.atari"
@@ -269,32 +271,6 @@ class EpisodeStats:
             )
             for i in np.flatnonzero(step.last)
         ]
-
-
-class FrameStacker:
-    """Per-env stacks of the last `frame_stack` frames, newest last; before an episode's start,
-    padding: zeros, or copies of the episode's first frame ("first_frame"), as replay's make_stack."""
-
-    def __init__(
-        self, num_envs: int, frame_stack: int, frame_shape: tuple[int, ...], dtype=np.uint8, padding: str = "zeros"
-    ):
-        if frame_stack < 1:
-            raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
-        if padding not in ("zeros", "first_frame"):
-            raise ValueError(f"stack padding must be 'zeros' or 'first_frame', got {padding!r}")
-        self.stack = np.zeros((num_envs, frame_stack, *frame_shape), dtype=dtype)
-        self.padding = padding
-
-    def push(self, frames: np.ndarray, first: np.ndarray) -> np.ndarray:
-        """Appends `frames` [N, H, W]; envs with `first` drop their old episode's frames.
-
-        Returns a copy [N, F, H, W], safe to keep after later pushes.
-        """
-        self.stack[:, :-1] = self.stack[:, 1:]  # numpy buffers overlapping slices correctly
-        self.stack[:, -1] = frames
-        first = np.asarray(first, bool)
-        self.stack[first, :-1] = frames[first][:, None] if self.padding == "first_frame" else 0
-        return self.stack.copy()
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,9 +51,10 @@ from typing import Any, Protocol
 import envpool
 import numpy as np
 
-from psrl_jax.envs.atari import FinishedEpisode, FrameStacker, _num_threads
+from psrl_jax.envs.atari import FinishedEpisode, _num_threads
 from psrl_jax.envs.gl import INSTALL_HINT, GLError, load_gl
 from psrl_jax.errors import ConfigError
+from psrl_jax.ops.frame_stack import FrameStacker
 
 _DMC_ENTRY_MODULE = "envpool.mujoco.dmc"
 _TASK_SUFFIX = "-v1"

@@ -21,8 +21,8 @@ Initialisation (`weight_init`): "orthogonal" is SAC-AE / CURL's: orthogonal Dens
 delta-orthogonal convolutions (zero but for the centre tap, an orthogonal [C_in, C_out] matrix
 with ReLU gain sqrt 2), zero biases. "orthogonal_flat" is DrQ's: the same Dense kernels, and each
 conv kernel orthogonal as one (3 * 3 * C_in, C_out) matrix with gain sqrt 2. "lecun" is Flax's
-default (LeCun normal), which the runs of
-sessions 6-8 (docs/runs/sac-cartpole_swingup-100k-s0, -s1) used.
+default (LeCun normal), which the earliest pixel-SAC runs (docs/runs/sac-cartpole_swingup-100k-s0,
+-s1) used.
 
 Parameters of the critic live under "torso" (the conv encoder), "trunk", "q1", "q2", so PSRL's
 EMA target encoder (losses/psrl.py) and the critic target can read the encoder alone.

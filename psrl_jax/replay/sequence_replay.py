@@ -23,6 +23,8 @@ from flashbax.buffers.prioritised_trajectory_buffer import (
     PrioritisedTrajectoryBufferState,
 )
 
+from psrl_jax.ops.frame_stack import PADDINGS, check_padding, stack_window
+
 ReplayState = PrioritisedTrajectoryBufferState
 
 
@@ -63,35 +65,24 @@ class SequenceBatch(Transitions):
     importance_weights: jax.Array  # float32 [B], (N * P)^-beta / max over the batch
 
 
-STACK_PADDINGS = ("zeros", "first_frame")
+STACK_PADDINGS = PADDINGS
 
 
 def make_stack(
     frames: jax.Array, first: jax.Array, position, frame_stack: int, padding: str = "zeros", with_mask: bool = False
 ):
-    """Frames position-S+1..position (oldest first); what precedes the latest episode start is padding.
+    """Frames position-S+1..position (oldest first), padded by ops/frame_stack.py's rule (what
+    precedes the latest episode start is padding; rows before index 0 are padding too), so it
+    reproduces the actor's own stacks.
 
     frames: [T, *frame_shape], first: [T] bool, position: int (may be traced).
-    padding "zeros": zero frames (Dopamine's Atari stacks); "first_frame": copies of the episode's
-    first frame (the FrameStack wrappers of CURL and DrQ on DMC). Either way this reproduces the
-    actor's own stacks at an episode start (push_frames); rows before index 0 are padding too.
     with_mask: also return the float32 [S] mask, 1 for the stack's real frames and 0 for padding.
     """
-    if padding not in STACK_PADDINGS:
-        raise ValueError(f"stack padding must be one of {STACK_PADDINGS}, got {padding!r}")
+    check_padding(padding)
     rows = position - (frame_stack - 1) + jnp.arange(frame_stack)
     in_range = rows >= 0
     rows = jnp.clip(rows, 0, frames.shape[0] - 1)
-    window_frames = frames[rows]
-    window_first = (first[rows] & in_range).astype(jnp.int32)
-    # A frame survives only if no later frame of the window starts an episode.
-    firsts_after = jnp.cumsum(window_first[::-1])[::-1] - window_first
-    keep = in_range & (firsts_after == 0)  # a suffix of the window; the last row is always kept
-    if padding == "first_frame":
-        fill = jnp.broadcast_to(window_frames[jnp.argmax(keep)], window_frames.shape)  # oldest kept row
-    else:
-        fill = jnp.zeros_like(window_frames)
-    stack = jnp.where(keep.reshape(keep.shape + (1,) * (frames.ndim - 1)), window_frames, fill)
+    stack, keep = stack_window(frames[rows], first[rows], in_range, padding, xp=jnp)
     return (stack, keep.astype(jnp.float32)) if with_mask else stack
 
 
@@ -287,11 +278,6 @@ class SequenceReplay:
         return self.buffer.set_priorities(state, indices, stored)
 
 
-def configured_stack_padding(config) -> str:
-    """config.env.stack_padding, "zeros" for configs written before the field existed."""
-    return str(config.env.stack_padding)
-
-
 def make_sequence_replay(
     config, frame_shape, action_dtype=jnp.int32, action_shape=(), frame_dtype=jnp.uint8
 ) -> SequenceReplay:
@@ -327,7 +313,7 @@ def make_sequence_replay(
         envs_per_seed=envs,
         max_length_time_axis=max_length_time_axis,
         frame_stack=frame_stack,
-        stack_padding=configured_stack_padding(config),
+        stack_padding=str(config.env.stack_padding),
         n_step=n_step,
         prediction_steps=prediction_steps,
         gamma=float(config.agent.gamma),

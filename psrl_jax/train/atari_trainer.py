@@ -32,6 +32,7 @@ from psrl_jax.envs.atari import (
     resolve_game,
     run_evaluation_episodes,
 )
+from psrl_jax.ops import frame_stack
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay
 from psrl_jax.schedules import LinearSchedule
 from psrl_jax.train import sharding
@@ -45,7 +46,6 @@ from psrl_jax.train.common import (
     eval_keys,
     open_run_dir,
     progress_bar,
-    push_frames,
     resolve_scan_unroll,
     unroll_seeds,
     vmap_seeds,
@@ -110,7 +110,7 @@ class AtariTrainer:
         )
 
     def _collect_single(self, state: TrainState, frame, reward, discount, first, random_actions: bool):
-        stack = push_frames(state.frame_stack, frame, first, self.replay.stack_padding)
+        stack = frame_stack.push(state.frame_stack, frame, first, self.replay.stack_padding, xp=jnp)
         key, k_act = jax.random.split(state.key)
         if random_actions:  # warm-up before min_size: uniform random actions
             actions = jax.random.randint(k_act, (frame.shape[0],), 0, self.num_actions).astype(jnp.int32)

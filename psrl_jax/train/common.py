@@ -156,8 +156,7 @@ def resolve_seed_batching(mode: str, backend: str | None = None) -> str:
 
 
 def unroll_seeds(config) -> bool:
-    """Whether a trainer unrolls its seeds' updates (config.seed_batching; run dirs written before
-    the field existed mean "auto")."""
+    """Whether a trainer unrolls its seeds' updates (config.seed_batching)."""
     return resolve_seed_batching(config.seed_batching) == "unroll"
 
 
@@ -487,22 +486,6 @@ def progress_bar(config, total: int, initial: int, desc: str) -> tqdm:
         miniters=1,  # else tqdm adapts to the fast random warm-up and then barely prints
         dynamic_ncols=True,
     )
-
-
-def push_frames(frame_stack, frames, first, padding: str = "zeros"):
-    """Append the newest frame; an episode's first frame replaces the older ones with padding
-    (zeros, or copies of itself for "first_frame"), exactly as replay's make_stack rebuilds them."""
-    shifted = jnp.concatenate([frame_stack[:, 1:], frames[:, None]], axis=1)
-    keep_history = jnp.arange(frame_stack.shape[1]) == frame_stack.shape[1] - 1
-    mask = jnp.logical_or(~first[:, None], keep_history[None, :])
-    mask = mask.reshape(mask.shape + (1,) * (frame_stack.ndim - 2))  # any frame shape: [H, W] or [H, W, 3]
-    if padding == "first_frame":
-        fill = jnp.broadcast_to(frames[:, None], shifted.shape)
-    elif padding == "zeros":
-        fill = jnp.zeros_like(shifted)
-    else:
-        raise ValueError(f"stack padding must be 'zeros' or 'first_frame', got {padding!r}")
-    return jnp.where(mask, shifted, fill)
 
 
 def resolve_scan_unroll(requested: int, updates_per_dispatch: int) -> int:

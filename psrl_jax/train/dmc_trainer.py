@@ -31,6 +31,7 @@ from psrl_jax.envs.dmc import (
     resolve_dmc_env,  # re-exported: where the trainer's callers have found it
     run_dmc_evaluation,
 )
+from psrl_jax.ops import frame_stack
 from psrl_jax.replay.sequence_replay import Step, bytes_per_transition, make_sequence_replay, sequence_length
 from psrl_jax.train import sharding
 from psrl_jax.train.common import (
@@ -43,7 +44,6 @@ from psrl_jax.train.common import (
     eval_keys,
     open_run_dir,
     progress_bar,
-    push_frames,
     resolve_scan_unroll,
     unroll_seeds,
     vmap_seeds,
@@ -135,7 +135,7 @@ class DMCTrainer:
         )
 
     def _collect_single(self, state: TrainState, frame, reward, discount, first, random_actions: bool):
-        stack = push_frames(state.frame_stack, frame, first, self.replay.stack_padding)
+        stack = frame_stack.push(state.frame_stack, frame, first, self.replay.stack_padding, xp=jnp)
         key, k_act = jax.random.split(state.key)
         if random_actions:  # warm-up: uniform actions in the [-1, 1] box of every DMC task
             actions = jax.random.uniform(k_act, (frame.shape[0], self.action_dim), minval=-1.0, maxval=1.0)
