@@ -323,14 +323,21 @@ def test_cli_checks_notes_out_and_config_json_before_reading_runs(tmp_path):
 
 
 def test_project_results_regenerate_from_committed_run_records(tmp_path):
-    """docs/RESULTS.md is the report on docs/runs/: the committed records still load and score."""
+    """docs/RESULTS.md is the report on docs/runs/: the committed records still load and score. At a
+    DMC budget DrQ's table lacks (32k), its column holds its curve's point there (274.4 ± 24.0 on
+    cartpole_swingup, data/drq_planet_curve.csv); at 100k its table's 759 ± 92."""
     runs = sorted(glob.glob(os.path.join(REPO, "docs", "runs", "*")))
     assert runs, "docs/runs/ holds the project's run records"
-    path, warnings = build_report(runs, str(tmp_path), ReportOptions(reps=20, atari_step=40_000))
+    options = ReportOptions(reps=20, atari_step=40_000, dmc_budgets=(32_000, 100_000))
+    path, warnings = build_report(runs, str(tmp_path), options)
     text = open(path).read()
     assert "| rainbow | RoadRunner | 1/1 | 40,000 | 40,000 | complete |" in text
     assert "14,022.0 ± 0.0 (n=1)" in text  # launch/evaluate.py's 100 episodes beat the 10-episode eval
     assert any("unfinished" in w for w in warnings)
+    rows = [line for line in text.splitlines() if line.startswith("| cartpole_swingup |")]
+    at_32k, at_100k = rows[0].split(" | "), rows[1].split(" | ")
+    drq = text.splitlines()[text.splitlines().index(rows[0]) - 2].split(" | ").index("DrQ*")
+    assert at_32k[drq] == "274 ± 24" and at_100k[drq] == "759 ± 92", (at_32k, at_100k)
 
 
 def test_runs_under_one_name_with_different_methods_are_flagged(tmp_path):

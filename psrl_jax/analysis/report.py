@@ -388,6 +388,7 @@ def _dmc_section(entries: dict, out_dir: str, options: ReportOptions, warnings: 
             f"{reached:,} | {e.finished_runs}/{len(e.run_dirs)} | {', '.join(f'`{d}`' for d in e.run_dirs)} |"
         )
     consistency = {}
+    drq_points = {t: {int(p[0]): (p[1], p[2]) for p in c} for t, c in published.drq_curve().items()}
     for budget in options.dmc_budgets:
         head = ["task"] + methods + [_published_column(p) for p in published.DMC_METHODS]
         lines += ["", f"### Episode return at {budget // 1000}k environment steps (mean ± std over seeds)", ""]
@@ -411,14 +412,17 @@ def _dmc_section(entries: dict, out_dir: str, options: ReportOptions, warnings: 
                 else:
                     reached = max((r.reached for r in e.seeds.values()), default=0)
                     cols.append(f"not reached ({reached:,})")
-            pub = table.get((t, budget), {})
+            pub = dict(table.get((t, budget), {}))
+            if "drq" not in pub and budget in drq_points.get(t, {}):
+                pub["drq"] = drq_points[t][budget]  # a budget DrQ's table lacks: its curve's point there
             cols += [f"{pub[p][0]:.0f} ± {pub[p][1]:.0f}" if p in pub else "—" for p in published.DMC_METHODS]
             lines.append("| " + " | ".join(cols) + " |")
         lines += [
             "",
             "\\* published (see `psrl_jax/analysis/data/README.md`). † CURL's Table 1: CURL's code counts "
             "agent steps, so these rows may be at action-repeat times the budget in environment steps "
-            "(800k on cartpole_swingup): not the budget of the other columns.",
+            "(800k on cartpole_swingup): not the budget of the other columns. DrQ at a budget its "
+            "table lacks: the 10-seed mean ± std of its own curve at that step (data/drq_planet_curve.csv).",
         ]
 
     if consistency:
