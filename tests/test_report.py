@@ -256,6 +256,10 @@ def test_dmc_runs_report_returns_at_100k_and_500k(tmp_path):
     assert "### Episode return at 100k environment steps" in text and "### Episode return at 500k" in text
     line = next(li for li in text.split("at 500k")[1].splitlines() if li.startswith("| cartpole_swingup"))
     assert "not reached (100,000)" in line  # sac_psrl ran 100k only
+    # At a budget between its evaluations, sac (past it, at 500k) is told apart from one that stopped short.
+    path300, _ = build_report(dirs, str(tmp_path / "out300"), ReportOptions(reps=50, dmc_budgets=(300_000,)))
+    between = next(li for li in open(path300).read().splitlines() if li.startswith("| cartpole_swingup"))
+    assert "| no evaluation there (reached 500,000) | not reached (100,000) |" in between, between
     assert "868 ± 10" in line  # DrQ published at 500k
     assert "820.0 ± 8.2 (n=3)" in text.split("at 100k")[1]  # sac_psrl: 800 + {0,10,20} + 10
     # CURL's Table 1 columns are marked as another budget (agent steps); DrQ's and SPR's are not.

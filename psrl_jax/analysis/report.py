@@ -411,7 +411,10 @@ def _dmc_section(entries: dict, out_dir: str, options: ReportOptions, warnings: 
                     consistency.setdefault(budget, {}).setdefault(m, {})[t] = [complete[s] for s in sorted(complete)]
                 else:
                     reached = max((r.reached for r in e.seeds.values()), default=0)
-                    cols.append(f"not reached ({reached:,})")
+                    if reached >= budget:  # got past it, but evaluated on another schedule
+                        cols.append(f"no evaluation there (reached {reached:,})")
+                    else:
+                        cols.append(f"not reached ({reached:,})")
             pub = dict(table.get((t, budget), {}))
             if "drq" not in pub and budget in drq_points.get(t, {}):
                 pub["drq"] = drq_points[t][budget]  # a budget DrQ's table lacks: its curve's point there
