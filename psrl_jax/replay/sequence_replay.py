@@ -23,7 +23,7 @@ from flashbax.buffers.prioritised_trajectory_buffer import (
     PrioritisedTrajectoryBufferState,
 )
 
-from psrl_jax.ops.frame_stack import PADDINGS, check_padding, stack_window
+from psrl_jax.ops.frame_stack import check_padding, stack_window
 
 ReplayState = PrioritisedTrajectoryBufferState
 
@@ -63,9 +63,6 @@ class SequenceBatch(Transitions):
     indices: jax.Array  # int32 [B], flashbax item indices for update_priorities
     probabilities: jax.Array  # float32 [B]
     importance_weights: jax.Array  # float32 [B], (N * P)^-beta / max over the batch
-
-
-STACK_PADDINGS = PADDINGS
 
 
 def make_stack(

@@ -239,6 +239,7 @@ class RunRecords:
     ):
         self.run_dir, self.config, self.seeds, self.envs_per_seed = run_dir, config, seeds, envs_per_seed
         self.guard = guard  # finite_guard.FiniteGuard: a non-finite loss or parameter stops the run
+        self.checked_step = None  # the env step whose agent state the guard last passed
         if header is not None:
             truncate_metrics_after(run_dir, seeds.seed_indices, int(header["env_step"]))
         elif multihost.is_main():
@@ -337,12 +338,14 @@ class RunRecords:
         return os.path.join(self.run_dir, "final_eval.json")
 
     def check_finite(self, env_step: int, agent_state, metric_means: dict | None = None) -> None:
-        """finite_guard.FiniteGuard.check; on failure the logs are closed (flushed) before it raises."""
+        """finite_guard.FiniteGuard.check; on failure the logs are closed (flushed) before it raises.
+        A checkpoint at a log point's step saves the state that point just checked: not checked twice."""
         try:
-            self.guard.check(env_step, agent_state, metric_means, kept_steps=self.kept_checkpoints())
+            self.guard.check(env_step, agent_state, metric_means, kept_steps=self.kept_checkpoints)
         except Exception:
             self.close()
             raise
+        self.checked_step = env_step
 
     def kept_checkpoints(self) -> list:
         path = os.path.join(self.run_dir, "checkpoints")
@@ -351,7 +354,8 @@ class RunRecords:
     def save(self, checkpointer: Checkpointer, state, env_step: int) -> None:
         """A checkpoint of `state` with the header of where the run stands (every process calls it),
         after the non-finite guard has checked its agent state."""
-        self.check_finite(env_step, state.agent)
+        if self.checked_step != env_step:
+            self.check_finite(env_step, state.agent)
         episode_counts = self.seeds.gather(self.episode_counts)
         header = checkpoint_header(
             env_step, config_to_dict(self.config), episode_counts, self.updates_done, self.last_eval, self.eval_index

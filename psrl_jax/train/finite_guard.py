@@ -50,8 +50,9 @@ class FiniteGuard:
         self.seeds = seeds
         self._leaf_finiteness = seeds.jit(vmap_seeds(leaf_finiteness))
 
-    def check(self, env_step: int, agent_state, metric_means: dict | None = None, kept_steps=()) -> None:
-        """Raises NonFiniteError when a guarded metric or an agent-state array of any seed is not finite."""
+    def check(self, env_step: int, agent_state, metric_means: dict | None = None, kept_steps=list) -> None:
+        """Raises NonFiniteError when a guarded metric or an agent-state array of any seed is not finite;
+        `kept_steps()` (called only then) lists the checkpoints the message names as kept."""
         found = nonfinite_metrics(metric_means or {})
         finite = self.seeds.to_host(self._leaf_finiteness(agent_state))  # path -> [local seeds] bool
         found += [(row, path, None) for path, flags in finite.items() for row in np.flatnonzero(~np.asarray(flags))]
@@ -59,7 +60,7 @@ class FiniteGuard:
         bad_rows[[row for row, _, _ in found]] = True
         if not self.seeds.gather(bad_rows).any():
             return
-        raise NonFiniteError(self.message(env_step, found, kept_steps))
+        raise NonFiniteError(self.message(env_step, found, kept_steps()))
 
     def message(self, env_step: int, found: list, kept_steps) -> str:
         """Per seed: the non-finite losses and gradient norms, then how many state arrays and the first two."""
