@@ -154,7 +154,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.update_scan_unroll = 0
     # "host": a Python loop, one collect dispatch and one envpool step per env step (the default; every
     # platform). "fused": acting, envpool's XLA step, replay insert and updates of log.every_steps env
-    # steps in one compiled lax.scan (psrl_jax/train/fused_loop.py; one device, and log.every_steps
+    # steps in one compiled lax.scan (psrl_jax/train/trainer.py; one device, and log.every_steps
     # must divide replay.min_size, eval/checkpoint intervals and total_env_steps). Ours.
     c.loop = "host"
 

@@ -33,11 +33,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     config = cli.loaded(_CONFIG.value)  # a config file that does not load: say so before the imports below
     _INITIALIZE_DISTRIBUTED()  # before anything else touches JAX
-    from psrl_jax.train.atari_trainer import train
+    from psrl_jax.train.domains import AtariDomain
     from psrl_jax.train.finite_guard import NonFiniteError
+    from psrl_jax.train.trainer import train
 
     try:
-        run_dir = train(config)
+        run_dir = train(config, AtariDomain(config))
     except (ConfigError, CheckpointError, NonFiniteError) as error:
         sys.exit(f"error: {error}")
     print(f"run directory: {run_dir}")

@@ -22,7 +22,7 @@ the fused loop (config.loop="fused") after the warm-up and during it (acting onl
 overhead the fused loop removes), and raw envpool steps/s with random actions, on the same envs. The
 replay is filled with random frames (no training), so numbers measure the machinery, not learning.
 `--sharding` (more than one device, e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2) times
-the sharded update dispatch as the trainers run it (shard_map: each device its own seeds) against
+the sharded update dispatch as the trainer runs it (shard_map: each device its own seeds) against
 the same vmapped update left to XLA's SPMD partitioner, and counts the collectives in each compiled
 program (Atari or DMC configs).
 """
@@ -61,7 +61,7 @@ _LOOPS = flags.DEFINE_bool(
 _SHARDING = flags.DEFINE_bool(
     "sharding",
     False,
-    "Measure the sharded update instead: shard_map (the trainers' SeedAxis.jit) vs XLA's SPMD partitioner",
+    "Measure the sharded update instead: shard_map (the trainer's SeedAxis.jit) vs XLA's SPMD partitioner",
 )
 _CHUNKS = flags.DEFINE_integer("chunks", 2, "With --loops: timed chunks of log.every_steps env steps per loop")
 flags.mark_flags_as_required(["config"])
@@ -72,11 +72,10 @@ def is_dmc(config) -> bool:
 
 
 def make_trainer(config):
-    """(trainer, is_dmc): the DMC trainer for DMC configs, else Atari's."""
-    from psrl_jax.train.atari_trainer import AtariTrainer
-    from psrl_jax.train.dmc_trainer import DMCTrainer
+    """(trainer, is_dmc): the trainer of the config's domain (train/domains.py)."""
+    from psrl_jax.train.trainer import Trainer
 
-    return (DMCTrainer if is_dmc(config) else AtariTrainer)(config), is_dmc(config)
+    return Trainer(config), is_dmc(config)
 
 
 UPDATE_WARMUP_DISPATCHES = 3  # untimed update dispatches before the timed ones (measure())
@@ -97,14 +96,13 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from psrl_jax.envs.atari import convert_timestep
     from psrl_jax.perf import peak_flops
     from psrl_jax.replay.sequence_replay import bytes_per_transition
 
     trainer, dmc = make_trainer(config)
     S, E = config.num_seeds, config.env.envs_per_seed
     results = {"config": config.name, "num_seeds": S, "envs_per_seed": E}
-    results["task" if dmc else "game"] = trainer.task.name if dmc else trainer.task_id
+    results["task" if dmc else "game"] = trainer.domain.name if dmc else trainer.domain.task_id
     device = jax.devices()[0]
     results["device"] = f"{device} ({getattr(device, 'device_kind', '')})"
     results["backend"] = jax.default_backend()
@@ -147,8 +145,7 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     seconds = _timed(collect_once, repeats)
     results["collect_steps_per_s_all_seeds"] = S * E / seconds
 
-    # The Atari update takes the importance exponent beta; the DMC (SAC) update only the state.
-    args = () if dmc else (jnp.float32(0.4),)
+    args = (jnp.float32(0.4 if not dmc else 0.0),)  # replay's importance exponent beta
     lowered = trainer.update_fn.lower(holder["state"], *args)
     start = time.perf_counter()
     compiled = lowered.compile()
@@ -209,18 +206,15 @@ def measure(config, repeats: int, trace_dir: str = "") -> dict:
     # (action_repeat physics steps and one render each) of the trainer's backend.
     env = trainer.envs
     env.reset()
-    lives = None
-    ids = np.arange(S * E, dtype=np.int32)
     n = max(repeats * 10, 200) if not dmc else max(repeats * 2, 20)
     start = time.perf_counter()
     for _ in range(n):
         if dmc:
-            env.step(rng.uniform(-1, 1, (S * E, trainer.action_dim)).astype(np.float32))
+            env.step(rng.uniform(-1, 1, (S * E, env.action_dim)).astype(np.float32))
         else:
-            timestep = env.step(rng.integers(0, trainer.num_actions, S * E).astype(np.int32), ids)
-            _, lives = convert_timestep(timestep, lives, True)
+            env.step(rng.integers(0, env.num_actions, S * E).astype(np.int32))
     raw_agent_steps_per_s = n * S * E / (time.perf_counter() - start)
-    repeat = trainer.action_repeat if dmc else 1  # Atari 100k counts agent steps as env steps
+    repeat = trainer.domain.action_repeat  # Atari 100k counts agent steps as env steps
     results["action_repeat"] = repeat
     results["raw_env_steps_per_s_all_seeds"] = raw_agent_steps_per_s * repeat
     # Projected end-to-end: per agent step one collect and one env step, plus U updates every
@@ -259,73 +253,71 @@ def measure_loops(config, chunks: int) -> dict:
     import jax
     import numpy as np
 
-    from psrl_jax.envs.atari import EpisodeStats, convert_timestep
-    from psrl_jax.train.atari_trainer import AtariTrainer
+    from psrl_jax.envs.episodes import EpisodeStats
+    from psrl_jax.train.trainer import Trainer
 
     config.loop = "fused"
-    trainer = AtariTrainer(config)
-    fused, envs = trainer.fused, trainer.envs
+    trainer = Trainer(config)
+    envs = trainer.envs
     S, E, L = config.num_seeds, config.env.envs_per_seed, config.log.every_steps
-    life_loss = config.env.terminal_on_life_loss
-    results = {"config": config.name, "game": trainer.task_id, "num_seeds": S, "envs_per_seed": E}
+    results = {"config": config.name, "game": trainer.domain.task_id, "num_seeds": S, "envs_per_seed": E}
     results["device"] = str(jax.devices()[0])
     results["chunk_env_steps"] = L
     results["updates_per_dispatch"] = trainer.updates_per_dispatch
 
     state = trainer.init_fn(trainer.seeds.keys())
-    env = fused.reset(*convert_timestep(envs.reset(), None, life_loss))
+    env = trainer.xla_envs.carry(envs.reset(), trainer.seeds.put_env_rows)
     start, step = time.perf_counter(), 0
     while step < config.replay.min_size:
-        state, env, _, _ = fused.advance(state, env, step)
+        state, env, _, _ = trainer.fused_chunk(state, env, step)
         step += L
     jax.block_until_ready(state)
     results["fused_warmup_seconds_incl_compile"] = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(chunks):  # more warm-up chunks (env_step 0: random actions, no updates)
-        state, env, _, _ = fused.advance(state, env, 0)
+        state, env, _, _ = trainer.fused_chunk(state, env, 0)
     jax.block_until_ready(state)
     results["fused_warmup_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
 
     start = time.perf_counter()
-    state, env, _, _ = fused.advance(state, env, step)
+    state, env, _, _ = trainer.fused_chunk(state, env, step)
     jax.block_until_ready(state)
     results["fused_first_training_chunk_seconds_incl_compile"] = time.perf_counter() - start
     step += L
     start = time.perf_counter()
     for _ in range(chunks):
-        state, env, _, _ = fused.advance(state, env, step)
+        state, env, _, _ = trainer.fused_chunk(state, env, step)
         step += L
     jax.block_until_ready(state)
     results["fused_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
 
-    arrays, lives = convert_timestep(envs.reset(), None, life_loss)
+    arrays = envs.reset()
     episodes = EpisodeStats(S * E)
-    state, arrays, lives, _ = trainer.host_iteration(state, arrays, lives, 0)  # compile the random collect
+    state, arrays, _ = trainer.host_iteration(state, arrays, 0)  # compile the random collect
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(chunks * L // E):
-        state, arrays, lives, _ = trainer.host_iteration(state, arrays, lives, 0)
+        state, arrays, _ = trainer.host_iteration(state, arrays, 0)
         episodes.update(arrays)
     jax.block_until_ready(state)
     results["host_warmup_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
     for _ in range(config.update_every):  # compile the host loop's collect and update first
-        state, arrays, lives, _ = trainer.host_iteration(state, arrays, lives, step)
+        state, arrays, _ = trainer.host_iteration(state, arrays, step)
         step += E
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(chunks * L // E):
-        state, arrays, lives, _ = trainer.host_iteration(state, arrays, lives, step)
+        state, arrays, _ = trainer.host_iteration(state, arrays, step)
         episodes.update(arrays)
         step += E
     jax.block_until_ready(state)
     results["host_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
 
     rng = np.random.default_rng(0)
-    timestep, lives = envs.reset(), None
+    envs.reset()
     start = time.perf_counter()
     for _ in range(chunks * L // E):
-        timestep = envs.step(rng.integers(0, trainer.num_actions, S * E).astype(np.int32), trainer.env_ids)
-        arrays, lives = convert_timestep(timestep, lives, life_loss)
+        envs.step(rng.integers(0, envs.num_actions, S * E).astype(np.int32))
     results["raw_env_steps_per_s_all_seeds"] = chunks * L * S / (time.perf_counter() - start)
     results["fused_vs_host_warmup"] = (
         results["fused_warmup_env_steps_per_s_all_seeds"] / results["host_warmup_env_steps_per_s_all_seeds"]
@@ -364,8 +356,7 @@ def measure_sharding(config, repeats: int) -> dict:
         state, _ = trainer.collect_random(
             state, frame, reward, seeds.put(np.ones((S, E), np.float32)), seeds.put(np.full((S, E), i == 0))
         )
-    # The Atari update takes the importance exponent beta; the DMC (SAC) update only the state.
-    args = () if dmc else (jnp.float32(0.4),)
+    args = (jnp.float32(0.4 if not dmc else 0.0),)  # replay's importance exponent beta
     programs = {
         "shard_map": trainer.update_fn,
         "spmd_partitioner": jax.jit(trainer.vmapped_update, out_shardings=seeds.sharding, donate_argnums=0),

@@ -91,7 +91,7 @@ def load_config(spec: str):
             node[name] = type(old)(yaml.safe_load(value)) if old is not None else yaml.safe_load(value)
         except (KeyError, AttributeError, TypeError, ValueError) as error:
             raise ConfigError(f"{text}: override {item!r}: {cli.error_text(error)}") from error
-    if not is_dmc(config):  # the game name, as AtariTrainer checks it (a DMC task is checked below)
+    if not is_dmc(config):  # the game name, as the trainer's AtariDomain checks it (a DMC task is checked below)
         from psrl_jax.envs.atari import resolve_game
 
         try:

@@ -28,6 +28,7 @@ def main(argv):
     import numpy as np
 
     from psrl_jax.config import ConfigError, save_json_atomic
+    from psrl_jax.envs.gl import GLError
     from psrl_jax.train.checkpoint import CheckpointError
 
     config = cli.load_run_config(_RUN_DIR.value, rainbow.get_config(), sac.get_config())
@@ -35,20 +36,15 @@ def main(argv):
     config.resume = True
     config.eval.episodes = config.eval.final_episodes = _EPISODES.value  # validated against max_parallel_envs
     config.eval.max_parallel_envs = _PARALLEL.value
-    dmc = "task" in config.env  # DMC configs name a task, Atari configs a game
     try:
-        if dmc:
-            from psrl_jax.train.dmc_trainer import DMCTrainer as Trainer
-        else:
-            from psrl_jax.train.atari_trainer import AtariTrainer as Trainer
+        from psrl_jax.train.trainer import Trainer
+
         trainer = Trainer(config)
         state, header = trainer.restore_latest()
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, GLError) as error:
         sys.exit(f"error: {error}")
     start = time.time()
-    # Rainbow's acting reads its params; SAC's reads the whole agent state (actor and critic encoder).
-    agent = state.agent if dmc else state.agent.params
-    returns = trainer.evaluate(agent, _EPISODES.value, eval_index=10_000)
+    returns = trainer.evaluate(state.agent, _EPISODES.value, eval_index=10_000)
     env_step = int(header["env_step"])
     result = {
         "env_step": env_step,

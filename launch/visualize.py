@@ -96,16 +96,10 @@ class _Run:
     def __init__(self, config):
         self.dmc = "task" in config.env
         self.crop = int(config.env.crop_size) if self.dmc else None
-        if self.dmc:
-            from psrl_jax.train.dmc_trainer import DMCTrainer
+        from psrl_jax.train.trainer import Trainer
 
-            self.trainer = DMCTrainer(config)
-            self.env_name = self.trainer.task.name
-        else:
-            from psrl_jax.train.atari_trainer import AtariTrainer
-
-            self.trainer = AtariTrainer(config)
-            self.env_name = self.trainer.game
+        self.trainer = Trainer(config)
+        self.env_name = self.trainer.domain.name
 
     def online_params(self, agent_state):
         return agent_state.critic_params if self.dmc else agent_state.params

@@ -18,7 +18,7 @@ XLA reads XLA_FLAGS once, when the first backend is created: if JAX is already r
 and changes nothing. GPU and TPU programs are unaffected (the flag is a CPU-backend option).
 
 `one_shot_compiler_options()` is the other XLA:CPU choice made here: programs that run once (the
-trainers' init) compile with LLVM at -O1 instead of XLA's default -O3.
+trainer's init) compile with LLVM at -O1 instead of XLA's default -O3.
 """
 
 import importlib.metadata

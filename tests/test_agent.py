@@ -53,12 +53,27 @@ def test_act_shapes_and_greedy_determinism():
     agent = _agent(config)
     state = agent.init(jax.random.PRNGKey(0))
     obs = jax.random.randint(jax.random.PRNGKey(1), (5, 4, 84, 84), 0, 255).astype(jnp.uint8)
-    actions = agent.act(state.params, obs, jax.random.PRNGKey(2), 0.0, noisy_sample=False)
+    actions = agent.greedy_actions(state.params, obs, jax.random.PRNGKey(2), 0.0, noisy_sample=False)
     chex.assert_shape(actions, (5,))
     chex.assert_type(actions, jnp.int32)
-    again = agent.act(state.params, obs, jax.random.PRNGKey(9), 0.0, noisy_sample=False)
+    again = agent.greedy_actions(state.params, obs, jax.random.PRNGKey(9), 0.0, noisy_sample=False)
     np.testing.assert_array_equal(actions, again)  # mean weights: the key does not matter
     assert int(jnp.max(actions)) < NUM_ACTIONS
+
+    # The trainer's call: evaluation acts with the mean weights (and eval epsilon, here 0), training
+    # with a fresh sample of the noisy layers per key.
+    config.eval.epsilon = 0.0
+    agent = _agent(config)
+    evaluations = [agent.act(state, obs, jax.random.PRNGKey(k), explore=False) for k in range(3)]
+    for other in evaluations:
+        np.testing.assert_array_equal(other, actions)
+    q_samples = [agent.q_values(state.params, obs, jax.random.PRNGKey(k), noisy_sample=True) for k in range(3)]
+    assert not np.allclose(q_samples[0], q_samples[1])
+    training = agent.act(state, obs, jax.random.PRNGKey(4), explore=True)
+    chex.assert_shape(training, (5,))
+    random_actions = agent.random_actions(jax.random.PRNGKey(5), 1000)
+    chex.assert_type(random_actions, jnp.int32)
+    assert set(np.unique(random_actions)) == set(range(NUM_ACTIONS))
 
 
 @pytest.mark.parametrize("config_module", [rainbow, rainbow_psrl], ids=["rainbow", "rainbow_psrl"])

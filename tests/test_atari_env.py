@@ -11,7 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import rainbow  # noqa: E402
-from psrl_jax.envs import atari  # noqa: E402
+from psrl_jax.envs import atari, episodes  # noqa: E402
+from psrl_jax.ops.frame_stack import FrameStacker  # noqa: E402
 
 
 def env_config(game="Breakout", **overrides):
@@ -221,7 +222,7 @@ def test_frame_stacker_matches_reference(padding):
     first[5:8, 1] = True  # back-to-back one-frame episodes
     expected = reference_stacks(frames, first, frame_stack, padding)
 
-    stacker = atari.FrameStacker(num_envs, frame_stack, (5, 6), padding=padding)
+    stacker = FrameStacker(num_envs, frame_stack, (5, 6), padding=padding)
     got = [stacker.push(frames[t], first[t]) for t in range(steps)]
     np.testing.assert_array_equal(np.stack(got), expected)
     # Returned stacks are copies: later pushes do not change them.
@@ -234,11 +235,11 @@ def test_frame_stacker_matches_reference(padding):
 
 def test_frame_stacker_rejects_unknown_padding():
     with pytest.raises(ValueError, match="first_frame"):
-        atari.FrameStacker(2, 4, (5, 6), padding="repeat")
+        FrameStacker(2, 4, (5, 6), padding="repeat")
 
 
 # --------------------------------------------------------------------------------------------
-# EpisodeStats and run_evaluation_episodes
+# AtariEnvs, EpisodeStats and run_evaluation (envs/episodes.py)
 
 
 class ScriptedEnv:
@@ -248,6 +249,13 @@ class ScriptedEnv:
     def __init__(self, lengths):
         self.lengths = np.asarray(lengths)
         self.n = len(lengths)
+        self.all_env_ids = np.arange(self.n, dtype=np.int32)
+
+    def action_spec(self):
+        return types.SimpleNamespace(num_values=4)
+
+    def close(self):
+        pass
 
     def _timestep(self, step_type):
         frame = (self.t % 255 + 1).astype(np.uint8)[:, None, None, None] * np.ones((1, 1, 2, 2), np.uint8)
@@ -282,7 +290,7 @@ class ScriptedEnv:
 
 def test_episode_stats_counts_agent_steps_and_raw_return():
     env = ScriptedEnv([2, 3])
-    tracker, stats = atari.LifeTracker(False), atari.EpisodeStats(2)
+    tracker, stats = atari.LifeTracker(False), episodes.EpisodeStats(2)
     finished = [ep for ep in stats.update(tracker.convert(env.reset()))]
     for _ in range(7):
         finished += stats.update(tracker.convert(env.step(np.zeros(2, np.int32), None)))
@@ -294,7 +302,7 @@ def test_episode_stats_counts_agent_steps_and_raw_return():
     assert by_env[1] == [(300.0, 3), (303.0, 3)]
 
 
-def test_run_evaluation_episodes_keeps_first_k_episodes_per_env():
+def test_run_evaluation_keeps_first_k_episodes_per_env():
     env = ScriptedEnv([1, 4, 2])  # very different episode lengths
     seen_shapes = []
 
@@ -302,26 +310,28 @@ def test_run_evaluation_episodes_keeps_first_k_episodes_per_env():
         seen_shapes.append((stacked.shape, stacked.dtype, first.shape))
         return np.zeros(len(first), np.int64)
 
-    returns = atari.run_evaluation_episodes(env, policy, episodes_per_env=3, num_envs=3, frame_stack=2)
+    envs = atari.AtariEnvs(env, terminal_on_life_loss=False, image_size=2)
+    returns = episodes.run_evaluation(envs, policy, episodes_per_env=3, frame_stack=2)
     expected = [[0, 1, 2], [400, 404, 408], [400, 402, 404]]
     np.testing.assert_array_equal(returns, np.array(expected, np.float64).reshape(-1))
     assert seen_shapes[0] == ((3, 2, 2, 2), np.uint8, (3,))
 
 
-def test_run_evaluation_episodes_on_breakout_is_deterministic():
+def test_run_evaluation_on_breakout_is_deterministic():
     cfg = env_config()
 
     def evaluate():
-        env = atari.make_atari_envs(cfg, num_envs=2, seed=7, train=False, max_episode_frames=4 * 200)
+        pool = atari.make_atari_envs(cfg, num_envs=2, seed=7, train=False, max_episode_frames=4 * 200)
+        env = atari.AtariEnvs(pool, terminal_on_life_loss=False, image_size=cfg.image_size)
         rng = np.random.default_rng(0)
         firsts = []
 
         def random_policy(stacked, first):
             assert stacked.shape == (2, 4, 84, 84) and stacked.dtype == np.uint8
             firsts.append(first.copy())
-            return rng.integers(0, atari.num_actions(env), size=2)
+            return rng.integers(0, env.num_actions, size=2)
 
-        return atari.run_evaluation_episodes(env, random_policy, episodes_per_env=2, num_envs=2), firsts
+        return episodes.run_evaluation(env, random_policy, episodes_per_env=2, frame_stack=4), firsts
 
     returns, firsts = evaluate()
     assert returns.shape == (4,) and np.all(returns >= 0)

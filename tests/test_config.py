@@ -82,7 +82,7 @@ def test_launcher_rejects_unknown_field_and_game_before_compiling(tmp_path):
 
 def test_a_config_for_the_other_launcher_is_named():
     from configs import sac
-    from psrl_jax.train.dmc_trainer import resolve_dmc_env
+    from psrl_jax.envs.dmc import resolve_dmc_env
 
     with pytest.raises(ConfigError, match="launch/dmc.py"):
         validate_atari_config(sac.get_config("smoke"))

@@ -12,8 +12,8 @@ from psrl_jax.envs.dmc import (
     action_repeat_for,
     make_dmc_envs,
     resolve_task,
-    run_dmc_evaluation,
 )
+from psrl_jax.envs.episodes import run_evaluation
 
 PLANET = {
     "finger_spin": ("finger", "spin", "FingerSpin-v1", 2),
@@ -289,7 +289,7 @@ def test_evaluation_plays_whole_episodes():
         return np.full((2, 1), 0.5, np.float32)
 
     try:
-        returns = run_dmc_evaluation(envs, policy, episodes_per_env=2, frame_stack=3, on_episode=seen.append)
+        returns = run_evaluation(envs, policy, episodes_per_env=2, frame_stack=3, on_episode=seen.append)
     finally:
         envs.close()
     assert returns.shape == (4,) and returns.dtype == np.float64

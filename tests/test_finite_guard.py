@@ -13,8 +13,8 @@ import pytest
 
 from configs import sac
 from psrl_jax.agents.sac import SACAgent
-from psrl_jax.train.dmc_trainer import DMCTrainer
 from psrl_jax.train.finite_guard import NonFiniteError, leaf_finiteness, nonfinite_metrics
+from psrl_jax.train.trainer import Trainer
 
 
 def test_nonfinite_metrics_finds_nan_and_inf_in_guarded_terms_only():
@@ -100,7 +100,7 @@ def test_a_diverged_run_stops_and_keeps_its_earlier_checkpoints(
     monkeypatch.setattr(SACAgent, "update_many", update_many)
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteError) as raised:
-        DMCTrainer(_state_sac_config(run_dir, log_every)).run()
+        Trainer(_state_sac_config(run_dir, log_every)).run()
     message = str(raised.value)
     assert f"env step {stop_step}" in message and "seed 3 (index 0)" in message and term in message, message
     assert "checkpoints at env steps [400, 800] are kept" in message, message
@@ -123,6 +123,6 @@ def test_a_run_whose_update_is_slow_on_the_cpu_says_what_the_rest_costs(tmp_path
     monkeypatch.setattr(common, "SLOW_UPDATE_S", 0.0)
     monkeypatch.setattr(common.jax, "default_backend", lambda: "cpu")
     config = _state_sac_config(tmp_path / "run", log_every=400)
-    DMCTrainer(config).run()
+    Trainer(config).run()
     lines = [line for line in capsys.readouterr().out.splitlines() if "per update" in line]
     assert len(lines) == 1 and "the 148 updates left would take about" in lines[0], lines

@@ -1,4 +1,5 @@
-"""The fused actor-learner loop (config.loop="fused", psrl_jax/train/fused_loop.py) against the host loop."""
+"""The trainer's fused mode (config.loop="fused", psrl_jax/train/trainer.py and envs/atari_xla.py)
+against its host mode."""
 
 import json
 import os
@@ -11,10 +12,10 @@ import pytest
 from configs import rainbow
 from psrl_jax.config import ConfigError, validate_atari_config
 from psrl_jax.envs.atari import convert_timestep, make_atari_envs
-from psrl_jax.train.atari_trainer import AtariTrainer
-from psrl_jax.train.fused_loop import convert_timestep_jax
+from psrl_jax.envs.atari_xla import convert_timestep_jax
+from psrl_jax.train.trainer import Trainer
 
-TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "seconds"}
+TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "agent_steps_per_s_all_seeds", "seconds"}
 
 
 def _env_config():
@@ -85,12 +86,12 @@ def _metrics(run_dir, seed):
 def test_fused_run_equals_host_run(tmp_path):
     states = {}
     for loop in ("host", "fused"):
-        trainer = AtariTrainer(_config(loop, tmp_path / loop))
-        assert (trainer.fused is not None) == (loop == "fused")
+        trainer = Trainer(_config(loop, tmp_path / loop))
+        assert (trainer.xla_envs is not None) == (loop == "fused")
         trainer.run()
         resume = _config("host", tmp_path / loop)
         resume.resume = True
-        restorer = AtariTrainer(resume)
+        restorer = Trainer(resume)
         states[loop], _ = restorer.restore_latest()  # the fused run's checkpoint restores as any other
         restorer.envs.close()
     # Same seeds, same env stream and keys: every episode record, update count and evaluation is the
@@ -141,7 +142,7 @@ def test_fused_loop_says_why_when_envpool_xla_is_unavailable(tmp_path, monkeypat
     c = rainbow.get_config("smoke")
     c.loop, c.run_dir = "fused", str(tmp_path / "run")
     with pytest.raises(ConfigError, match="needs envpool's XLA interface.*XLA is unavailable.*config.loop='host'"):
-        AtariTrainer(c)
+        Trainer(c)
     assert not os.path.exists(tmp_path / "run" / "metrics")  # nothing was started
 
 
@@ -150,14 +151,14 @@ def test_fused_loop_says_why_when_the_chunk_cannot_compile(tmp_path):
     when the chunk is compiled, before it runs."""
     c = rainbow.get_config("smoke")
     c.loop, c.run_dir = "fused", str(tmp_path / "run")
-    trainer = AtariTrainer(c)
+    trainer = Trainer(c)
 
     def no_kernel(*args):
         raise RuntimeError("no registered implementation for custom call on platform CUDA")
 
-    trainer.fused._xla_step = no_kernel
+    trainer.xla_envs._xla_step = no_kernel
     state = trainer.init_fn(trainer.seeds.keys())
-    env = trainer.fused.reset(*convert_timestep(trainer.envs.reset(), None, True))
+    env = trainer.xla_envs.carry(trainer.envs.reset(), trainer.seeds.put_env_rows)
     with pytest.raises(ConfigError, match="could not compile envpool's XLA step.*CUDA.*config.loop='host'"):
-        trainer.fused.advance(state, env, 0)
+        trainer.fused_chunk(state, env, 0)
     trainer.envs.close()

@@ -79,7 +79,7 @@ def test_cycles_finds_a_planted_cycle():
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert "psrl_jax.train.dmc_trainer" in graph and "psrl_jax.config" in graph["psrl_jax.train.dmc_trainer"]
+    assert "psrl_jax.train.trainer" in graph and "psrl_jax.train.domains" in graph["psrl_jax.train.trainer"]
     assert cycles(graph) == []
 
 

@@ -129,7 +129,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from configs import rainbow
-from psrl_jax.train.atari_trainer import AtariTrainer
+from psrl_jax.train.trainer import Trainer
 
 root = sys.argv[1]
 assert jax.device_count() == 4
@@ -153,7 +153,7 @@ def placement(tree):
 
 result, states = {}, {}
 for mode in ("on", "off"):
-    trainer = AtariTrainer(config(mode))
+    trainer = Trainer(config(mode))
     seen = set()
     for name in ("collect_policy", "update_fn"):
         def spy(*args, _fn=getattr(trainer, name)):
@@ -162,7 +162,7 @@ for mode in ("on", "off"):
             return out
         setattr(trainer, name, spy)
     trainer.run()
-    restorer = AtariTrainer(config(mode, resume=True))
+    restorer = Trainer(config(mode, resume=True))
     state, _ = restorer.restore_latest()
     if mode == "on":  # the collectives in the compiled per-step programs
         put = restorer.seeds.put

@@ -6,10 +6,10 @@ import os
 import pytest
 
 from configs import rainbow
-from psrl_jax.train.atari_trainer import train
+from psrl_jax.train.trainer import train
 
 pytestmark = pytest.mark.slow
-TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "seconds"}
+TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "agent_steps_per_s_all_seeds", "seconds"}
 
 
 def _short_config(run_dir, seed):

@@ -1,5 +1,5 @@
 """SAC from pixels: losses and the tanh-Gaussian policy against NumPy closed forms, the agent's
-acting, update schedule (target EMA, delayed actor) and PSRL switch, and DMCTrainer's config errors."""
+acting, update schedule (target EMA, delayed actor) and PSRL switch, and the DMC trainer's config errors."""
 
 import chex
 import jax
@@ -185,14 +185,14 @@ def test_act_shapes_range_and_determinism(sac_setup):
     obs = jnp.asarray(np.random.default_rng(0).integers(0, 256, (5, f, s, s, 3), dtype=np.uint8))
     act = jax.jit(agent.act, static_argnums=3)
     k1, k2 = jax.random.key(1), jax.random.key(2)
-    for deterministic in (False, True):
-        actions = act(state, obs, k1, deterministic)
+    for explore in (True, False):
+        actions = act(state, obs, k1, explore)
         chex.assert_shape(actions, (5, ACTION_DIM))
         chex.assert_type(actions, jnp.float32)
         assert np.all(np.abs(np.asarray(actions)) <= 1.0)
-    np.testing.assert_array_equal(act(state, obs, k1, True), act(state, obs, k2, True))
-    assert not np.array_equal(act(state, obs, k1, False), act(state, obs, k2, False))
-    np.testing.assert_array_equal(act(state, obs, k1, False), act(state, obs, k1, False))
+    np.testing.assert_array_equal(act(state, obs, k1, False), act(state, obs, k2, False))
+    assert not np.array_equal(act(state, obs, k1, True), act(state, obs, k2, True))
+    np.testing.assert_array_equal(act(state, obs, k1, True), act(state, obs, k1, True))
 
 
 def test_sac_state_has_no_psrl_parts(sac_setup):
@@ -343,7 +343,7 @@ def test_trunk_is_layer_norm_and_tanh_only_when_asked():
         assert agents[tanh].critic.trunk_tanh is tanh and agents[tanh].actor.trunk_tanh is tanh
     state = agents[False].init(jax.random.key(0))
     obs = jnp.asarray(np.random.default_rng(2).integers(0, 256, (3, 3, 64, 64, 3)), jnp.uint8)
-    act = lambda agent: agent.act(state, obs, jax.random.key(1), True)  # noqa: E731
+    act = lambda agent: agent.act(state, obs, jax.random.key(1), False)  # noqa: E731
     assert not np.allclose(act(agents[False]), act(agents[True]))
 
 
@@ -386,10 +386,10 @@ def test_state_sac_reads_states_with_no_encoder():
 
     act = jax.jit(agent.act, static_argnums=3)
     obs = jnp.asarray(np.random.default_rng(1).normal(size=(4, 2, dim)), jnp.float32)
-    actions = act(state, obs, jax.random.key(1), True)
+    actions = act(state, obs, jax.random.key(1), False)
     chex.assert_shape(actions, (4, ACTION_DIM))
     assert np.all(np.abs(np.asarray(actions)) <= 1.0)
-    assert not np.array_equal(actions, act(state, obs + 1.0, jax.random.key(1), True))
+    assert not np.array_equal(actions, act(state, obs + 1.0, jax.random.key(1), False))
 
     update = jax.jit(agent.update)
     new, metrics = update(state, _state_batch(config.agent.batch_size, 2, dim))
@@ -399,7 +399,7 @@ def test_state_sac_reads_states_with_no_encoder():
     assert _any_leaf_changed(new.actor_params, state.actor_params)
 
 
-# ----- config errors from DMCTrainer, before any env or compile -----------------------------------
+# ----- config errors from the DMC trainer, before any env or compile ------------------------------
 
 
 def _no_envs(*args, **kwargs):
@@ -434,13 +434,13 @@ def _no_envs(*args, **kwargs):
     ],
 )
 def test_trainer_config_errors(make_config, match, tmp_path, monkeypatch):
-    from psrl_jax.train import dmc_trainer
+    from psrl_jax.train import domains, trainer
 
-    monkeypatch.setattr(dmc_trainer, "make_dmc_envs", _no_envs)
+    monkeypatch.setattr(domains, "make_dmc_envs", _no_envs)
     config = make_config()
     config.run_dir = str(tmp_path / "run")
     with pytest.raises(ConfigError, match=match):
-        dmc_trainer.DMCTrainer(config)
+        trainer.Trainer(config, domains.DMCDomain(config))
 
 
 def _set_top_level(config, **fields):

@@ -130,17 +130,16 @@ def test_init_at_the_one_shot_level_is_bit_identical_to_xla_default(config_name)
 
 
 @pytest.mark.parametrize("trainer_name", ["atari", "dmc"])
-def test_trainers_compile_their_init_with_the_one_shot_options(monkeypatch, tmp_path, trainer_name):
-    """The wiring: each trainer's init_fn is compiled with one_shot_compiler_options() (here an
+def test_the_trainer_compiles_its_init_with_the_one_shot_options(monkeypatch, tmp_path, trainer_name):
+    """The wiring: the trainer's init_fn (either domain) is compiled with one_shot_compiler_options() (here an
     option XLA does not know, so the compile must fail; the suite's own -O1 would return None)."""
     from configs import rainbow, sac
-    from psrl_jax.train.atari_trainer import AtariTrainer
-    from psrl_jax.train.dmc_trainer import DMCTrainer
+    from psrl_jax.train.trainer import Trainer
 
     config = (rainbow if trainer_name == "atari" else sac).get_config("smoke")
     config.run_dir = str(tmp_path / "run")
     monkeypatch.setattr(xla_cpu, "one_shot_compiler_options", lambda: {"xla_not_an_option_psrl_jax": 1})
-    trainer = (AtariTrainer if trainer_name == "atari" else DMCTrainer)(config)
+    trainer = Trainer(config)
     try:
         with pytest.raises(Exception, match="xla_not_an_option_psrl_jax"):
             trainer.init_fn.lower(trainer.seeds.keys()).compile()

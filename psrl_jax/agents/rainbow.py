@@ -102,6 +102,7 @@ class RainbowHyperparams:
     shift_pad: int
     intensity_scale: float
     priority: str  # "kl" (SPR) or "cross_entropy"
+    eval_epsilon: float  # epsilon-greedy when evaluating (config.eval.epsilon); training acts noisily, epsilon 0
 
     @classmethod
     def from_config(cls, config) -> "RainbowHyperparams":
@@ -130,6 +131,7 @@ class RainbowHyperparams:
             shift_pad=int(a.augmentation.shift_pad),
             intensity_scale=float(a.augmentation.intensity_scale),
             priority=config.replay.priority,
+            eval_epsilon=float(config.eval.epsilon),
         )
 
 
@@ -218,7 +220,7 @@ class RainbowAgent:
         )
         return jnp.sum(jax.nn.softmax(logits, axis=-1) * self.atoms, axis=-1)
 
-    def act(self, params, obs_uint8, key, epsilon, noisy_sample: bool = True):
+    def greedy_actions(self, params, obs_uint8, key, epsilon, noisy_sample: bool):
         """Greedy actions of the (noisy) network for a batch [N, F, H, W], epsilon-greedy on top."""
         k_noise, k_explore, k_random = jax.random.split(key, 3)
         greedy = jnp.argmax(self.q_values(params, obs_uint8, k_noise, noisy_sample), axis=-1)
@@ -226,6 +228,17 @@ class RainbowAgent:
         random_actions = jax.random.randint(k_random, (n,), 0, self.num_actions)
         explore = jax.random.uniform(k_explore, (n,)) < epsilon
         return jnp.where(explore, random_actions, greedy).astype(jnp.int32)
+
+    def act(self, state: RainbowState, obs_uint8, key, explore: bool):
+        """Training (`explore`): a sample of the noisy network, no epsilon (SPR). Evaluation: the
+        noisy layers' mean weights, epsilon-greedy with eval_epsilon."""
+        if explore:
+            return self.greedy_actions(state.params, obs_uint8, key, 0.0, noisy_sample=True)
+        return self.greedy_actions(state.params, obs_uint8, key, self.hp.eval_epsilon, noisy_sample=False)
+
+    def random_actions(self, key, n: int):
+        """The warm-up's uniform actions, int32 [n]."""
+        return jax.random.randint(key, (n,), 0, self.num_actions).astype(jnp.int32)
 
     def loss(self, trainable, state: RainbowState, batch: SequenceBatch, key):
         """Importance-weighted C51 double-Q loss plus, when on, the PSRL loss.

@@ -240,14 +240,18 @@ class SACAgent:
         mean, log_std = self.actor.apply(actor_params, maps)
         return tanh_gaussian(mean, log_std), mean
 
-    def act(self, state: SACState, obs_uint8, key, deterministic: bool):
+    def act(self, state: SACState, obs_uint8, key, explore: bool):
         """Actions in [-1, 1]^A for rendered stacks uint8 [N, F, H, W, 3] (centre-cropped here), or
-        state stacks float32 [N, F, D]: a sample of the policy when training, tanh of its mean when
-        evaluating."""
+        state stacks float32 [N, F, D]: a sample of the policy when training (`explore`), tanh of its
+        mean when evaluating."""
         obs = to_float(center_crop(obs_uint8, self.hp.crop_size)) if self.pixels else obs_uint8.astype(jnp.float32)
         maps = self.critic.apply(state.critic_params, obs, method="encode")
         policy, mean = self._policy(state.actor_params, maps)
-        return jnp.tanh(mean) if deterministic else policy.sample(seed=key)
+        return policy.sample(seed=key) if explore else jnp.tanh(mean)
+
+    def random_actions(self, key, n: int):
+        """The warm-up's uniform actions in the [-1, 1] box of every DMC task, float32 [n, A]."""
+        return jax.random.uniform(key, (n, self.action_dim), minval=-1.0, maxval=1.0)
 
     def _augment(self, key, obs_uint8):
         if not self.pixels:  # states are not augmented
@@ -417,12 +421,13 @@ class SACAgent:
         )
         return new_state, metrics
 
-    def update_many(self, state: SACState, replay, replay_state, num_updates: int, unroll: int = 1):
-        """`num_updates` sample-and-update steps in one dispatch (uniform replay: no priorities)."""
+    def update_many(self, state: SACState, replay, replay_state, beta, num_updates: int, unroll: int = 1):
+        """`num_updates` sample-and-update steps in one dispatch. The replay's priorities are not
+        updated: SAC's configs sample uniformly (priority exponent 0, `beta` 0)."""
 
         def one_update(agent_state, _):
             key, k_sample = jax.random.split(agent_state.key)
-            batch = replay.sample(replay_state, k_sample, 0.0)
+            batch = replay.sample(replay_state, k_sample, beta)
             return self.update(agent_state.replace(key=key), batch)
 
         if num_updates == 1:  # a length-1 scan is slower on XLA:CPU (agents/rainbow.py update_many)

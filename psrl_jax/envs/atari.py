@@ -7,7 +7,8 @@ Everything the agent must control itself lives here, host side, in NumPy:
   evaluation and training share one environment definition;
 - discounts: envpool also sets `discount = 0` on truncation, so we derive ours from
   `observation.terminated` instead;
-- frame stacking (`ops/frame_stack.py` `FrameStacker`; envpool is run with `stack_num=1`) and episode bookkeeping.
+- frame stacking is the agent's (`ops/frame_stack.py`; envpool is run with `stack_num=1`); episode
+  bookkeeping and evaluation episodes are envs/episodes.py's, shared with DMC.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ import dataclasses
 import difflib
 import functools
 import os
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import envpool
 import numpy as np
-
-from psrl_jax.ops.frame_stack import FrameStacker
 
 _TASK_SUFFIX = "-v5"
 _ATARI_ENTRY_MODULE = "envpool.atari"
@@ -240,82 +238,25 @@ class LifeTracker:
         return arrays
 
 
-# --------------------------------------------------------------------------------------------
-# Episode bookkeeping and frame stacks
+class AtariEnvs:
+    """The trainer's view of `num_envs` envpool envs: `reset()` and `step(actions)` return
+    AtariStepArrays in env order (life loss tracked here), as envs/dmc.py's envs return theirs.
+    `pool` is the envpool object itself (its XLA interface drives the fused loop)."""
 
+    def __init__(self, pool, terminal_on_life_loss: bool, image_size: int):
+        self.pool = pool
+        self.num_envs = len(pool.all_env_ids)
+        self.num_actions = num_actions(pool)
+        self.frame_shape, self.frame_dtype = (image_size, image_size), np.uint8
+        self._tracker = LifeTracker(terminal_on_life_loss)
+        self._env_ids = all_env_ids(self.num_envs)
 
-class FinishedEpisode(NamedTuple):
-    env_index: int
-    episode_return: float  # sum of raw (unclipped) rewards
-    length: int  # agent steps (transitions), excluding the FIRST frame
-    truncated: bool  # ended by the episode cap rather than game over
+    def reset(self) -> AtariStepArrays:
+        self._tracker.prev_lives = None
+        return self._tracker.convert(self.pool.reset())
 
+    def step(self, actions: np.ndarray) -> AtariStepArrays:
+        return self._tracker.convert(self.pool.step(np.asarray(actions, np.int32).reshape(-1), self._env_ids))
 
-class EpisodeStats:
-    """Running raw return and length per env; `update` hands back the episodes that just ended."""
-
-    def __init__(self, num_envs: int):
-        self.returns = np.zeros(num_envs, dtype=np.float64)
-        self.lengths = np.zeros(num_envs, dtype=np.int64)
-
-    def update(self, step: AtariStepArrays) -> list[FinishedEpisode]:
-        # FIRST frames start a new episode; their reward is always 0 and is no transition.
-        self.returns = np.where(step.first, 0.0, self.returns + step.raw_reward)
-        self.lengths = np.where(step.first, 0, self.lengths + 1)
-        return [
-            FinishedEpisode(
-                int(i),
-                float(self.returns[i]),
-                int(self.lengths[i]),
-                bool(step.truncated[i]),
-            )
-            for i in np.flatnonzero(step.last)
-        ]
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation
-
-PolicyFn = Callable[[np.ndarray, np.ndarray], Any]
-
-
-def run_evaluation_episodes(
-    env,
-    policy_fn: PolicyFn,
-    episodes_per_env: int,
-    num_envs: int,
-    frame_stack: int = 4,
-    stack_padding: str = "zeros",
-) -> np.ndarray:
-    """Plays exactly `episodes_per_env` full episodes in each env; returns raw returns, env-major.
-
-    `policy_fn(stacked_obs uint8 [N, F, H, W], first bool [N]) -> actions [N]` is called on every
-    step for all envs. Envs that are done keep stepping (the pool is synchronous) but their extra
-    episodes are dropped: keeping the first k episodes of every env, rather than the first
-    N * k to finish, does not favour short episodes. Resets `env` first.
-    Returns float64 [num_envs * episodes_per_env]: env 0's episodes in order, then env 1's, ...
-    """
-    if episodes_per_env < 1:
-        raise ValueError(f"episodes_per_env must be >= 1, got {episodes_per_env}")
-    returns = np.zeros((num_envs, episodes_per_env), dtype=np.float64)
-    completed = np.zeros(num_envs, dtype=np.int64)
-    tracker = LifeTracker(terminal_on_life_loss=False)  # evaluation plays full games
-    stats = EpisodeStats(num_envs)
-    env_ids = all_env_ids(num_envs)
-
-    ts = env.reset()
-    stacker = None
-    while True:
-        step = tracker.convert(ts)
-        for episode in stats.update(step):
-            i = episode.env_index
-            if completed[i] < episodes_per_env:
-                returns[i, completed[i]] = episode.episode_return
-                completed[i] += 1
-        if np.all(completed >= episodes_per_env):
-            return returns.reshape(-1)
-        if stacker is None:  # frame shape known only after the first frame
-            stacker = FrameStacker(num_envs, frame_stack, step.frame.shape[1:], padding=stack_padding)
-        stacked = stacker.push(step.frame, step.first)
-        actions = np.asarray(policy_fn(stacked, step.first), dtype=np.int32)
-        ts = env.step(actions, env_ids)
+    def close(self) -> None:
+        self.pool.close()

@@ -45,16 +45,14 @@ import functools
 import math
 import os
 import re
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import envpool
 import numpy as np
 
-from psrl_jax.envs.atari import FinishedEpisode, _num_threads
+from psrl_jax.envs.atari import _num_threads
 from psrl_jax.envs.gl import INSTALL_HINT, GLError, load_gl
 from psrl_jax.errors import ConfigError
-from psrl_jax.ops.frame_stack import FrameStacker
 
 _DMC_ENTRY_MODULE = "envpool.mujoco.dmc"
 _TASK_SUFFIX = "-v1"
@@ -184,6 +182,11 @@ class DMCStepArrays:
     first: np.ndarray  # bool [N]: first frame of an episode (no transition arrives here)
     last: np.ndarray  # bool [N]: episode over; the next step() resets this env and returns FIRST
     truncated: np.ndarray  # bool [N]: last and not terminated (the time limit)
+
+    @property
+    def raw_reward(self) -> np.ndarray:
+        """The score (envs/episodes.py): DMC rewards are never clipped."""
+        return self.reward
 
 
 def _first_step(frames: np.ndarray) -> DMCStepArrays:
@@ -504,67 +507,3 @@ def make_dmc_envs(
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
         return EnvpoolDMCEnvs(resolved, num_envs, seed, action_repeat, image_size, camera_id, num_threads, observation)
     return DMControlEnvs(resolved, num_envs, seed, action_repeat, image_size, camera_id, observation)
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation
-
-
-class DMCEpisodeStats:
-    """Running return and length per env (atari.EpisodeStats for DMCStepArrays, which have no raw_reward)."""
-
-    def __init__(self, num_envs: int):
-        self.returns = np.zeros(num_envs, dtype=np.float64)
-        self.lengths = np.zeros(num_envs, dtype=np.int64)
-
-    def update(self, step: DMCStepArrays) -> list[FinishedEpisode]:
-        self.returns = np.where(step.first, 0.0, self.returns + step.reward)
-        self.lengths = np.where(step.first, 0, self.lengths + 1)
-        return [
-            FinishedEpisode(int(i), float(self.returns[i]), int(self.lengths[i]), bool(step.truncated[i]))
-            for i in np.flatnonzero(step.last)
-        ]
-
-
-PolicyFn = Callable[[np.ndarray, np.ndarray], Any]
-
-
-def run_dmc_evaluation(
-    envs: DMCEnvs,
-    policy_fn: PolicyFn,
-    episodes_per_env: int,
-    frame_stack: int = 3,
-    *,
-    stack_padding: str = "zeros",
-    on_episode: Callable[[FinishedEpisode], None] | None = None,
-) -> np.ndarray:
-    """Plays exactly `episodes_per_env` full episodes in each env; returns their returns, env-major.
-
-    `policy_fn(stacked uint8 [N, F, H, W, 3], first bool [N]) -> actions [N, A]` is called on every
-    step for all envs. Envs that are done keep stepping (the pool is synchronous) but their extra
-    episodes are dropped: keeping the first k episodes of every env, rather than the first N * k to
-    finish, does not favour short episodes. Resets `envs` first. `on_episode` sees every kept episode.
-    Returns float64 [num_envs * episodes_per_env]: env 0's episodes in order, then env 1's, ...
-    """
-    if episodes_per_env < 1:
-        raise ValueError(f"episodes_per_env must be >= 1, got {episodes_per_env}")
-    n = envs.num_envs
-    returns = np.zeros((n, episodes_per_env), dtype=np.float64)
-    completed = np.zeros(n, dtype=np.int64)
-    stats = DMCEpisodeStats(n)
-    stacker = FrameStacker(n, frame_stack, envs.frame_shape, envs.frame_dtype, stack_padding)
-
-    step = envs.reset()
-    while True:
-        for episode in stats.update(step):
-            i = episode.env_index
-            if completed[i] < episodes_per_env:
-                returns[i, completed[i]] = episode.episode_return
-                completed[i] += 1
-                if on_episode is not None:
-                    on_episode(episode)
-        if np.all(completed >= episodes_per_env):
-            return returns.reshape(-1)
-        stacked = stacker.push(step.frame, step.first)
-        actions = np.asarray(policy_fn(stacked, step.first), dtype=np.float32)
-        step = envs.step(actions)

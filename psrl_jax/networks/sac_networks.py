@@ -47,7 +47,7 @@ INITS = ("orthogonal", "orthogonal_flat", "lecun")
 
 
 def orthogonal(gain: float = 1.0):
-    """Flax's orthogonal initialiser, one seed at a time under vmap. The trainers vmap `init` over
+    """Flax's orthogonal initialiser, one seed at a time under vmap. The trainer vmaps `init` over
     seeds, and XLA:CPU (jaxlib 0.10.2, 2 cores) deadlocked in the batched QR of the (1024, 1024)
     MLP kernels: jit(vmap(init)) of the state-SAC agent hung with 2 seeds, every thread idle, while
     jax.lax.map over the same seeds took 5 s (measured). sequential_vmap runs a loop instead of the

@@ -10,15 +10,16 @@ both places: for y = conv(x, w, stride s), dW[i, j, c, o] = sum_{b,p,q} x[b, s p
 dy[b, p, q, o] is a stride-1 convolution of x^T [C, H, W, B] ("batch" = input channels) with dy^T
 [Ho, Wo, B, O] dilated by s as the kernel.
 
-Used only on the CPU backend (GPU convolutions go to cuDNN, which has its own kernel-gradient
-algorithms), only for NHWC/HWIO convolutions without dilation or groups. VALID (unpadded) ones, the
-encoders' (Atari and DMC), always take it. Padded ones (the correspondence module's and the AAT's
-SAME convs, stride 1) take it as explicit pad + VALID conv only while `tracing_rolled_loop()` is
-active (the fused loop's chunk): there XLA's own kernel gradient ran 30x slower (a 3x3 conv over a
-[32, 11, 11, 64] batch: 128 vs 4.3 ms per step rolled vs unrolled; 5.2 ms padded here), while in
-unrolled code the explicit pad costs 1.2-1.4x. Anything else is lax.conv_general_dilated unchanged,
-as is everything with PSRL_JAX_LAX_CONV=1 in the environment. Flax's nn.Conv takes it as
-`conv_general_dilated=`; `Conv` below is nn.Conv with it.
+Used only while `tracing_rolled_loop()` is active (the trainer's fused chunk), only on the CPU
+backend (GPU convolutions go to cuDNN, which has its own kernel-gradient algorithms), only for
+NHWC/HWIO convolutions without dilation or groups; padded ones (the correspondence module's and the
+AAT's SAME convs, stride 1) as explicit pad + VALID conv. In a rolled loop XLA's own kernel gradient
+of such a padded conv ran 30x slower (a 3x3 conv over a [32, 11, 11, 64] batch: 128 vs 4.3 ms per
+step rolled vs unrolled; 5.2 ms here). Everywhere else, the default path included (updates unrolled
+on the CPU), it is lax.conv_general_dilated unchanged: there this module did not pay (full updates
+of sac, rainbow and sac_psrl ran 0.94x, 0.97x and 0.91x the time with plain lax convolutions, AMD
+EPYC 2 cores, docs/BENCHMARKS.md). PSRL_JAX_LAX_CONV=1 in the environment turns it off in rolled
+loops too. Flax's nn.Conv takes it as `conv_general_dilated=`; `Conv` below is nn.Conv with it.
 """
 
 import contextlib
@@ -118,15 +119,12 @@ def conv_general_dilated(
     )
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    # Padded convolutions (the correspondence module's and the AAT's SAME convs) stay XLA's outside
-    # rolled loops: written as pad + VALID conv, the width-1/16 rainbow_psrl update was 1.4x slower
-    # unrolled (2,160 vs 1,527 ms).
     valid = all(tuple(p) == (0, 0) for p in padding)
-    padded_in_loop = _tracing_rolled_loop and all(lo >= 0 and hi >= 0 for lo, hi in padding)
     if (
         _FORCE_LAX
+        or not _tracing_rolled_loop
         or jax.default_backend() != "cpu"
-        or not (valid or padded_in_loop)
+        or not all(lo >= 0 and hi >= 0 for lo, hi in padding)
         or not undilated
         or not nhwc
         or feature_group_count != 1

@@ -276,8 +276,10 @@ class SequenceReplay:
 
 
 def make_sequence_replay(
-    config, frame_shape, action_dtype=jnp.int32, action_shape=(), frame_dtype=jnp.uint8
+    config, frame_shape, action_dtype=jnp.int32, action_shape=(), frame_dtype=jnp.uint8, capacity: int | None = None
 ) -> SequenceReplay:
+    """The replay of config.replay for frames of `frame_shape`; `capacity` (transitions per seed)
+    overrides config.replay.capacity (the trainer caps it at what the run writes)."""
     frame_shape = tuple(int(d) for d in frame_shape)
     action_shape = tuple(int(d) for d in action_shape)
     envs = int(config.env.envs_per_seed)
@@ -285,10 +287,11 @@ def make_sequence_replay(
     n_step = int(config.replay.n_step)
     prediction_steps = int(config.replay.prediction_steps)
     length = sequence_length(frame_stack, n_step, prediction_steps)
-    max_length_time_axis = int(config.replay.capacity) // envs
+    capacity = int(config.replay.capacity if capacity is None else capacity)
+    max_length_time_axis = capacity // envs
     if max_length_time_axis < length:
         raise ValueError(
-            f"replay capacity {config.replay.capacity} over {envs} envs leaves "
+            f"replay capacity {capacity} over {envs} envs leaves "
             f"{max_length_time_axis} rows per env, fewer than the sequence length {length}"
         )
     device = _flashbax_device()

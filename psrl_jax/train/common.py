@@ -1,7 +1,7 @@
-"""What the Atari and DMC trainers (atari_trainer.py, dmc_trainer.py) do the same way: where the
+"""What the trainer (train/trainer.py) keeps apart from its loop: where the
 seeds live (`SeedAxis`), the run directory and its checkpointer, what a run records (`RunRecords`:
-metrics, throughput windows, evaluations, checkpoints, the final evaluation), the actor's frame
-stacks and the update scan's unroll. Each trainer's loop reads top to bottom and calls these."""
+metrics, throughput windows, evaluations, checkpoints, the final evaluation), the seed axis's
+vmap or unroll and the update scan's unroll. The trainer's loop reads top to bottom and calls these."""
 
 import contextlib
 import dataclasses
@@ -232,7 +232,7 @@ class RunRecords:
     files (config.json, versions.json, final_eval.json) are written by process 0 from values gathered
     over every process. With one process that is simply everything. Start-up: a resumed run drops its
     records after the checkpoint (kept aside, run_dir.py); a fresh start moves a killed attempt's logs
-    aside. Both trainers (atari_trainer.py, dmc_trainer.py) keep one of these through `run()`."""
+    aside. The trainer (train/trainer.py) keeps one of these through `run()`."""
 
     def __init__(
         self, run_dir: str, config, seeds: SeedAxis, envs_per_seed: int, header: dict | None, info: dict, guard

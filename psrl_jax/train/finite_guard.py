@@ -2,7 +2,7 @@
 
 A diverged update leaves NaN in the parameters and every later update keeps it there, so a run that
 went on would spend hours writing NaN metrics and would overwrite good checkpoints with bad ones
-(`checkpoint.keep` keeps only the last few). The trainers check at every log point (the window's
+(`checkpoint.keep` keeps only the last few). The trainer checks at every log point (the window's
 mean losses and gradient norms, which are NaN when any dispatch's was, and every floating array of
 the agent state: parameters, targets, optimiser moments) and before every checkpoint (the agent
 state). The first failure raises NonFiniteError naming the env step, the seed and the term; the

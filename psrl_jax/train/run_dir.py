@@ -184,7 +184,7 @@ def _to_python(value):
     return value
 
 
-# ----- records both trainers write (psrl_jax/train/atari_trainer.py, dmc_trainer.py) ----------------
+# ----- records the trainer writes (psrl_jax/train/trainer.py) -----------------------------------------
 
 
 def write_episode_records(logger: MetricsLogger, finished, episode_counts, envs_per_seed: int, env_step: int) -> None:
