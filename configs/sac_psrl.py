@@ -11,7 +11,7 @@ width the correspondence module's 512-channel 3x3 convolutions at 35x35 would co
 update, so it runs at width 1/32 (8-16 channels) with a +-2 local correlation window, no refinement
 levels, and K = 1. That keeps the PSRL update at 1.6x the FLOPs of SAC with the same frame-wise
 encoder. Measured time on 2-core CPUs: 2.0-2.4x that SAC with XLA's YNNPACK convolutions, 3.4x
-with the Eigen convolutions used since (Intel, session 10), 2.4x on the AMD machine of session 14,
+with the Eigen convolutions used since (Intel Xeon), 2.4x on an AMD EPYC with AVX-512,
 where a +-1 window would give 2.1x (docs/BENCHMARKS.md breaks the update down per named scope: the
 correspondence convolutions, the correlation and the warp take 1.2 s of its 2.7 s of op time). The
 GPU ratio, which is what these defaults are for, is not measured yet. The frame-wise encoder

@@ -10,7 +10,7 @@ num_seeds is a multiple of their count (--config.shard_seeds=auto|on|off, config
 
 Multi-host: --coordinator=host:port --num_processes=N --process_id=i (the same coordinator on every
 host) call jax.distributed.initialize before anything else touches JAX; each process then trains
-num_seeds / N of the seeds into the shared --config.run_dir (README "Seeds across hosts").
+num_seeds / N of the seeds into the shared --config.run_dir (docs/USAGE.md "Seeds across hosts").
 """
 
 import sys

@@ -55,7 +55,7 @@ def cpu_peak_flops(cpuinfo_path: str = "/proc/cpuinfo", cores: int | None = None
 
 def host_info(cpuinfo_path: str = "/proc/cpuinfo", meminfo_path: str = "/proc/meminfo") -> dict:
     """The host a figure was measured on, for run records and benchmark JSON. A CPU's model name alone
-    does not name it: two 2-core "AMD EPYC" machines of this project's sessions, one with AVX-512 and
+    does not name it: two 2-core "AMD EPYC" machines this project measured on, one with AVX-512 and
     one without, ran the same update 1.8x apart (docs/BENCHMARKS.md). Fields that cannot be read are
     None; `cpus` is what this process may run on."""
     cpus = len(os.sched_getaffinity(0))

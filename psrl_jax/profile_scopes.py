@@ -10,7 +10,7 @@ metadata in the compiled HLO text, e.g.
 
 so the table splits forward from backward passes (`transpose(...)` in the name stack). It is a
 plain-text answer to "what holds this update back" that fits in a benchmark's JSON, for machines
-where a trace viewer is not at hand (a lent GPU whose files come back a few at a time).
+where a trace viewer is not at hand (a remote GPU node whose files come back a few at a time).
 
 On the CPU, XLA runs independent thunks on several threads at once, so the op times of a dispatch
 can add up to more than its wall time; fractions are of the summed op time. An asynchronous thunk

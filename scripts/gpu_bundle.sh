@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds .whl/site.tar.xz: the Python packages this project needs that the lent GPU machine's image
-# lacks (it has JAX 0.11 + CUDA, flax, optax, chex, orbax, numpy, scipy, matplotlib, pandas, tqdm, but
-# no package registry). cp312 x86-64 wheels, unpacked (dm_control + mujoco included for DMC's
+# An offline wheel bundle for GPU nodes without a package index. Builds .whl/site.tar.xz: the Python
+# packages this project needs that a JAX GPU image typically lacks (one with JAX 0.11 + CUDA, flax,
+# optax, chex, orbax, numpy, scipy, matplotlib, pandas, tqdm, and no package index). cp312 x86-64 wheels, unpacked (dm_control + mujoco included for DMC's
 # pure-Python backend; rendering also needs an EGL vendor library on that machine, e.g. NVIDIA's); envpool slimmed to its Atari and MuJoCo/DMC
-# parts so that the bundle fits the device tool's 64 MiB carry; and .gl/, the EGL loader's Debian
-# packages (below). On the device (gpu_checks.sh does both):
+# parts so that the bundle stays under 64 MiB; and .gl/, the EGL loader's Debian packages (below).
+# On the GPU node (gpu_checks.sh does both):
 #   mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site:$PWD
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +67,7 @@ du -h "$OUT/site.tar.xz"
 
 # .gl/: Debian's libglvnd EGL loader packages (about 250 KB). The GPU image has NVIDIA's EGL vendor
 # library but no loader, and dm_control's PyOpenGL loads libEGL.so.1 by name; gpu_checks.sh unpacks
-# them there (the device tool's README gives this recipe). Carry ".gl" next to ".whl".
+# them there. Copy .gl/ to the node next to .whl/.
 GL=.gl
 rm -rf "$GL" /tmp/gpu_bundle_apt
 mkdir -p "$GL" /tmp/gpu_bundle_apt/partial

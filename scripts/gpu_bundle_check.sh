@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Checks .whl/site.tar.xz (scripts/gpu_bundle.sh) the way the lent GPU machine will use it, here on
-# the CPU, before a lease is spent on it: a Python 3.12 venv holding only packages that the GPU
-# image has (the device tool's KINDS.md lists them: jax, flax, optax, chex, orbax, numpy, scipy,
-# absl-py, six, tqdm, ...; the bundle brings the rest), the bundle on PYTHONPATH, and
+# Checks .whl/site.tar.xz (scripts/gpu_bundle.sh) the way a GPU node will use it, here on the CPU,
+# before GPU time is spent on it: a Python 3.12 venv holding only packages that the GPU image has
+# (jax, flax, optax, chex, orbax, numpy, scipy, absl-py, six, tqdm, ...; the bundle brings the rest), the bundle on PYTHONPATH, and
 # scripts/gpu_checks.sh at smoke sizes for its steps 0 (the DMC training run) and 4 (the DMC update
 # cost), which import every part of the project a DMC run needs. Fails unless both steps pass.
-# Session 24 found this way that the bundle lacked tfp-nightly's `decorator` and `gast`, without
-# which every step fails at import on the device.
+# This check is how the bundle was found to need tfp-nightly's `decorator` and `gast`, without which
+# every step fails at import on the GPU node.
 #   bash scripts/gpu_bundle_check.sh     (3.5 minutes on a 2-core CPU with the venv's install; the venv is kept in VENV)
 set -euo pipefail
 cd "$(dirname "$0")/.."

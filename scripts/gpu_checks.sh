@@ -25,7 +25,7 @@
 #
 # Here, once:   bash scripts/gpu_bundle.sh    (builds .whl/site.tar.xz, the missing packages, and
 #                                              .gl/, the EGL loader's Debian packages)
-# On the device (device tool, carry [".whl", ".gl"]):
+# On the GPU node (the repository with .whl/ and .gl/ copied next to it; OUT is any folder):
 #   bash scripts/gpu_checks.sh
 # Anywhere, to check the script itself on the CPU at smoke sizes (BUDGET_S caps it at 9 minutes):
 #   GPU_CHECKS_SMOKE=1 OUT=/tmp/gpu_checks bash scripts/gpu_checks.sh
@@ -33,7 +33,7 @@
 #   bash scripts/gpu_bundle_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:?set OUT to the folder for the results (the device tool sets it)}
+OUT=${OUT:?set OUT to the folder for the results}
 BUDGET_S=${BUDGET_S:-540}
 SMOKE=${GPU_CHECKS_SMOKE:-0}
 mkdir -p "$OUT"

@@ -209,7 +209,7 @@ def _assert_sharded_equals_unsharded(root, run):
     # values agree to float32 rounding, not bit for bit: the partitioned per-device program (one seed
     # per device) and the 4-seed program are compiled separately and XLA:CPU fuses and orders their
     # sums differently (measured: about 1e-7 relative in losses, Q values and gradient norms; a
-    # 1-seed unsharded run differs from both by as much, as vmapped vs single runs do, README).
+    # 1-seed unsharded run differs from both by as much, as vmapped vs single runs do, docs/USAGE.md).
     for seed in range(4):
         on, off = _metrics(root / "on", seed, run_info=False), _metrics(root / "off", seed, run_info=False)
         assert any(r["kind"] == "update" and "loss/rl" in r for r in on)
