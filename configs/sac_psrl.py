@@ -26,7 +26,7 @@ from psrl_jax.config import PSRL_TERMS
 
 def get_config(variant: str = ""):
     c = sac.get_config(variant)
-    c.name = "sac_psrl" + ("-smoke" if variant == "smoke" else "")
+    c.name = "sac_psrl" + (f"-{variant}" if variant in ("smoke", "table2") else "")
     c.agent.encoder = "framewise"
     c.replay.prediction_steps = 1  # K (ours, for the 2x budget; SPR on Atari uses 5)
     for term in PSRL_TERMS:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import rainbow
-from psrl_jax.config import ConfigError, check_writable_directory, validate_atari_config
+from psrl_jax.config import ConfigError, check_writable_directory, validate_atari_config, validate_dmc_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -229,3 +229,56 @@ def test_a_saved_config_is_migrated_step_by_step(monkeypatch):
     )
     migrated = config_module.read_saved_config(saved, defaults, "x")
     assert migrated.agent.new_field == "then" and migrated.config_version == 2
+
+
+# The PSRL supplementary's Table 2 (DMControl), written out from the paper: (config path, value).
+SUPPLEMENTARY_TABLE_2 = {
+    "env.crop_size": 84,  # Observation Size (84, 84)
+    "env.image_size": 100,  # Observation Rendering (100, 100)
+    "env.frame_stack": 3,  # Stacked Frames
+    "eval.episodes": 10,  # Evaluation Episodes
+    "agent.gamma": 0.99,  # Discount Factor
+    "agent.adam_b1": 0.9,  # (beta1, beta2) of f, pi, Q: (0.9, 0.999)
+    "agent.adam_b2": 0.999,
+    "agent.alpha_b1": 0.5,  # (beta1, beta2) of alpha: (0.5, 0.999)
+    "agent.alpha_b2": 0.999,
+    "agent.learning_rate": 1e-3,  # 1e-3 (otherwise)
+    "agent.learning_rate_per_task.cheetah_run": 2e-4,  # 2e-4 (cheetah-run)
+    "agent.alpha_learning_rate": 1e-4,
+    "agent.batch_size": 64,
+    "replay.capacity": 100_000,  # Replay Buffer Size
+    "replay.min_size": 1000,  # Initial Steps
+    "agent.hidden": (1024, 1024),  # Hidden Units (MLP)
+    "agent.critic_tau": 0.01,  # Q Function EMA tau
+    "agent.critic_target_update_every": 2,
+    "agent.encoder_channels": (32, 32, 32, 32),  # 4 convolutional layers, 32 filters
+    "agent.latent_dim": 50,
+    "agent.init_temperature": 0.1,
+    "agent.augmentation.enabled": True,  # Random crop, translation
+}
+
+
+def _field(config, path):
+    for name in path.split("."):
+        config = config[name]
+    return config
+
+
+def test_sac_table2_variant_is_the_supplementary_table_2():
+    from configs import sac, sac_psrl
+    from psrl_jax.envs.dmc import resolve_dmc_env
+
+    for config in (sac.get_config("table2"), sac_psrl.get_config("table2")):
+        for path, value in SUPPLEMENTARY_TABLE_2.items():
+            assert _field(config, path) == value, (config.name, path)
+        assert config.agent.augmentation.translate_pad > 0  # "translation" on top of the crop
+        assert config.agent.target_augmentations == config.agent.q_augmentations == 1
+        # Action Repeat: 2 finger-spin, walker-walk; 8 cartpole-swingup; 4 otherwise.
+        for task, repeat in (("finger_spin", 2), ("walker_walk", 2), ("cartpole_swingup", 8), ("cheetah_run", 4)):
+            config.env.task = task
+            assert resolve_dmc_env(config)[1] == repeat
+        config.env.task = "cartpole_swingup"
+        config.env.action_repeat = 8
+        validate_dmc_config(config)
+    assert sac_psrl.get_config("table2").psrl.cat_local  # the PSRL terms stay on
+    assert (sac.get_config("table2").name, sac_psrl.get_config("table2").name) == ("sac-table2", "sac_psrl-table2")
