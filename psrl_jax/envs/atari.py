@@ -248,11 +248,12 @@ class AtariEnvs:
         self.num_envs = len(pool.all_env_ids)
         self.num_actions = num_actions(pool)
         self.frame_shape, self.frame_dtype = (image_size, image_size), np.uint8
+        self.terminal_on_life_loss = terminal_on_life_loss
         self._tracker = LifeTracker(terminal_on_life_loss)
         self._env_ids = all_env_ids(self.num_envs)
 
     def reset(self) -> AtariStepArrays:
-        self._tracker.prev_lives = None
+        self._tracker = LifeTracker(self.terminal_on_life_loss)  # a reset starts every env's lives afresh
         return self._tracker.convert(self.pool.reset())
 
     def step(self, actions: np.ndarray) -> AtariStepArrays:

@@ -136,6 +136,10 @@ class Trainer:
         )
         return state.replace(agent=agent_state, replay=replay_state), metrics
 
+    def in_warmup(self, env_step: int) -> bool:
+        """Before replay holds min_size agent steps (of every env): random actions, no updates."""
+        return env_step // self.domain.action_repeat < self.config.replay.min_size
+
     def _eval_act_single(self, agent_state, obs, key):
         return self.agent.act(agent_state, obs, key, explore=False)
 
@@ -259,7 +263,7 @@ class Trainer:
         cfg = self.config
         iteration = env_step // self.env_steps_per_iteration
         to_seed_axis = self.seeds.put_env_rows
-        warmup = iteration * self.envs_per_seed < cfg.replay.min_size
+        warmup = self.in_warmup(env_step)
         collect = self.collect_random if warmup else self.collect_policy
         state, actions = collect(
             state,
@@ -299,7 +303,7 @@ class Trainer:
     def fused_chunk(self, state, env_carry, env_step: int):
         """log.every_steps env steps from `env_step`: (state, env carry, metrics or None, the finished
         episodes as [(env step after the step, [FinishedEpisode, ...]), ...])."""
-        warmup = env_step < self.config.replay.min_size
+        warmup = self.in_warmup(env_step)
         step = jnp.int32(env_step)
         state, env_carry, metrics, ends = self._chunk_program(warmup, state, env_carry, step)(state, env_carry, step)
         return state, env_carry, metrics, self.xla_envs.finished(ends, env_step)
@@ -323,8 +327,8 @@ class Trainer:
 
     def _chunk(self, state, env_carry, env_step, warmup: bool):
         collect = self.vmapped_collect(random_actions=warmup)
-        update_every, E = self.config.update_every, self.envs_per_seed
-        iterations = self.config.log.every_steps // self.env_steps_per_iteration
+        update_every, step_size = self.config.update_every, self.env_steps_per_iteration
+        iterations = self.config.log.every_steps // step_size
 
         def iteration(carry, _):
             state, env_carry = carry
@@ -339,7 +343,7 @@ class Trainer:
             (state, env_carry), ends = jax.lax.scan(iteration, carry, None, length=update_every)
             metrics = {}
             if not warmup:  # beta at the env step of the block's last collect, as the host loop's
-                last_collect_step = env_step + (block_index * update_every + update_every - 1) * E
+                last_collect_step = env_step + (block_index * update_every + update_every - 1) * step_size
                 state, metrics = self.vmapped_update(state, self.beta(last_collect_step))
             return (state, env_carry), (ends, metrics)
 
