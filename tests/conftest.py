@@ -53,6 +53,12 @@ def _make_cache(config):
     config._psrl_jax_xla_cache = path
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs (marked slow) first: xdist hands tests out in collection order, and a
+    run of minutes that starts when the other worker has little left keeps the suite waiting on it."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+
+
 def pytest_unconfigure(config):
     path = getattr(config, "_psrl_jax_xla_cache", None)
     if path:

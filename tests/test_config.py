@@ -109,7 +109,7 @@ def test_launchers_report_a_config_file_they_cannot_load_in_one_line(script, con
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
-def test_evaluate_and_visualize_name_a_bad_config_json_and_out_before_restoring(tmp_path):
+def test_evaluate_and_visualize_refuse_bad_run_directories_before_restoring(tmp_path):
     import json
 
     from configs import rainbow_psrl
@@ -129,6 +129,17 @@ def test_evaluate_and_visualize_name_a_bad_config_json_and_out_before_restoring(
     (tmp_path / "file").write_text("")
     out = script("visualize.py", f"--run_dir={run}", f"--out={tmp_path / 'file' / 'fig.png'}")
     assert out.returncode != 0 and "--out" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+    # A config.json of another config_version is refused before anything is restored.
+    saved = config_to_dict(rainbow_psrl.get_config("smoke"))
+    (run / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "config_version"}))
+    old = script("evaluate.py", f"--run_dir={run}", "--episodes=2")
+    assert old.returncode != 0 and "config_version None" in old.stderr and "Traceback" not in old.stderr, old.stderr
+
+    # A plain Rainbow run has no correspondence to draw: a clear error, before any restore.
+    (run / "config.json").write_text(json.dumps(config_to_dict(rainbow.get_config("smoke"))))
+    figure = script("visualize.py", f"--run_dir={run}", f"--out={tmp_path / 'fig.png'}")
+    assert figure.returncode != 0 and "correspondence module" in figure.stderr, figure.stderr[-3000:]
 
 
 def _base_fields():

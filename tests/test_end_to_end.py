@@ -1,9 +1,17 @@
-"""The smoke config with 2 vmapped seeds: trains, evaluates, checkpoints, is killed, resumes, finishes."""
+"""The one trainer end to end, once per domain, through its launcher with 2 vmapped seeds and every PSRL
+term on: rainbow_psrl:smoke (Atari) and sac_psrl:smoke (DMC) train, evaluate and checkpoint, are
+killed, resume and finish; then the latest checkpoint is evaluated, its correspondences drawn and the
+run reported. The PSRL runs carry the most state through a checkpoint (BatchNorm statistics, EMA
+target, PSRL modules, the prediction-step replay); plain Rainbow and SAC run the same trainer and the
+same checkpoint code (tests/test_multihost.py resumes a Rainbow run across layouts,
+tests/test_checkpoint.py round-trips every agent state). The DMC runs render with dm_control, as the
+smoke configs do (configs/sac.py says why)."""
 
 import functools
 import json
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -20,81 +28,183 @@ from run_helpers import (
 
 pytestmark = pytest.mark.slow
 
-
-def _command(run_dir, *extra, config="configs/rainbow.py:smoke"):
-    return launch_command("atari.py", run_dir, *extra, config=config)
+PSRL_TERMS = ("loss/psrl", "loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
 
 
-def test_smoke_two_seeds_kill_resume_finish(tmp_path):
+@dataclass(frozen=True)
+class Domain:
+    script: str
+    config: str
+    flags: tuple  # the run's budget and evaluation, on top of the smoke config
+    total: int
+    checkpoint: int  # the smoke config's checkpoint.every_steps: where the first run is killed
+    action_repeat: int  # env steps per agent step in the records (Atari counts agent steps)
+    rl_terms: tuple
+
+
+DOMAINS = {
+    # 500 of the smoke config's 800 steps: replay.min_size is 400, so the kill at the 400-step
+    # checkpoint comes before any update and the resumed run makes every update (100 steps, most of
+    # this run's time on a 2-core CPU). The periodic evaluation at 400 runs before the kill.
+    "atari": Domain(
+        script="atari.py",
+        config="configs/rainbow_psrl.py:smoke",
+        flags=("--config.total_env_steps=500",),
+        total=500,
+        checkpoint=400,
+        action_repeat=1,
+        rl_terms=("loss/rl",),
+    ),
+    # 1,600 of the smoke config's 2,400 env steps (cartpole_swingup, action repeat 8): 100 random
+    # agent steps, updates from there, the kill at the 1,200-step checkpoint (after 50 agent steps of
+    # updates) and 50 more after the resume. One episode per seed in the periodic evaluation at
+    # 1,200 (125 renders each), the smoke config's two in the final one. CURL's stack padding (the
+    # default zeros are what the Atari run and the 2-process DMC run use).
+    "dmc": Domain(
+        script="dmc.py",
+        config="configs/sac_psrl.py:smoke",
+        flags=("--config.total_env_steps=1600", "--config.eval.episodes=1", "--config.env.stack_padding=first_frame"),
+        total=1600,
+        checkpoint=1200,
+        action_repeat=8,
+        rl_terms=("loss/critic", "loss/actor"),
+    ),
+}
+
+
+def _finite(record, name):
+    return name in record and math.isfinite(record[name])
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_psrl_two_seeds_kill_resume_finish_evaluate_draw_report(tmp_path, name):
+    domain = DOMAINS[name]
     run_dir = str(tmp_path / "run")
-    # 800 of the smoke config's 1,200 steps: killed at the 400-step checkpoint (replay.min_size: no
-    # update yet), resumed for 200 updates per seed, one periodic evaluation (600) and the final one.
-    # The seeds are vmapped as the smoke config says; "auto"'s unrolled seeds on the CPU are the same
-    # state and update (tests/test_train_common.py checks vmap_seeds' unroll against jax.vmap, and
-    # tests/test_perf.py compiles and runs the unrolled smoke update).
-    total = 800
-    command = functools.partial(_command, run_dir, f"--config.total_env_steps={total}")
-    first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
-    assert 0 < first_checkpoint < total
-
+    command = functools.partial(launch_command, domain.script, run_dir, *domain.flags, config=domain.config)
+    assert train_until_first_checkpoint_then_kill(command(), run_dir) == domain.checkpoint
     resumed = run_command(command("--config.resume=True"), timeout=900)
     assert resumed.returncode == 0, output_tail(resumed)
 
-    for seed in (0, 1):
-        updates = records(run_dir, seed, "update")
-        steps = [r["env_step"] for r in updates]
-        assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated records after resume
-        assert steps[-1] == total
-        assert all(r["updates_per_seed"] >= 0 for r in updates)
-        late = [r for r in updates if r["env_step"] > 400]
-        assert late and all("loss/rl" in r and r["loss/rl"] == r["loss/rl"] for r in late)  # finite, present
-        assert records(run_dir, seed, "train_episode"), "training episodes are logged per seed"
-        evals = records(run_dir, seed, "eval")
-        assert evals and all(r["episodes"] == 2 for r in evals)
-        final = records(run_dir, seed, "final_eval")
-        assert len(final) == 1 and final[0]["episodes"] == 4 and len(final[0]["returns"]) == 4
-        assert os.path.isdir(os.path.join(run_dir, "tensorboard", f"seed_{seed}"))
-    for name in ("config.json", "versions.json", "final_eval.json"):
-        assert os.path.exists(os.path.join(run_dir, name))
     with open(os.path.join(run_dir, "config.json")) as f:
-        assert json.load(f)["num_seeds"] == 2
+        config = json.load(f)
+    assert config["num_seeds"] == 2 and config["total_env_steps"] == domain.total
+    if name == "dmc":
+        assert config["env"]["action_repeat"] == domain.action_repeat  # resolved from the task and recorded
     with open(os.path.join(run_dir, "versions.json")) as f:  # the launcher's one cpu_settings.apply() call
         assert set(json.load(f)["cpu_settings"]) == {"xla_convolutions_on_eigen", "glibc_malloc"}
-    assert checkpoint_steps(run_dir)[-1] == total
+    with open(os.path.join(run_dir, "final_eval.json")) as f:
+        final = json.load(f)
+    assert final["env_step"] == domain.total
+    assert len(final["return_mean_per_seed"]) == 2 and all(map(math.isfinite, final["return_mean_per_seed"]))
+    assert checkpoint_steps(run_dir)[-1] == domain.total
 
-    # A finished run's latest checkpoint can be evaluated on its own, from the run's config.json; a
-    # config.json of another config_version is refused before anything is restored.
-    result = evaluate_latest_checkpoint(run_dir, episodes=2, step=total)
-    assert len(result["returns"]) == 2 and all(len(r) == 2 for r in result["returns"])
-    config_path = os.path.join(run_dir, "config.json")
-    with open(config_path) as f:
-        saved = f.read()
-    with open(config_path, "w") as f:
-        json.dump({k: v for k, v in json.loads(saved).items() if k != "config_version"}, f)
-    old = run_launch_script("evaluate.py", f"--run_dir={run_dir}", "--episodes=2")
-    assert old.returncode != 0 and "config_version None" in old.stderr and "Traceback" not in old.stderr, old.stderr
-    with open(config_path, "w") as f:
-        f.write(saved)
+    learning_starts = config["replay"]["min_size"] * domain.action_repeat
+    per_seed = []
+    for seed in (0, 1):
+        by_kind = {kind: records(run_dir, seed, kind) for kind in ("update", "train_episode", "eval", "final_eval")}
+        for kind, rows in by_kind.items():
+            steps = [r["env_step"] for r in rows]
+            assert all(s % domain.action_repeat == 0 and 0 < s <= domain.total for s in steps), (kind, steps)
+            # Nothing is logged twice across the kill and resume.
+            assert steps == sorted(steps) and len(steps) == len(set(steps)), (kind, steps)
+        updates = by_kind["update"]
+        assert updates[-1]["env_step"] == domain.total and all(r["updates_per_seed"] >= 0 for r in updates)
+        late = [r for r in updates if r["env_step"] > learning_starts]
+        assert late and late[-1]["updates_per_seed"] > 0
+        for record in late:  # every loss term logged per seed, finite
+            for term in (*domain.rl_terms, *PSRL_TERMS, "psrl/flow_magnitude"):
+                assert _finite(record, term), (term, record)
+        assert late[-1]["psrl/flow_magnitude"] > 0  # the correspondence module has learned something
+        episodes = by_kind["train_episode"]
+        assert episodes and all(math.isfinite(r["return"]) for r in episodes)
+        if name == "dmc":  # cartpole_swingup's 1,000 control steps, in agent steps
+            assert all(r["length"] == 1000 // domain.action_repeat for r in episodes), episodes
+        evals = by_kind["eval"]
+        assert [r["env_step"] for r in evals] == [domain.checkpoint]  # before the kill
+        assert all(r["episodes"] == config["eval"]["episodes"] == len(r["returns"]) for r in evals)
+        (final_record,) = by_kind["final_eval"]
+        assert final_record["episodes"] == config["eval"]["final_episodes"] == len(final_record["returns"])
+        assert all(map(math.isfinite, final_record["returns"]))
+        assert final_record["return_mean"] == pytest.approx(final["return_mean_per_seed"][seed])
+        assert os.path.isdir(os.path.join(run_dir, "tensorboard", f"seed_{seed}"))
+        per_seed.append(by_kind)
+    # The two vmapped seeds are different agents: their losses are not copies.
+    losses = [[r["loss/psrl"] for r in s["update"] if "loss/psrl" in r] for s in per_seed]
+    assert losses[0] != losses[1]
 
-    # The report reads the trainer's own run directory: both seeds finished and scored at the budget,
-    # from the 4-episode final evaluation (more episodes than evaluate.py's 2 above).
+    # launch/evaluate.py replays the latest checkpoint on its own, from the run's config.json.
+    result = evaluate_latest_checkpoint(run_dir, episodes=2, step=domain.total)
+    assert result["env_step"] == domain.total and result["episodes_per_seed"] == 2
+    assert len(result["returns"]) == 2 and all(len(r) == 2 and all(map(math.isfinite, r)) for r in result["returns"])
+
+    _draws_the_learned_correspondences(tmp_path, run_dir, config)
+    _reports_the_run(tmp_path, run_dir, config, name)
+    if name == "atari":  # launcher refusals that read a real run directory (one domain suffices: same code)
+        _refuses_to_overwrite_or_restore_a_corrupted_checkpoint(run_dir, command)
+
+
+def _draws_the_learned_correspondences(tmp_path, run_dir, config):
+    """launch/visualize.py draws seed 1's correspondences from the latest checkpoint."""
+    figure_path = str(tmp_path / "fig.png")
+    flags = (f"--run_dir={run_dir}", "--seed_index=1", "--samples=2", f"--out={figure_path}")
+    figure = run_launch_script("visualize.py", *flags)
+    assert figure.returncode == 0, output_tail(figure)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(figure_path).ndim == 3
+    with open(tmp_path / "fig.json") as f:
+        drawn = json.load(f)
+    assert drawn["env_step"] == config["total_env_steps"] and len(drawn["samples"]) == 2
+    for sample in drawn["samples"]:
+        for kind in ("external", "internal"):
+            assert math.isfinite(sample[f"{kind}_mean_flow_magnitude"]), sample
+            assert 0.0 <= sample[f"{kind}_outside_fraction"] <= 1.0, sample
+    pool = drawn["pool"]  # the pool summary: every frame pair the loss counts
+    frames = config["env"]["frame_stack"]
+    assert pool["external"]["pairs"] % frames == 0 and pool["external"]["pairs"] >= frames
+    assert pool["internal"]["pairs"] <= pool["samples"]
+    for kind in ("external", "internal"):
+        assert all(math.isfinite(v) for v in pool[kind].values()), pool
+        assert 0.0 <= pool[kind]["outside_fraction"] <= 1.0
+    if "task" in config["env"]:  # DMC frames are centre-cropped as the encoder saw them
+        crop = feature = config["env"]["crop_size"]
+        assert crop < config["env"]["image_size"]  # so the crop is not a no-op
+        for stride in config["agent"]["encoder_strides"]:  # valid 3x3 convolutions (CURL's encoder)
+            feature = (feature - 3) // stride + 1
+        assert drawn["flow_units"].startswith(f"feature-map pixels ({feature}x{feature};")
+
+
+def _reports_the_run(tmp_path, run_dir, config, name):
+    """launch/report.py's builder reads the trainer's own run directory: both seeds finished and
+    scored at the run's budget, mean ± std of the final evaluations (4 or 2 episodes per seed)."""
     from psrl_jax.analysis.report import ReportOptions, build_report
 
-    report, warnings = build_report([run_dir], str(tmp_path / "report"), ReportOptions(reps=20))
-    assert warnings == [
-        f"Atari runs are scored at step(s) [{total}], the published rows at 100,000 (the Atari 100k budget)"
-    ]
+    total = config["total_env_steps"]
+    dmc_budgets = (total,) if name == "dmc" else ReportOptions().dmc_budgets
+    report, warnings = build_report(
+        [run_dir], str(tmp_path / "report"), ReportOptions(reps=20, dmc_budgets=dmc_budgets)
+    )
+    finals = [np.mean(records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
+    score = f"{np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2)"
     with open(report) as f:
         text = f.read()
-    assert f"| 2/2 | {total:,} | {total:,} | complete |" in text
-    finals = [np.mean(records(run_dir, seed, "final_eval")[0]["returns"]) for seed in range(2)]
-    assert f"{np.mean(finals):,.1f} ± {np.std(finals):,.1f} (n=2)" in text
+    if name == "dmc":
+        assert warnings == []
+        assert f"| cartpole_swingup | {score} |" in text
+    else:
+        assert warnings == [
+            f"Atari runs are scored at step(s) [{total}], the published rows at 100,000 (the Atari 100k budget)"
+        ]
+        assert f"| 2/2 | {total:,} | {total:,} | complete |" in text and score in text
 
+
+def _refuses_to_overwrite_or_restore_a_corrupted_checkpoint(run_dir, command):
     # Starting again without resume must not overwrite the run.
     clash = run_command(command(), timeout=300)
     assert clash.returncode != 0 and "resume" in clash.stderr
 
     # A corrupted checkpoint gives a clear error and is left as it was.
+    total = checkpoint_steps(run_dir)[-1]
     state_dir = os.path.join(run_dir, "checkpoints", str(total), "state")
     victims = []
     for root, _, files in os.walk(state_dir):
@@ -111,62 +221,3 @@ def test_smoke_two_seeds_kill_resume_finish(tmp_path):
     for victim in victims:
         with open(victim, "rb") as f:
             assert f.read() == b"garbage"
-
-    # A plain Rainbow run has no correspondence to draw: a clear error, before any restore.
-    figure = run_launch_script("visualize.py", f"--run_dir={run_dir}", f"--out={tmp_path / 'fig.png'}", timeout=300)
-    assert figure.returncode != 0 and "correspondence module" in figure.stderr, figure.stderr[-3000:]
-
-
-def test_psrl_smoke_two_seeds_kill_resume_finish(tmp_path):
-    """rainbow_psrl:smoke, 2 vmapped seeds: every PSRL term logged per seed, finite; BatchNorm
-    statistics, EMA target and PSRL modules survive a kill and resume."""
-    run_dir = str(tmp_path / "psrl")
-    # 500 of the smoke config's 800 steps: killed at the 400-step checkpoint (replay.min_size: no
-    # update yet), resumed for 100 steps of updates (100 per seed, a quarter of the smoke run's; they
-    # are most of this test's time on a 2-core CPU). No periodic evaluation (the Rainbow run above
-    # checks those); the final one runs.
-    total = 500
-    command = functools.partial(
-        _command,
-        run_dir,
-        f"--config.total_env_steps={total}",
-        "--config.eval.every_steps=0",
-        config="configs/rainbow_psrl.py:smoke",
-    )
-    first_checkpoint = train_until_first_checkpoint_then_kill(command(), run_dir)
-    assert 0 < first_checkpoint < total
-    resumed = run_command(command("--config.resume=True"), timeout=900)
-    assert resumed.returncode == 0, output_tail(resumed)
-    terms = ("loss/cat_local", "loss/cat_global", "loss/aat_local", "loss/aat_global", "loss/internal")
-    for seed in (0, 1):
-        updates = [r for r in records(run_dir, seed, "update") if r["updates_per_seed"] > 0]
-        assert updates and updates[-1]["env_step"] == total
-        for record in updates:
-            for name in (*terms, "loss/psrl", "loss/rl", "psrl/flow_magnitude", "psrl/internal_flow_magnitude"):
-                assert name in record and math.isfinite(record[name]), (name, record)
-        assert updates[-1]["psrl/flow_magnitude"] > 0  # the correspondence module has learned something
-        assert len(records(run_dir, seed, "final_eval")) == 1
-    assert checkpoint_steps(run_dir)[-1] == total
-
-    # The learned correspondences of seed 1 can be drawn from the latest checkpoint.
-    figure_path = str(tmp_path / "fig.png")
-    flags = (f"--run_dir={run_dir}", "--seed_index=1", "--samples=2", f"--out={figure_path}")
-    figure = run_launch_script("visualize.py", *flags)
-    assert figure.returncode == 0, output_tail(figure)
-    assert os.path.exists(figure_path) and os.path.exists(str(tmp_path / "fig.json"))
-    import matplotlib.image
-
-    assert matplotlib.image.imread(figure_path).ndim == 3
-    with open(tmp_path / "fig.json") as f:
-        drawn = json.load(f)
-    samples = drawn["samples"]
-    assert len(samples) == 2
-    for sample in samples:
-        for kind in ("external", "internal"):
-            assert math.isfinite(sample[f"{kind}_mean_flow_magnitude"]), sample
-    frames = 4  # rainbow_psrl's frame stack: the external summary counts every frame's pair
-    pool = drawn["pool"]
-    assert pool["external"]["pairs"] % frames == 0 and pool["external"]["pairs"] >= frames
-    assert pool["internal"]["pairs"] <= pool["samples"]
-    for kind in ("external", "internal"):
-        assert all(math.isfinite(v) for v in pool[kind].values()), pool

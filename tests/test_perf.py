@@ -63,45 +63,6 @@ def test_unknown_gpu_has_no_peak_and_says_so():
 
 
 @pytest.mark.slow
-def test_benchmark_smoke_writes_json_and_trace(tmp_path):
-    out, trace = tmp_path / "bench.json", tmp_path / "trace"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/benchmark.py",
-            "--config=configs/rainbow.py:smoke",
-            "--repeats=2",
-            f"--out={out}",
-            f"--trace_dir={trace}",
-            f"--config.run_dir={tmp_path / 'run'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    bench = json.loads(out.read_text())
-    assert bench["num_seeds"] == 1 and bench["updates_per_s_all_seeds"] > 0
-    # the timed dispatches start after the untimed ones, whose times are kept
-    assert len(bench["update_warmup_seconds"]) == 3 and all(t > 0 for t in bench["update_warmup_seconds"])
-    assert bench["flops_per_update_per_seed"] > 1e6
-    # MFU is achieved / peak, a fraction
-    assert bench["mfu"] == pytest.approx(bench["achieved_flops_per_s"] / bench["device_peak_flops_per_s"])
-    assert 0 < bench["mfu"] < 1
-    assert bench["update_memory_bytes"]["argument"] > 0 and bench["host_peak_rss_bytes"] > 0
-    assert bench["replay_bytes_per_transition"] > 84 * 84
-    assert bench["host"] == host_info()  # the machine the figures are from
-    assert glob.glob(str(trace / "seeds_1" / "plugins" / "profile" / "*" / "*.xplane.pb"))
-    # the traced update's time per named scope (psrl_jax/profile_scopes.py): Rainbow's scopes are there
-    scopes = bench["time_by_scope"]
-    names = {row["scope"] for row in scopes["rows"]}
-    assert any(name.startswith("distributional_loss") for name in names) and "optimizer" in names
-    assert any(row["backward"] for row in scopes["rows"])
-    assert sum(row["fraction"] for row in scopes["rows"]) == pytest.approx(1.0)
-
-
-@pytest.mark.slow
 def test_benchmark_measures_dmc_configs(tmp_path):
     """A DMC config (it names env.task) goes through the same measurement: the SAC update, acting, and
     the backend's rendered env steps, counted in env steps (action_repeat physics steps each)."""
@@ -141,7 +102,6 @@ def _benchmark(tmp_path, name, devices, *flags):
             sys.executable,
             "launch/benchmark.py",
             "--config=configs/rainbow.py:smoke",
-            "--config.num_seeds=2",
             "--repeats=1",
             f"--out={out}",
             f"--config.run_dir={tmp_path / name}",
@@ -158,12 +118,33 @@ def _benchmark(tmp_path, name, devices, *flags):
 
 
 @pytest.mark.slow
-def test_sharded_benchmark_counts_per_device_flops_and_no_collectives(tmp_path):
-    one = _benchmark(tmp_path, "one_device", 1)
-    sharding = _benchmark(tmp_path, "sharding", 2, "--sharding")
-    assert one["seed_devices"] == 1 and sharding["seed_devices"] == 2
+def test_benchmark_smoke_writes_json_and_trace_and_sharded_counts_per_device_flops(tmp_path):
+    """rainbow:smoke through launch/benchmark.py: one seed on one device (with a trace), then two seeds
+    sharded over two (forced host) devices, whose per-device program is one seed's."""
+    trace = tmp_path / "trace"
+    bench = _benchmark(tmp_path, "one_device", 1, "--config.num_seeds=1", "--repeats=2", f"--trace_dir={trace}")
+    assert bench["num_seeds"] == 1 and bench["updates_per_s_all_seeds"] > 0
+    # the timed dispatches start after the untimed ones, whose times are kept
+    assert len(bench["update_warmup_seconds"]) == 3 and all(t > 0 for t in bench["update_warmup_seconds"])
+    assert bench["flops_per_update_per_seed"] > 1e6
+    # MFU is achieved / peak, a fraction
+    assert bench["mfu"] == pytest.approx(bench["achieved_flops_per_s"] / bench["device_peak_flops_per_s"])
+    assert 0 < bench["mfu"] < 1
+    assert bench["update_memory_bytes"]["argument"] > 0 and bench["host_peak_rss_bytes"] > 0
+    assert bench["replay_bytes_per_transition"] > 84 * 84
+    assert bench["host"] == host_info()  # the machine the figures are from
+    assert glob.glob(str(trace / "seeds_1" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    # the traced update's time per named scope (psrl_jax/profile_scopes.py): Rainbow's scopes are there
+    scopes = bench["time_by_scope"]
+    names = {row["scope"] for row in scopes["rows"]}
+    assert any(name.startswith("distributional_loss") for name in names) and "optimizer" in names
+    assert any(row["backward"] for row in scopes["rows"])
+    assert sum(row["fraction"] for row in scopes["rows"]) == pytest.approx(1.0)
+
+    sharding = _benchmark(tmp_path, "sharding", 2, "--config.num_seeds=2", "--sharding")
+    assert bench["seed_devices"] == 1 and sharding["seed_devices"] == 2
     # Sharded, the compiled update is one device's (1 of the 2 seeds): per seed it is the same work.
-    assert sharding["flops_per_update_per_seed"] == pytest.approx(one["flops_per_update_per_seed"], rel=0.02)
+    assert sharding["flops_per_update_per_seed"] == pytest.approx(bench["flops_per_update_per_seed"], rel=0.02)
     assert sharding["shard_map_collectives"] == 0  # each device its own seeds (SeedAxis.jit)
     assert sharding["shard_map_ms_per_dispatch"] > 0 and sharding["spmd_partitioner_ms_per_dispatch"] > 0
 
