@@ -11,6 +11,7 @@ DMC: each run directory's mean ± std over its seeds, other implementations' cur
 import argparse
 import os
 import sys
+import textwrap
 
 from psrl_jax import cli
 from psrl_jax.analysis.curves import (
@@ -75,6 +76,7 @@ def plot_dmc(runs, args):
     cli.require_out_directory(args.out)
     task = runs[0].env
     title = f"{task}: " + ", ".join(dict.fromkeys([run.method for run in runs] + list(external)))
+    title = textwrap.fill(title, 60)  # many methods: wrapped, not cut at the figure's edge
     plot_dmc_curves(runs, args.out, title, external, drq_curve().get(task))
     print(f"wrote {args.out}")
 
