@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest -q -n 2 --durations=10 "$@"
+.venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=10 "$@"
