@@ -35,8 +35,8 @@ PSRL_TERMS = ("loss/psrl", "loss/cat_local", "loss/cat_global", "loss/aat_local"
 class Domain:
     script: str
     config: str
-    flags: tuple  # the run's budget and evaluation, on top of the smoke config
-    total: int
+    flags: tuple  # evaluation and env settings on top of the smoke config
+    total: int  # config.total_env_steps of the run
     checkpoint: int  # the smoke config's checkpoint.every_steps: where the first run is killed
     action_repeat: int  # env steps per agent step in the records (Atari counts agent steps)
     rl_terms: tuple
@@ -49,7 +49,7 @@ DOMAINS = {
     "atari": Domain(
         script="atari.py",
         config="configs/rainbow_psrl.py:smoke",
-        flags=("--config.total_env_steps=500",),
+        flags=(),
         total=500,
         checkpoint=400,
         action_repeat=1,
@@ -63,7 +63,7 @@ DOMAINS = {
     "dmc": Domain(
         script="dmc.py",
         config="configs/sac_psrl.py:smoke",
-        flags=("--config.total_env_steps=1600", "--config.eval.episodes=1", "--config.env.stack_padding=first_frame"),
+        flags=("--config.eval.episodes=1", "--config.env.stack_padding=first_frame"),
         total=1600,
         checkpoint=1200,
         action_repeat=8,
@@ -80,7 +80,8 @@ def _finite(record, name):
 def test_psrl_two_seeds_kill_resume_finish_evaluate_draw_report(tmp_path, name):
     domain = DOMAINS[name]
     run_dir = str(tmp_path / "run")
-    command = functools.partial(launch_command, domain.script, run_dir, *domain.flags, config=domain.config)
+    budget = f"--config.total_env_steps={domain.total}"
+    command = functools.partial(launch_command, domain.script, run_dir, budget, *domain.flags, config=domain.config)
     assert train_until_first_checkpoint_then_kill(command(), run_dir) == domain.checkpoint
     resumed = run_command(command("--config.resume=True"), timeout=900)
     assert resumed.returncode == 0, output_tail(resumed)
@@ -89,7 +90,9 @@ def test_psrl_two_seeds_kill_resume_finish_evaluate_draw_report(tmp_path, name):
         config = json.load(f)
     assert config["num_seeds"] == 2 and config["total_env_steps"] == domain.total
     if name == "dmc":
+        assert config["env"]["task"] == "cartpole_swingup" and config["env"]["backend"] == "dm_control"
         assert config["env"]["action_repeat"] == domain.action_repeat  # resolved from the task and recorded
+        assert config["agent"]["encoder"] == "framewise" and config["env"]["stack_padding"] == "first_frame"
     with open(os.path.join(run_dir, "versions.json")) as f:  # the launcher's one cpu_settings.apply() call
         assert set(json.load(f)["cpu_settings"]) == {"xla_convolutions_on_eigen", "glibc_malloc"}
     with open(os.path.join(run_dir, "final_eval.json")) as f:
@@ -128,9 +131,13 @@ def test_psrl_two_seeds_kill_resume_finish_evaluate_draw_report(tmp_path, name):
         assert final_record["return_mean"] == pytest.approx(final["return_mean_per_seed"][seed])
         assert os.path.isdir(os.path.join(run_dir, "tensorboard", f"seed_{seed}"))
         per_seed.append(by_kind)
-    # The two vmapped seeds are different agents: their losses are not copies.
+    # The two vmapped seeds are different agents: their losses are not copies (nor, on DMC, where
+    # every episode scores, their returns; the Atari smoke runs score 0 on RoadRunner).
     losses = [[r["loss/psrl"] for r in s["update"] if "loss/psrl" in r] for s in per_seed]
     assert losses[0] != losses[1]
+    if name == "dmc":
+        returns = [[x for r in s["eval"] + s["final_eval"] for x in r["returns"]] for s in per_seed]
+        assert returns[0] != returns[1]
 
     # launch/evaluate.py replays the latest checkpoint on its own, from the run's config.json.
     result = evaluate_latest_checkpoint(run_dir, episodes=2, step=domain.total)
@@ -167,6 +174,7 @@ def _draws_the_learned_correspondences(tmp_path, run_dir, config):
         assert all(math.isfinite(v) for v in pool[kind].values()), pool
         assert 0.0 <= pool[kind]["outside_fraction"] <= 1.0
     if "task" in config["env"]:  # DMC frames are centre-cropped as the encoder saw them
+        assert all(sample["valid"] for sample in drawn["samples"]), drawn["samples"]
         crop = feature = config["env"]["crop_size"]
         assert crop < config["env"]["image_size"]  # so the crop is not a no-op
         for stride in config["agent"]["encoder_strides"]:  # valid 3x3 convolutions (CURL's encoder)
