@@ -293,3 +293,19 @@ def test_sac_table2_variant_is_the_supplementary_table_2():
         validate_dmc_config(config)
     assert sac_psrl.get_config("table2").psrl.cat_local  # the PSRL terms stay on
     assert (sac.get_config("table2").name, sac_psrl.get_config("table2").name) == ("sac-table2", "sac_psrl-table2")
+
+
+def test_sac_defaults_depart_from_table_2_only_in_temperature_optimiser_and_render_size():
+    """configs/sac.py is Table 2 but for the recipe study's two choices (DrQ's temperature Adam and
+    84 px rendering); any other drift from the paper's table would go unnoticed in the runs."""
+    from configs import sac, sac_psrl
+
+    departures = {"agent.alpha_learning_rate": 1e-3, "agent.alpha_b1": 0.9, "env.image_size": 84}
+    for config in (sac.get_config(), sac_psrl.get_config()):
+        differing = {
+            path: _field(config, path) for path, value in SUPPLEMENTARY_TABLE_2.items() if _field(config, path) != value
+        }
+        assert differing == departures, config.name
+        assert config.env.crop_size == 84 and config.agent.augmentation.translate_pad == 4  # DrQ's shift
+        config.env.action_repeat = 8
+        validate_dmc_config(config)
