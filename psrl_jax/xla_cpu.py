@@ -32,7 +32,7 @@ ONE_SHOT_LEVEL = 1
 CHECKED_JAXLIB = ((0, 9, 2), (0, 11, 0))  # [first, last) jaxlib versions with the flag, checked
 
 
-def _jaxlib_version() -> tuple[int, ...] | None:
+def installed_jaxlib_version() -> tuple[int, ...] | None:
     try:
         text = importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
@@ -46,7 +46,7 @@ def _jaxlib_version() -> tuple[int, ...] | None:
 
 def wanted(environ=os.environ, jaxlib_version=None) -> bool:
     """Whether `configure` would add FLAG, for this environment and jaxlib version."""
-    version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
+    version = installed_jaxlib_version() if jaxlib_version is None else jaxlib_version
     first, last = CHECKED_JAXLIB
     return (
         version is not None
