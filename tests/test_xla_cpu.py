@@ -120,8 +120,10 @@ def test_init_at_the_one_shot_level_is_bit_identical_to_xla_default(config_name)
         agent = RainbowAgent.from_config(config, 6, (config.env.frame_stack, size, size))
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
     lowered = jax.jit(jax.vmap(agent.init)).lower(keys)
-    default = lowered.compile(compiler_options={xla_cpu.LEVEL_FLAG: 3})(keys)
-    one_shot = lowered.compile(compiler_options=xla_cpu.one_shot_compiler_options({}, "cpu"))(keys)
+    # Users' XLA: the fusion emitters on (tests/conftest.py turns them off for the suite's speed).
+    users = {"xla_cpu_use_fusion_emitters": True}
+    default = lowered.compile(compiler_options={**users, xla_cpu.LEVEL_FLAG: 3})(keys)
+    one_shot = lowered.compile(compiler_options={**users, **xla_cpu.one_shot_compiler_options({}, "cpu")})(keys)
     default, one_shot = jax.device_get(default), jax.device_get(one_shot)
     paths = jax.tree_util.tree_flatten_with_path(default)[0]
     assert len(paths) > 20  # the whole agent state, not an empty tree
