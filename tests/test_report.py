@@ -346,8 +346,8 @@ def test_project_results_regenerate_from_committed_run_records(tmp_path):
 
 def test_runs_under_one_name_with_different_methods_are_flagged(tmp_path):
     """Pixel SAC seed 2 (docs/runs) ran with orthogonal init and no trunk tanh, unlike seeds 0 and 1
-    (whose config.json predates both fields: LeCun init, tanh); it was renamed by hand to keep it
-    apart. Under the shared name the report says so; the two sac_psrl seeds, written before and after
+    (whose config.json predates both fields: LeCun init, tanh); the runs were renamed by hand to keep
+    them apart. Under one name the report says so; the two sac_psrl seeds, written before and after
     env.stack_padding and psrl.warp_padding existed, are the same method and are not flagged."""
     import shutil
 
@@ -356,11 +356,14 @@ def test_runs_under_one_name_with_different_methods_are_flagged(tmp_path):
     shutil.copytree(os.path.join(runs, "sac-cartpole_swingup-100k-s2"), renamed)
     with open(os.path.join(renamed, "config.json")) as f:
         config = json.load(f)
-    assert config["name"] != "sac"
-    config["name"] = "sac"
+    lecun = os.path.join(runs, "sac-cartpole_swingup-100k-s0")
+    with open(os.path.join(lecun, "config.json")) as f:
+        lecun_name = json.load(f)["name"]
+    assert config["name"] != lecun_name
+    config["name"] = lecun_name
     save_json_atomic(os.path.join(renamed, "config.json"), config)
     same = [os.path.join(runs, f"sac_psrl-cartpole_swingup-100k-s{seed}") for seed in (0, 1)]
-    _, warnings = gather([os.path.join(runs, "sac-cartpole_swingup-100k-s0"), renamed, *same])
+    _, warnings = gather([lecun, renamed, *same])
     flagged = [w for w in warnings if "share a name but not a config" in w]
     assert len(flagged) == 1, warnings
     assert "agent.weight_init: 'lecun' vs 'orthogonal'" in flagged[0]
