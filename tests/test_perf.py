@@ -94,7 +94,7 @@ def test_benchmark_loops_refuses_dmc_configs_before_compiling(tmp_path):
     assert result.returncode != 0 and "DMC configs have the host loop only" in output_tail(result)
 
 
-def _benchmark(tmp_path, name, devices, *flags):
+def _benchmark(tmp_path, name, devices, *flags, repeats=1):
     out = tmp_path / f"{name}.json"
     env = host_devices_env(devices)
     result = subprocess.run(
@@ -102,7 +102,7 @@ def _benchmark(tmp_path, name, devices, *flags):
             sys.executable,
             "launch/benchmark.py",
             "--config=configs/rainbow.py:smoke",
-            "--repeats=1",
+            f"--repeats={repeats}",
             f"--out={out}",
             f"--config.run_dir={tmp_path / name}",
             *flags,
@@ -122,7 +122,7 @@ def test_benchmark_smoke_writes_json_and_trace_and_sharded_counts_per_device_flo
     """rainbow:smoke through launch/benchmark.py: one seed on one device (with a trace), then two seeds
     sharded over two (forced host) devices, whose per-device program is one seed's."""
     trace = tmp_path / "trace"
-    bench = _benchmark(tmp_path, "one_device", 1, "--config.num_seeds=1", "--repeats=2", f"--trace_dir={trace}")
+    bench = _benchmark(tmp_path, "one_device", 1, "--config.num_seeds=1", f"--trace_dir={trace}", repeats=2)
     assert bench["num_seeds"] == 1 and bench["updates_per_s_all_seeds"] > 0
     # the timed dispatches start after the untimed ones, whose times are kept
     assert len(bench["update_warmup_seconds"]) == 3 and all(t > 0 for t in bench["update_warmup_seconds"])
