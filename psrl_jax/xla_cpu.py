@@ -28,11 +28,12 @@ import sys
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 LEVEL_FLAG = "xla_backend_optimization_level"
+FUSION_EMITTERS_FLAG = "xla_cpu_use_fusion_emitters"  # on by default; tests/conftest.py turns it off
 ONE_SHOT_LEVEL = 1
 CHECKED_JAXLIB = ((0, 9, 2), (0, 11, 0))  # [first, last) jaxlib versions with the flag, checked
 
 
-def installed_jaxlib_version() -> tuple[int, ...] | None:
+def _jaxlib_version() -> tuple[int, ...] | None:
     try:
         text = importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
@@ -44,13 +45,18 @@ def installed_jaxlib_version() -> tuple[int, ...] | None:
     return tuple(parts)
 
 
+def checked_jaxlib(jaxlib_version=None) -> bool:
+    """Whether the installed (or the given) jaxlib is one the XLA:CPU flags here were checked on;
+    XLA aborts on a flag its jaxlib does not know."""
+    version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
+    first, last = CHECKED_JAXLIB
+    return version is not None and first <= version < last
+
+
 def wanted(environ=os.environ, jaxlib_version=None) -> bool:
     """Whether `configure` would add FLAG, for this environment and jaxlib version."""
-    version = installed_jaxlib_version() if jaxlib_version is None else jaxlib_version
-    first, last = CHECKED_JAXLIB
     return (
-        version is not None
-        and first <= version < last
+        checked_jaxlib(jaxlib_version)
         and "xla_cpu_experimental_ynn_fusion_type" not in environ.get("XLA_FLAGS", "")
         and environ.get("PSRL_JAX_XLA_CPU_DEFAULTS", "") in ("", "0")
     )

@@ -32,7 +32,6 @@ cpu_settings.apply()
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _O1 = f"--{xla_cpu.LEVEL_FLAG}=1"
-_FUSION_EMITTERS = "xla_cpu_use_fusion_emitters"
 
 
 def pytest_configure(config):
@@ -47,9 +46,8 @@ def _compile_at_o1():
         return  # XLA's defaults asked for
     flags = os.environ.get("XLA_FLAGS", "")
     added = [] if xla_cpu.LEVEL_FLAG in flags else [_O1]  # else the caller's own level
-    first, last = xla_cpu.CHECKED_JAXLIB
-    if _FUSION_EMITTERS not in flags and first <= (xla_cpu.installed_jaxlib_version() or (0,)) < last:
-        added.append(f"--{_FUSION_EMITTERS}=false")  # XLA aborts on a flag its jaxlib does not know
+    if xla_cpu.FUSION_EMITTERS_FLAG not in flags and xla_cpu.checked_jaxlib():
+        added.append(f"--{xla_cpu.FUSION_EMITTERS_FLAG}=false")
     os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()  # read when JAX creates its CPU backend
 
 

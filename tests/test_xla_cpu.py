@@ -121,7 +121,7 @@ def test_init_at_the_one_shot_level_is_bit_identical_to_xla_default(config_name)
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
     lowered = jax.jit(jax.vmap(agent.init)).lower(keys)
     # Users' XLA: the fusion emitters on (tests/conftest.py turns them off for the suite's speed).
-    users = {"xla_cpu_use_fusion_emitters": True}
+    users = {xla_cpu.FUSION_EMITTERS_FLAG: True}
     default = lowered.compile(compiler_options={**users, xla_cpu.LEVEL_FLAG: 3})(keys)
     one_shot = lowered.compile(compiler_options={**users, **xla_cpu.one_shot_compiler_options({}, "cpu")})(keys)
     default, one_shot = jax.device_get(default), jax.device_get(one_shot)
