@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compile_level import jit_at_launch_level
 
 from psrl_jax.networks.correspondence import CorrespondenceNet, flows_at
 from psrl_jax.ops.warp import warp
@@ -350,7 +351,7 @@ def test_learns_known_shifts_from_warp_loss_alone():
         err = jnp.mean(jnp.abs(warp(query, flow) - target), axis=-1)
         return jnp.sum(err * mask) / jnp.sum(mask), updates["batch_stats"]
 
-    @jax.jit
+    @jit_at_launch_level  # 1000 steps
     def train_step(params, stats, opt_state, rng):
         query, target, mask, _ = _shifted_pairs(rng, batch)
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, query, target, mask)
@@ -535,7 +536,7 @@ def _learn_two_regions(seed, steps=1200, batch=32, lr=3e-3):
         err = jnp.mean(jnp.abs(warp(query, finest_flow(flows)) - target), axis=-1)
         return jnp.sum(err * mask) / jnp.sum(mask), updates["batch_stats"]
 
-    @jax.jit
+    @jit_at_launch_level  # 1200 steps
     def train_step(params, stats, opt_state, rng):
         query, target, mask, _, _, _, _ = _two_region_pairs(rng, train_source, batch)
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, query, target, mask)
