@@ -91,14 +91,10 @@ def load_config(spec: str):
             node[name] = type(old)(yaml.safe_load(value)) if old is not None else yaml.safe_load(value)
         except (KeyError, AttributeError, TypeError, ValueError) as error:
             raise ConfigError(f"{text}: override {item!r}: {cli.error_text(error)}") from error
-    if not is_dmc(config):  # the game name, as the trainer's AtariDomain checks it (a DMC task is checked below)
-        from psrl_jax.envs.atari import resolve_game
-
-        try:
-            resolve_game(config.env.game)
-        except ValueError as error:
-            raise ConfigError(f"{text}: config.env.game: {error}") from error
-    validate_any_config(config)  # a DMC task's default action repeat: the update's cost does not depend on it
+    try:  # the game or task name too; a DMC task's default action repeat (the update's cost does not depend on it)
+        validate_any_config(config)
+    except ConfigError as error:
+        raise ConfigError(f"{text}: {error}") from error
     return config
 
 
@@ -147,6 +143,19 @@ def main(argv):
     if not specs:
         sys.exit("usage: launch/compare_updates.py CONFIG[:variant][@field=value,...] ...")
     logging.set_verbosity(logging.WARNING)
+    unknown = sorted(set(_SEED_AXIS.value) - set(_SEED_AXES))
+    if unknown:
+        sys.exit(f"error: --seed_axis: unknown {unknown} (known: {', '.join(_SEED_AXES)})")
+    if _NUM_SEEDS.value < 1:
+        sys.exit(f"error: --num_seeds must be >= 1, got {_NUM_SEEDS.value}")
+    if _SCOPES.value < 0 or _SCOPE_DEPTH.value < 0:
+        sys.exit("error: --scopes and --scope_depth must be >= 0")
+    if _OUT.value:
+        cli.require_out_directory(_OUT.value)
+    try:  # every spec, before JAX and the agents are imported
+        configs = {spec: load_config(spec) for spec in specs}
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -164,21 +173,8 @@ def main(argv):
             "unroll": vmap_seeds(update, unroll=True),
         }[seed_axis]
 
-    unknown = sorted(set(_SEED_AXIS.value) - set(_SEED_AXES))
-    if unknown:
-        sys.exit(f"error: --seed_axis: unknown {unknown} (known: {', '.join(_SEED_AXES)})")
-    if _NUM_SEEDS.value < 1:
-        sys.exit(f"error: --num_seeds must be >= 1, got {_NUM_SEEDS.value}")
-    if _SCOPES.value < 0 or _SCOPE_DEPTH.value < 0:
-        sys.exit("error: --scopes and --scope_depth must be >= 0")
     # S copies of one seed's state and batch: the cost does not depend on the values
     with_seed_axis = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * _NUM_SEEDS.value), tree)  # noqa: E731
-    if _OUT.value:
-        cli.require_out_directory(_OUT.value)
-    try:  # every spec, before the first compile
-        configs = {spec: load_config(spec) for spec in specs}
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
     rows = []
     for spec, seed_axis in [(spec, axis) for spec in specs for axis in _SEED_AXIS.value]:
         config = configs[spec].copy_and_resolve_references()

@@ -25,20 +25,19 @@ flags.mark_flags_as_required(["run_dir"])
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    config = cli.load_run_config(_RUN_DIR.value, rainbow.get_config(), sac.get_config())  # before the imports below
+    config.run_dir = _RUN_DIR.value
+    config.resume = True
+    config.eval.episodes = config.eval.final_episodes = _EPISODES.value  # validated against max_parallel_envs
+    config.eval.max_parallel_envs = _PARALLEL.value
     import numpy as np
 
     from psrl_jax.config import ConfigError, save_json_atomic
     from psrl_jax.envs.gl import GLError
     from psrl_jax.train.checkpoint import CheckpointError
+    from psrl_jax.train.trainer import Trainer
 
-    config = cli.load_run_config(_RUN_DIR.value, rainbow.get_config(), sac.get_config())
-    config.run_dir = _RUN_DIR.value
-    config.resume = True
-    config.eval.episodes = config.eval.final_episodes = _EPISODES.value  # validated against max_parallel_envs
-    config.eval.max_parallel_envs = _PARALLEL.value
     try:
-        from psrl_jax.train.trainer import Trainer
-
         trainer = Trainer(config)
         state, header = trainer.restore_latest()
     except (ConfigError, CheckpointError, GLError) as error:

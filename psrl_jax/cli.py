@@ -6,6 +6,7 @@ misspelt field used to end in a traceback. `run(main)` is app.run(main) with tha
 `error: ...` and exit status 1, before anything is built or compiled.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -78,3 +79,48 @@ def loaded(config):
     except OSError as error:
         sys.exit(f"error: --config: {' '.join(str(error).split())}")
     return config
+
+
+@dataclasses.dataclass(frozen=True)
+class MultihostFlags:
+    """--coordinator, --num_processes and --process_id of a training launcher (one run over several
+    processes or hosts, psrl_jax/train/multihost.py). Defining them imports no JAX, so a launcher can
+    refuse a config before JAX starts."""
+
+    coordinator: flags.FlagHolder
+    processes: flags.FlagHolder
+    process_id: flags.FlagHolder
+
+    @classmethod
+    def define(cls) -> "MultihostFlags":
+        return cls(
+            flags.DEFINE_string(
+                "coordinator",
+                None,
+                "Multi-host: host:port of process 0 for jax.distributed.initialize (the same everywhere)",
+            ),
+            flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (one per host)"),
+            flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes)"),
+        )
+
+    def num_processes(self) -> int:
+        """How many processes the run spans: 1 without the flags; a one-line exit when some are missing
+        or --process_id is out of range."""
+        values = (self.coordinator.value, self.processes.value, self.process_id.value)
+        if all(v is None for v in values):
+            return 1
+        if any(v is None for v in values):
+            sys.exit("error: multi-host needs all of --coordinator=host:port --num_processes=N --process_id=i")
+        if not 0 <= self.process_id.value < self.processes.value:
+            sys.exit(
+                f"error: --process_id={self.process_id.value} must be in [0, --num_processes={self.processes.value})"
+            )
+        return self.processes.value
+
+    def initialize(self) -> None:
+        """jax.distributed.initialize from the flags, before anything else touches JAX (nothing with
+        one process)."""
+        if self.num_processes() > 1 or self.coordinator.value is not None:
+            from psrl_jax.train import multihost
+
+            multihost.initialize(self.coordinator.value, self.processes.value, self.process_id.value)

@@ -404,16 +404,39 @@ def read_saved_config(saved: dict, defaults: ml_collections.ConfigDict, where: s
 
 
 def validate_any_config(config: ml_collections.ConfigDict) -> None:
-    """The value checks a trainer runs before building anything, for either domain: a DMC config's
-    task is resolved and its action repeat written into config.env.action_repeat first (so pass a
-    copy to keep the original). Cheap: envpool's task registry, no env, no compile."""
+    """The value checks a trainer runs before building anything, for either domain, the game or task
+    name included: a DMC config's task is resolved and its action repeat written into
+    config.env.action_repeat first (so pass a copy to keep the original). Cheap: envpool's task
+    registry, no env, no compile."""
     if "task" in config.env:
         from psrl_jax.envs.dmc import resolve_dmc_env
 
         config.env.action_repeat = resolve_dmc_env(config)[1]
         validate_dmc_config(config)
-    else:
-        validate_atari_config(config)
+        return
+    validate_atari_config(config)  # the fields first: they need no envpool
+    from psrl_jax.envs.atari import resolve_game
+
+    try:
+        resolve_game(config.env.game)
+    except ValueError as error:
+        raise ConfigError(f"config.env.game: {error}") from error
+
+
+def validate_process_count(config: ml_collections.ConfigDict, num_processes: int) -> None:
+    """What a run over several processes (jax.distributed) cannot do; nothing with one process."""
+    if num_processes == 1:
+        return
+    _require(
+        config.shard_seeds != "off",
+        f"config.shard_seeds='off' keeps every seed on one device, but this run spans {num_processes} "
+        "processes (jax.distributed): use 'auto' or 'on'",
+    )
+    _require(
+        config.get("loop", "host") != "fused",  # DMC configs have the host loop only
+        "config.loop='fused' runs in one process: envpool's XLA step takes every env's action on one "
+        "device. Use config.loop='host' for a run over several processes (jax.distributed).",
+    )
 
 
 def validate_psrl_config(config: ml_collections.ConfigDict) -> None:

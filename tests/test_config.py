@@ -7,7 +7,13 @@ import sys
 import pytest
 
 from configs import rainbow
-from psrl_jax.config import ConfigError, check_writable_directory, validate_atari_config, validate_dmc_config
+from psrl_jax.config import (
+    ConfigError,
+    check_writable_directory,
+    validate_atari_config,
+    validate_dmc_config,
+    validate_process_count,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,14 +60,20 @@ def test_unwritable_run_dir_is_rejected(tmp_path):
         check_writable_directory(str(blocker / "run"))
 
 
-def _launch(*args):
+def _launch(*args, list_imports=False):
+    """launch/atari.py on rainbow:smoke; with list_imports, Python lists every module it imports on stderr."""
+    python = [sys.executable, "-X", "importtime"] if list_imports else [sys.executable]
     return subprocess.run(
-        [sys.executable, "launch/atari.py", "--config", "configs/rainbow.py:smoke", *args],
+        [*python, "launch/atari.py", "--config", "configs/rainbow.py:smoke", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def _imported(process) -> set:
+    return {line.rsplit("|", 1)[-1].strip() for line in process.stderr.splitlines() if line.startswith("import time:")}
 
 
 def test_launcher_rejects_unknown_field_and_game_before_compiling(tmp_path):
@@ -71,11 +83,15 @@ def test_launcher_rejects_unknown_field_and_game_before_compiling(tmp_path):
     assert 'Did you mean "batch_size"' in typo.stderr and "Traceback" not in typo.stderr, typo.stderr[-2000:]
     word = _launch("--config.num_seeds=two", f"--config.run_dir={tmp_path}/a")
     assert word.returncode != 0 and "num_seeds=two" in word.stderr and "Traceback" not in word.stderr
-    game = _launch("--config.env.game=Brekout", f"--config.run_dir={tmp_path}/b")
+    game = _launch("--config.env.game=Brekout", f"--config.run_dir={tmp_path}/b", list_imports=True)
     assert game.returncode != 0
     assert "Breakout" in game.stderr  # the close match is suggested
-    size = _launch("--config.agent.batch_size=100000", f"--config.run_dir={tmp_path}/c")
+    size = _launch("--config.agent.batch_size=100000", f"--config.run_dir={tmp_path}/c", list_imports=True)
     assert size.returncode != 0 and "batch_size" in size.stderr
+    # Refused before the trainer is imported; a bad field before JAX is (the game name needs envpool's
+    # registry, and envpool imports JAX).
+    assert "psrl_jax.train.trainer" not in _imported(game) | _imported(size)
+    assert "psrl_jax.envs.atari" in _imported(game) and not {"jax", "envpool"} & _imported(size)
     # Nothing was trained: no checkpoints, no metrics.
     assert not os.path.exists(tmp_path / "c" / "checkpoints")
 
@@ -309,3 +325,19 @@ def test_sac_defaults_depart_from_table_2_only_in_temperature_optimiser_and_rend
         assert config.env.crop_size == 84 and config.agent.augmentation.translate_pad == 4  # DrQ's shift
         config.env.action_repeat = 8
         validate_dmc_config(config)
+
+
+def test_runs_over_several_processes_refuse_unsharded_seeds_and_the_fused_loop():
+    from configs import sac
+
+    for config in (rainbow.get_config("smoke"), sac.get_config("smoke")):
+        validate_process_count(config, 2)  # the defaults run over several processes
+        config.shard_seeds = "off"
+        validate_process_count(config, 1)
+        with pytest.raises(ConfigError, match="spans 2 processes"):
+            validate_process_count(config, 2)
+    fused = rainbow.get_config("smoke")
+    fused.loop = "fused"
+    validate_process_count(fused, 1)
+    with pytest.raises(ConfigError, match="runs in one process"):
+        validate_process_count(fused, 3)

@@ -43,14 +43,14 @@ class Domain:
 
 
 DOMAINS = {
-    # 500 of the smoke config's 800 steps: replay.min_size is 400, so the kill at the 400-step
-    # checkpoint comes before any update and the resumed run makes every update (100 steps, most of
+    # 450 of the smoke config's 800 steps: replay.min_size is 400, so the kill at the 400-step
+    # checkpoint comes before any update and the resumed run makes every update (50 steps, most of
     # this run's time on a 2-core CPU). The periodic evaluation at 400 runs before the kill.
     "atari": Domain(
         script="atari.py",
         config="configs/rainbow_psrl.py:smoke",
         flags=(),
-        total=500,
+        total=450,
         checkpoint=400,
         action_repeat=1,
         rl_terms=("loss/rl",),

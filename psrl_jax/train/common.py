@@ -16,7 +16,14 @@ import numpy as np
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
-from psrl_jax.config import SEED_BATCHING_MODES, ConfigError, check_writable_directory, config_to_dict, save_json_atomic
+from psrl_jax.config import (
+    SEED_BATCHING_MODES,
+    ConfigError,
+    check_writable_directory,
+    config_to_dict,
+    save_json_atomic,
+    validate_process_count,
+)
 from psrl_jax.train import multihost, sharding
 from psrl_jax.train.checkpoint import Checkpointer, checkpoint_header
 from psrl_jax.train.run_dir import (
@@ -52,13 +59,9 @@ class SeedAxis:
     def for_config(cls, config) -> "SeedAxis":
         """config.num_seeds from config.seed, sharded as config.shard_seeds says (always, across
         processes, with several processes)."""
+        validate_process_count(config, jax.process_count())
         mode = config.shard_seeds
         if jax.process_count() > 1:
-            if mode == "off":
-                raise ConfigError(
-                    f"config.shard_seeds='off' keeps every seed on one device, but this run spans "
-                    f"{jax.process_count()} processes (jax.distributed): use 'auto' or 'on'"
-                )
             mode = "on"  # every process must own whole seeds: refuse a num_seeds that does not divide
         placed = None
         if sharding.use_seed_sharding(mode, config.num_seeds, jax.device_count()):

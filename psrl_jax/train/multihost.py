@@ -14,32 +14,7 @@ import time
 
 import jax
 import numpy as np
-from absl import flags
 from jax.experimental import multihost_utils
-
-
-def define_flags():
-    """--coordinator, --num_processes and --process_id for a launcher; returns a function that calls
-    `initialize` from them (before anything else touches JAX) or exits with what is missing."""
-    coordinator = flags.DEFINE_string(
-        "coordinator", None, "Multi-host: host:port of process 0 for jax.distributed.initialize (the same everywhere)"
-    )
-    num_processes = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (one per host)")
-    process_id = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes)")
-
-    def initialize_from_flags():
-        values = (coordinator.value, num_processes.value, process_id.value)
-        if all(v is None for v in values):
-            return
-        if any(v is None for v in values):
-            raise SystemExit("error: multi-host needs all of --coordinator=host:port --num_processes=N --process_id=i")
-        if not 0 <= process_id.value < num_processes.value:
-            raise SystemExit(
-                f"error: --process_id={process_id.value} must be in [0, --num_processes={num_processes.value})"
-            )
-        initialize(*values)
-
-    return initialize_from_flags
 
 
 def initialize(coordinator: str, num_processes: int, process_id: int) -> None:

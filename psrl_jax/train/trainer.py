@@ -280,12 +280,7 @@ class Trainer:
         return state, arrays, metrics
 
     # ----- fused mode: one compiled chunk per log window ----------------------------------------
-    def _fused_envs(self):
-        if jax.process_count() > 1:
-            raise ConfigError(
-                "config.loop='fused' runs in one process: envpool's XLA step takes every env's action on "
-                "one device. Use config.loop='host' for a run over several processes (jax.distributed)."
-            )
+    def _fused_envs(self):  # several processes: refused by SeedAxis.for_config (validate_process_count)
         if self.seeds.sharding is not None:
             raise ConfigError(
                 "config.loop='fused' runs on one device: envpool's XLA step takes every env's action "
