@@ -45,13 +45,17 @@ def test_soft_target_averages_the_k_views():
     batch = _batch(config)
     views = _views(config, batch.next_obs, 2, seed=3)
 
-    target = np.asarray(agent.soft_target(state, batch, views, jax.random.key(4)))
+    target = np.asarray(jax.jit(agent.soft_target)(state, batch, views, jax.random.key(4)))
+
+    @jax.jit  # one program, not every operation of the networks one by one
+    def target_q(view):
+        maps = agent.critic.apply(state.critic_params, view, method="encode")
+        mean, _ = agent.actor.apply(state.actor_params, maps)
+        return agent.critic.apply(state.critic_target, view, jnp.tanh(mean))
 
     per_view = []
     for view in views:
-        maps = agent.critic.apply(state.critic_params, view, method="encode")
-        mean, _ = agent.actor.apply(state.actor_params, maps)
-        q1, q2 = agent.critic.apply(state.critic_target, view, jnp.tanh(mean))
+        q1, q2 = target_q(view)
         r, d = np.asarray(batch.n_step_return), np.asarray(batch.bootstrap_discount)
         per_view.append(r + d * np.minimum(np.asarray(q1), np.asarray(q2)))
     np.testing.assert_allclose(target, np.mean(per_view, axis=0), rtol=1e-5, atol=1e-5)
@@ -70,6 +74,7 @@ def test_critic_loss_sums_the_m_views():
     target = jnp.asarray(np.random.default_rng(6).normal(size=batch.obs.shape[0]), jnp.float32)
     trainable = {"critic": state.critic_params, "aux": state.aux_params}
 
+    @jax.jit  # two programs (1 and 2 views) instead of every operation of the backward pass one by one
     def loss(views):
         return jax.value_and_grad(lambda t: agent.critic_loss(t, state, batch, views, None, target)[0])(trainable)
 
