@@ -118,8 +118,8 @@ class MultihostFlags:
         return self.processes.value
 
     def initialize(self) -> None:
-        """jax.distributed.initialize from the flags, before anything else touches JAX (nothing with
-        one process)."""
+        """jax.distributed.initialize from the flags, before anything else touches JAX (nothing
+        without them)."""
         if self.num_processes() > 1 or self.coordinator.value is not None:
             from psrl_jax.train import multihost
 
