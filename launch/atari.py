@@ -19,7 +19,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from psrl_jax import cli, cpu_settings
-from psrl_jax.config import ConfigError, validate_any_config, validate_process_count
+from psrl_jax.config import ConfigError, check_atari_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
 flags.mark_flags_as_required(["config"])
@@ -30,12 +30,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     config = cli.loaded(_CONFIG.value)  # a config file that does not load: say so before the imports below
-    try:  # what can be refused before JAX starts, in about a second
-        validate_any_config(config)
-        validate_process_count(config, _MULTIHOST.num_processes())
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
-    _MULTIHOST.initialize()  # before anything else touches JAX
+    cli.refuse_or_start_jax(config, check_atari_config, _MULTIHOST)
     from psrl_jax.train.checkpoint import CheckpointError
     from psrl_jax.train.domains import AtariDomain
     from psrl_jax.train.finite_guard import NonFiniteError

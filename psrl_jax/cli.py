@@ -124,3 +124,18 @@ class MultihostFlags:
             from psrl_jax.train import multihost
 
             multihost.initialize(self.coordinator.value, self.processes.value, self.process_id.value)
+
+
+def refuse_or_start_jax(config, check, multihost: MultihostFlags) -> None:
+    """What a training launcher can refuse before JAX starts, in about a second: `check(config)` (its
+    domain's checks, config.check_atari_config or check_dmc_config) and what several processes cannot
+    do, each a one-line exit; then jax.distributed from the multi-host flags, before anything else
+    touches JAX."""
+    from psrl_jax.config import ConfigError, validate_process_count
+
+    try:
+        check(config)
+        validate_process_count(config, multihost.num_processes())
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    multihost.initialize()

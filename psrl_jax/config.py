@@ -409,18 +409,33 @@ def validate_any_config(config: ml_collections.ConfigDict) -> None:
     config.env.action_repeat first (so pass a copy to keep the original). Cheap: envpool's task
     registry, no env, no compile."""
     if "task" in config.env:
-        from psrl_jax.envs.dmc import resolve_dmc_env
+        check_dmc_config(config)
+    else:
+        check_atari_config(config)
 
-        config.env.action_repeat = resolve_dmc_env(config)[1]
-        validate_dmc_config(config)
-        return
+
+def check_atari_config(config: ml_collections.ConfigDict) -> str:
+    """validate_atari_config, then the game name: its envpool task id, or a ConfigError naming the
+    field (with close matches). Cheap: envpool's registry, no env, no compile."""
     validate_atari_config(config)  # the fields first: they need no envpool
     from psrl_jax.envs.atari import resolve_game
 
     try:
-        resolve_game(config.env.game)
+        return resolve_game(config.env.game)
     except ValueError as error:
         raise ConfigError(f"config.env.game: {error}") from error
+
+
+def check_dmc_config(config: ml_collections.ConfigDict):
+    """(DMCTask, action repeat) of a DMC config after its value checks; the repeat, resolved from the
+    task when unset, is written into config.env.action_repeat so that config.json records it. Cheap:
+    envpool's registry, no env, no compile."""
+    from psrl_jax.envs.dmc import resolve_dmc_env
+
+    task, repeat = resolve_dmc_env(config)
+    config.env.action_repeat = repeat
+    validate_dmc_config(config)
+    return task, repeat
 
 
 def validate_process_count(config: ml_collections.ConfigDict, num_processes: int) -> None:

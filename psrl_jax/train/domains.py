@@ -9,10 +9,10 @@ import jax.numpy as jnp
 
 from psrl_jax.agents.rainbow import RainbowAgent
 from psrl_jax.agents.sac import SACAgent, learning_rate
-from psrl_jax.config import ConfigError, validate_atari_config, validate_dmc_config
-from psrl_jax.envs.atari import AtariEnvs, make_atari_envs, resolve_game
+from psrl_jax.config import ConfigError, check_atari_config, check_dmc_config
+from psrl_jax.envs.atari import AtariEnvs, make_atari_envs
 from psrl_jax.envs.atari_xla import XlaAtariEnvs
-from psrl_jax.envs.dmc import make_dmc_envs, prepare_rendering, resolve_dmc_env
+from psrl_jax.envs.dmc import make_dmc_envs, prepare_rendering
 from psrl_jax.replay.sequence_replay import make_sequence_replay
 
 
@@ -22,11 +22,7 @@ class AtariDomain:
     action_repeat = 1  # env steps per agent step: the Atari 100k budget counts agent steps
 
     def __init__(self, config):
-        validate_atari_config(config)  # cheap checks first: no env, no compile
-        try:
-            self.task_id = resolve_game(config.env.game)
-        except ValueError as error:
-            raise ConfigError(f"config.env.game: {error}") from error
+        self.task_id = check_atari_config(config)  # cheap checks first: no env, no compile
         self.name = self.task_id.split("-")[0]
         self.loop = config.loop  # "host" or "fused" (envpool's XLA step inside the compiled loop)
         self.config = config
@@ -59,9 +55,7 @@ class DMCDomain:
     loop = "host"
 
     def __init__(self, config):
-        self.task, repeat = resolve_dmc_env(config)  # cheap checks first: no env, no compile
-        config.env.action_repeat = repeat  # resolved, so config.json records the repeat used
-        validate_dmc_config(config)
+        self.task, repeat = check_dmc_config(config)  # cheap checks first: no env, no compile
         prepare_rendering(config.env.backend, config.env.observation, config.env.gl)
         self.name = self.task.name
         self.action_repeat = repeat
