@@ -66,6 +66,7 @@ def _config(loop, run_dir):
     c = rainbow.get_config("smoke")
     c.loop, c.run_dir, c.num_seeds = loop, str(run_dir), 2
     c.total_env_steps = 432  # 400 steps of random warm-up, then 16 update dispatches of 2 updates
+    c.update_every = 2  # as the full configs, two updates per dispatch (unrolled on the CPU); smoke has one
     c.replay.capacity = 1000
     c.eval.every_steps = 0
     c.eval.final_episodes = 1

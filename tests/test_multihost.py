@@ -20,7 +20,7 @@ from run_helpers import ROOT, checkpoint_steps, host_devices_env
 
 TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "agent_steps_per_s_all_seeds", "seconds"}
 
-# 4 seeds: 400 steps of random warm-up, then 16 update dispatches; a checkpoint at 416 and at the end.
+# 4 seeds: 400 steps of random warm-up, then 32 updates; a checkpoint at 416 and at the end.
 ATARI = [
     "configs/rainbow.py:smoke",
     "--config.num_seeds=4",
@@ -137,7 +137,7 @@ assert jax.device_count() == 4
 def config(mode, resume=False):
     c = rainbow.get_config("smoke")
     c.num_seeds, c.shard_seeds, c.run_dir, c.resume = 4, mode, f"{root}/{mode}", resume
-    c.total_env_steps = 432  # 400 steps of random warm-up, then 16 update dispatches of 2 updates
+    c.total_env_steps = 432  # 400 steps of random warm-up, then 32 updates
     c.replay.capacity = 1000
     c.eval.every_steps = 0
     c.eval.final_episodes = 1
@@ -267,7 +267,7 @@ def test_dmc_two_processes_equal_one_process(tmp_path):
     args = [
         "configs/sac.py:smoke",
         "--config.num_seeds=2",
-        "--config.total_env_steps=1200",  # 150 agent steps: 100 random, then 25 update dispatches
+        "--config.total_env_steps=1200",  # 150 agent steps: 100 random, then 50 updates
         "--config.eval.every_steps=0",
         "--config.eval.final_episodes=1",
         "--config.log.every_steps=400",
