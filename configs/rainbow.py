@@ -192,12 +192,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.agent.batch_size = 8
         c.agent.hidden_size = 64
         c.agent.encoder_channels = (16, 32, 32)
-        # One update per env step, each dispatched alone: on the CPU the updates of one dispatch are
-        # unrolled into one program, so two per dispatch compile twice the code (rainbow_psrl:smoke
-        # with 2 seeds, -O1: 46.8 s for two, 23.1 s for one; docs/BENCHMARKS.md). The full config's
-        # two updates per dispatch are run end to end by tests/test_fused_loop.py.
+        # One update per env step, each dispatched alone (update_every stays 1): on the CPU the updates
+        # of one dispatch are unrolled into one program, so two per dispatch compile twice the code
+        # (rainbow_psrl:smoke with 2 seeds, -O1: 46.8 s for two, 23.1 s for one; docs/BENCHMARKS.md).
+        # The full config's two updates per dispatch are run end to end by tests/test_fused_loop.py.
         c.updates_per_step = 1
-        c.update_every = 1
         c.eval.every_steps = 600
         c.eval.episodes = 2
         c.eval.final_episodes = 4

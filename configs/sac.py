@@ -198,7 +198,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.agent.latent_dim = 16
         c.agent.hidden = (64, 64)
         c.agent.augmentation.translate_pad = 2
-        c.update_every = 1  # one update per dispatch: compiles in half the time of two (configs/rainbow.py)
         c.eval.every_steps = 1200
         c.eval.episodes = 2
         c.eval.final_episodes = 2
