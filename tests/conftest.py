@@ -40,6 +40,13 @@ from psrl_jax import cpu_settings, xla_cpu
 cpu_settings.apply()
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+# The scripts tests launch cache every program, not only those that took a second to compile (JAX's
+# default): each compiles some 40 small programs, which every resumed, evaluated or repeated run
+# compiled again (rainbow:smoke, 2 seeds, a second 440-step run: 17.3 -> 15.5 s, means of two). The
+# test processes keep the default: their many small programs are rarely compiled twice, and writing
+# them all cost more than it saved (docs/BENCHMARKS.md).
+_MIN_COMPILE_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+_JAX_DEFAULT_MIN_COMPILE_TIME = 1.0
 _IN_PROCESS_FLAGS = "PSRL_JAX_TEST_IN_PROCESS_XLA_FLAGS"  # XLA_FLAGS of the test processes' own JAX
 
 
@@ -47,6 +54,8 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller: xdist workers inherit its environment
         _choose_xla_flags()
         _make_cache(config)
+    if os.environ.get(_MIN_COMPILE_TIME_ENV) == "0":  # ours, for launched scripts (read at import)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", _JAX_DEFAULT_MIN_COMPILE_TIME)
     _start_jax_with_in_process_flags()
 
 
@@ -89,6 +98,7 @@ def _make_cache(config):
         return  # the caller's own cache, or none asked for
     path = tempfile.mkdtemp(prefix="psrl_jax_test_xla_cache_")
     os.environ[_CACHE_ENV] = path  # for xdist workers and launched subprocesses
+    os.environ.setdefault(_MIN_COMPILE_TIME_ENV, "0")  # for launched subprocesses
     jax.config.update("jax_compilation_cache_dir", path)  # for tests run in this process
     config._psrl_jax_xla_cache = path
 

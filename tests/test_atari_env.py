@@ -124,6 +124,27 @@ def test_reward_clipping_only_in_training():
             np.testing.assert_array_equal(step.reward, expected)
 
 
+def test_env_i_of_a_pool_seeded_s_is_env_0_of_a_pool_seeded_s_plus_i():
+    """What seed-parallel and multi-process runs rely on (psrl_jax/train/trainer.py): a process that
+    owns agents k.. builds its envs from seed s + k and steps the same games as rows k.. of the pool
+    of every agent seeded s (sticky actions, no-op starts and resets included)."""
+    steps, rng = 400, np.random.default_rng(0)
+    actions = rng.integers(0, 4, size=(steps, 3)).astype(np.int32)
+    whole = atari.make_atari_envs(env_config(), num_envs=3, seed=5, train=True)
+    tail = atari.make_atari_envs(env_config(), num_envs=2, seed=6, train=True)
+    streams = [[whole.reset()], [tail.reset()]]
+    for a in actions:
+        streams[0].append(whole.step(a, atari.all_env_ids(3)))
+        streams[1].append(tail.step(a[1:], atari.all_env_ids(2)))
+    frames = [np.stack([ts.observation.obs for ts in s]) for s in streams]
+    np.testing.assert_array_equal(frames[0][:, 1:], frames[1])
+    for field in ("reward", "step_type"):
+        rows = [np.stack([getattr(ts, field) for ts in s]) for s in streams]
+        np.testing.assert_array_equal(rows[0][:, 1:], rows[1], err_msg=field)
+    assert not np.array_equal(frames[0][:, 0], frames[0][:, 1])  # the envs differ from one another
+    assert any((ts.step_type[1:] == 2).any() for ts in streams[0])  # a game ended and reset
+
+
 # --------------------------------------------------------------------------------------------
 # convert_timestep: life loss, game over, truncation
 

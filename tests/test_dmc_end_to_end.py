@@ -1,6 +1,6 @@
 """State SAC learns cartpole_swingup through launch/dmc.py. (The pixel runs end to end, killed and
-resumed: tests/test_end_to_end.py; two processes: tests/test_multihost.py; envpool's pixel pool
-against dm_control's: tests/test_dmc_env.py.)"""
+resumed: tests/test_end_to_end.py; envpool's pixel pool against dm_control's, and each process's
+envs as rows of the whole pool: tests/test_dmc_env.py.)"""
 
 import json
 import os

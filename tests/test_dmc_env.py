@@ -279,8 +279,38 @@ def test_state_dimension_matches_dm_control_spec_on_walker():
             e.close()
 
 
+@pytest.mark.parametrize("backend", ["dm_control", "envpool"])
+def test_env_i_of_a_pool_seeded_s_is_env_0_of_a_pool_seeded_s_plus_i(backend):
+    """What seed-parallel and multi-process runs rely on (psrl_jax/train/trainer.py): a process that
+    owns agents k.. builds its envs from seed s + k and steps the same physics as rows k.. of the
+    pool of every agent seeded s, across an episode's end and auto-reset (125 agent steps). States
+    rather than pixels: the seed sets the physics (the same code seeds both), and frames are
+    rendered from the physics (the backends' pixels: test_backends_agree_on_cartpole_swingup)."""
+    steps = 130
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, 3, 1)).astype(np.float32)
+    kwargs = dict(action_repeat=8, backend=backend, num_threads=1, observation="state")
+    whole = make_dmc_envs("cartpole_swingup", 3, 5, **kwargs)
+    tail = make_dmc_envs("cartpole_swingup", 2, 6, **kwargs)
+    try:
+        streams = [[whole.reset()], [tail.reset()]]
+        for a in actions:
+            streams[0].append(whole.step(a))
+            streams[1].append(tail.step(a[1:]))
+    finally:
+        whole.close(), tail.close()
+    for field in ("frame", "reward", "first", "last"):
+        rows = [np.stack([getattr(step, field) for step in s]) for s in streams]
+        np.testing.assert_array_equal(rows[0][:, 1:], rows[1], err_msg=field)
+    frames = np.stack([step.frame for step in streams[0]])
+    assert not np.array_equal(frames[:, 0], frames[:, 1])  # the envs differ from one another
+    assert any(step.last.all() for step in streams[0])  # an episode ended and reset
+
+
 def test_evaluation_plays_whole_episodes():
-    envs = make_dmc_envs("cartpole_swingup", 2, 0, action_repeat=8, image_size=16, backend="dm_control")
+    """run_evaluation on DMC: whole 125-step episodes, truncated, two per env, stacked observations.
+    States: the episode logic is the same for pixels (rendered in the end-to-end runs), 500 renders
+    here took 17 s."""
+    envs = make_dmc_envs("cartpole_swingup", 2, 0, action_repeat=8, backend="dm_control", observation="state")
     seen = []
     stacks = []
 
@@ -297,4 +327,4 @@ def test_evaluation_plays_whole_episodes():
     assert ((returns >= 0) & (returns <= 125 * 8)).all()
     assert [e.length for e in seen] == [125] * 4 and all(e.truncated for e in seen)
     np.testing.assert_allclose(sorted(returns), sorted(e.episode_return for e in seen))
-    assert stacks[0] == (2, 3, 16, 16, 3)
+    assert stacks[0] == (2, 3, 5)  # cartpole's 5 state numbers, 3 stacked

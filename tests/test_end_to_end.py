@@ -61,7 +61,7 @@ DOMAINS = {
     # agent steps, updates from there, the kill at the 1,200-step checkpoint (after 50 agent steps of
     # updates) and 50 more after the resume. One episode per seed in the periodic evaluation at
     # 1,200 (125 renders each), the smoke config's two in the final one. CURL's stack padding (the
-    # default zeros are what the Atari run and the 2-process DMC run use).
+    # Atari run uses the default, zeros).
     "dmc": Domain(
         script="dmc.py",
         config="configs/sac_psrl.py:smoke",

@@ -2,9 +2,11 @@
 and the 1-process run with its seeds sharded over 4 (forced host) CPU devices equals the run that
 keeps them on one device.
 
-Each process is a real `launch/atari.py` / `launch/dmc.py` with --coordinator/--num_processes/
---process_id, as on a cluster; the reference is one process holding all 4 (or 2) devices. XLA_FLAGS
-must be set before JAX starts, so everything runs in subprocesses.
+Each process is a real `launch/atari.py` with --coordinator/--num_processes/--process_id, as on a
+cluster; the reference is one process holding all 4 devices. XLA_FLAGS must be set before JAX
+starts, so everything runs in subprocesses. Atari stands for both domains: the trainer, its seed
+axis, checkpoints and per-process evaluation are the same code for DMC, whose one domain-specific
+part, each process seeding its own envs as rows of the whole pool, tests/test_dmc_env.py checks.
 """
 
 import json
@@ -86,8 +88,8 @@ def _metrics(run_dir, seed, run_info=True):
     return [r for r in records if run_info or r["kind"] != "run_info"]  # run_info: the seed placement
 
 
-def _assert_same_metrics(a_dir, b_dir, seeds, eval_rel=0.0):
-    """Every record of every seed equal (floats to float32 rounding; evaluation returns to eval_rel)."""
+def _assert_same_metrics(a_dir, b_dir, seeds):
+    """Every record of every seed equal (floats to float32 rounding)."""
     for seed in range(seeds):
         a, b = _metrics(a_dir, seed), _metrics(b_dir, seed)
         assert [r["kind"] for r in a] == [r["kind"] for r in b], seed
@@ -95,9 +97,7 @@ def _assert_same_metrics(a_dir, b_dir, seeds, eval_rel=0.0):
         for x, y in zip(a, b, strict=True):
             assert x.keys() == y.keys()
             for key in x:
-                if "eval" in x["kind"] and key in ("return_mean", "return_std", "returns"):
-                    assert x[key] == pytest.approx(y[key], rel=eval_rel, abs=1e-6), (seed, x, y)
-                elif isinstance(x[key], float):
+                if isinstance(x[key], float):
                     assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (seed, key, x, y)
                 else:
                     assert x[key] == y[key], (seed, key, x, y)
@@ -260,27 +260,6 @@ def test_atari_sharded_run_equals_unsharded_and_two_process_runs_and_resumes_acr
     for run_dir in (one_then_two, two_then_one):
         assert os.path.exists(os.path.join(run_dir, "metrics", "seed_3.jsonl.after_416"))  # set aside, not lost
         assert checkpoint_steps(run_dir) == [416, 432]
-
-
-@pytest.mark.slow
-def test_dmc_two_processes_equal_one_process(tmp_path):
-    args = [
-        "configs/sac.py:smoke",
-        "--config.num_seeds=2",
-        "--config.total_env_steps=1200",  # 150 agent steps: 100 random, then 50 updates
-        "--config.eval.every_steps=0",
-        "--config.eval.final_episodes=1",
-        "--config.log.every_steps=400",
-        "--config.log.tensorboard=False",
-        "--config.log.progress_bar=False",
-    ]
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    _assert_ok(_launch("dmc.py", args, one, processes=1, devices_per_process=2))
-    _assert_ok(_launch("dmc.py", args, two, processes=2, devices_per_process=1))
-    # Training records are identical. Evaluation runs on each process's own devices (episodes end at
-    # different steps), a 1-seed program here vs the 2-device one: continuous actions differ in the
-    # last float bits and the physics carries that on (measured: 2.5e-4 relative in the returns).
-    _assert_same_metrics(one, two, seeds=2, eval_rel=1e-2)
 
 
 @pytest.mark.parametrize(
