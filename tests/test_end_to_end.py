@@ -57,16 +57,16 @@ DOMAINS = {
         action_repeat=1,
         rl_terms=("loss/rl",),
     ),
-    # 1,600 of the smoke config's 2,400 env steps (cartpole_swingup, action repeat 8): 100 random
-    # agent steps, updates from there, the kill at the 1,200-step checkpoint (after 50 agent steps of
-    # updates) and 50 more after the resume. One episode per seed in the periodic evaluation at
-    # 1,200 (125 renders each), the smoke config's two in the final one. CURL's stack padding (the
-    # Atari run uses the default, zeros).
+    # 1,400 of the smoke config's 2,400 env steps (cartpole_swingup, action repeat 8): 125 random
+    # agent steps (replay.min_size, the first episode), updates from there, the kill at the 1,200-step
+    # checkpoint (after 25 agent steps of updates) and 25 more after the resume. One episode per seed
+    # in the periodic evaluation at 1,200 (125 renders each), the smoke config's two in the final
+    # one. CURL's stack padding (the Atari run uses the default, zeros).
     "dmc": Domain(
         script="dmc.py",
         config="configs/sac_psrl.py:smoke",
-        flags=("--config.eval.episodes=1", "--config.env.stack_padding=first_frame"),
-        total=1600,
+        flags=("--config.replay.min_size=125", "--config.eval.episodes=1", "--config.env.stack_padding=first_frame"),
+        total=1400,
         checkpoint=1200,
         action_repeat=8,
         rl_terms=("loss/critic", "loss/actor"),
