@@ -17,15 +17,17 @@ def _command(run_dir, *extra, config):
 
 def test_state_sac_learns_cartpole_swingup(tmp_path):
     """The whole DMC pipeline but the pixels (envpool states, replay, SAC update, trainer, evaluation)
-    learns: configs/sac.py:state with (256, 256) MLPs, 2 vmapped seeds, 40k env steps.
+    learns: configs/sac.py:state with (256, 256) MLPs, 2 vmapped seeds, 40k env steps. The seeds are
+    vmapped rather than unrolled as `auto` does on the CPU: with these small MLPs and no convolutions
+    vmap is faster (6.1 vs 7.8 ms per update of the 2 seeds, launch/benchmark.py; at the default
+    (1024, 1024) about even, 67 vs 64 ms).
 
-    Measured on the 2-core CPU, this command: evaluation returns 2.8 and 0.0 at 8k env steps (where
-    the random-action warm-up ends), 644 and 816 at 40k. On 2026-12-02 (2 cores of an AMD EPYC, at
-    the tests' XLA -O1): 640 and 822 at 40k, 123 s alone (about 115 agent steps per second over the
-    2 seeds once updates start). With Flax's default init instead
-    (agent.weight_init="lecun"): 158 and 125, then 643 and 478; with a third seed vmapped beside
-    them the same two seeds ended at 523 and 574 (vmapped arithmetic differs in the last bits, and
-    training amplifies that). Published state SAC at 100k: 835 +- 22.
+    Measured on 2 cores of an AMD EPYC (family 25 model 1, the tests' XLA -O1, 2026-12-07), this
+    command alone in 61 s: evaluation returns 2.8 and 0.0 at 8k env steps (where the random-action
+    warm-up ends), 373 and 625 at 32k, 715 and 844 at 40k; unrolled, 67 s and 646 and 487 at 40k
+    (vmapped and unrolled arithmetic differ in the last bits, and training amplifies that). On
+    2026-12-02, unrolled: 640 and 822; with Flax's default init instead (agent.weight_init="lecun"):
+    158 and 125, then 643 and 478. Published state SAC at 100k: 835 +- 22.
     Bounds: every seed above 350 at the end and above its first evaluation + 150.
     """
     run_dir = str(tmp_path / "state")
@@ -35,6 +37,7 @@ def test_state_sac_learns_cartpole_swingup(tmp_path):
         "--config.eval.every_steps=8000",
         "--config.agent.hidden=(256,256)",
         "--config.seed=10",
+        "--config.seed_batching=vmap",
         config="configs/sac.py:state",
     )
     done = run_command(command, timeout=900)
