@@ -130,8 +130,9 @@ def test_env_i_of_a_pool_seeded_s_is_env_0_of_a_pool_seeded_s_plus_i():
     of every agent seeded s (sticky actions, no-op starts and resets included)."""
     steps, rng = 400, np.random.default_rng(0)
     actions = rng.integers(0, 4, size=(steps, 3)).astype(np.int32)
-    whole = atari.make_atari_envs(env_config(), num_envs=3, seed=5, train=True)
-    tail = atari.make_atari_envs(env_config(), num_envs=2, seed=6, train=True)
+    config = env_config(sticky_action_prob=0.25)  # the sticky actions of Atari v5, drawn per env
+    whole = atari.make_atari_envs(config, num_envs=3, seed=5, train=True)
+    tail = atari.make_atari_envs(config, num_envs=2, seed=6, train=True)
     streams = [[whole.reset()], [tail.reset()]]
     for a in actions:
         streams[0].append(whole.step(a, atari.all_env_ids(3)))
