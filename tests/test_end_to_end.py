@@ -40,6 +40,7 @@ class Domain:
     checkpoint: int  # the smoke config's checkpoint.every_steps: where the first run is killed
     action_repeat: int  # env steps per agent step in the records (Atari counts agent steps)
     rl_terms: tuple
+    evaluate_episodes: int  # per seed, in launch/evaluate.py's replay of the last checkpoint
 
 
 DOMAINS = {
@@ -56,20 +57,27 @@ DOMAINS = {
         checkpoint=400,
         action_repeat=1,
         rl_terms=("loss/rl",),
+        evaluate_episodes=2,
     ),
     # 1,400 of the smoke config's 2,400 env steps (cartpole_swingup, action repeat 8): 125 random
     # agent steps (replay.min_size, the first episode), updates from there, the kill at the 1,200-step
     # checkpoint (after 25 agent steps of updates) and 25 more after the resume. One episode per seed
-    # in the periodic evaluation at 1,200 (125 renders each), the smoke config's two in the final
-    # one. CURL's stack padding (the Atari run uses the default, zeros).
+    # in each evaluation (125 renders of about 17 ms each): several episodes per env are the Atari
+    # run's and test_dmc_env.py's. CURL's stack padding (the Atari run uses the default, zeros).
     "dmc": Domain(
         script="dmc.py",
         config="configs/sac_psrl.py:smoke",
-        flags=("--config.replay.min_size=125", "--config.eval.episodes=1", "--config.env.stack_padding=first_frame"),
+        flags=(
+            "--config.replay.min_size=125",
+            "--config.eval.episodes=1",
+            "--config.eval.final_episodes=1",
+            "--config.env.stack_padding=first_frame",
+        ),
         total=1400,
         checkpoint=1200,
         action_repeat=8,
         rl_terms=("loss/critic", "loss/actor"),
+        evaluate_episodes=1,
     ),
 }
 
@@ -142,9 +150,11 @@ def test_psrl_two_seeds_kill_resume_finish_evaluate_draw_report(tmp_path, name):
         assert returns[0] != returns[1]
 
     # launch/evaluate.py replays the latest checkpoint on its own, from the run's config.json.
-    result = evaluate_latest_checkpoint(run_dir, episodes=2, step=domain.total)
-    assert result["env_step"] == domain.total and result["episodes_per_seed"] == 2
-    assert len(result["returns"]) == 2 and all(len(r) == 2 and all(map(math.isfinite, r)) for r in result["returns"])
+    episodes = domain.evaluate_episodes
+    result = evaluate_latest_checkpoint(run_dir, episodes=episodes, step=domain.total)
+    assert result["env_step"] == domain.total and result["episodes_per_seed"] == episodes
+    assert len(result["returns"]) == 2
+    assert all(len(r) == episodes and all(map(math.isfinite, r)) for r in result["returns"])
 
     _draws_the_learned_correspondences(tmp_path, run_dir, config)
     _reports_the_run(tmp_path, run_dir, config, name)
@@ -186,7 +196,7 @@ def _draws_the_learned_correspondences(tmp_path, run_dir, config):
 
 def _reports_the_run(tmp_path, run_dir, config, name):
     """launch/report.py's builder reads the trainer's own run directory: both seeds finished and
-    scored at the run's budget, mean ± std of the final evaluations (4 or 2 episodes per seed)."""
+    scored at the run's budget, mean ± std of the final evaluations (4 or 1 episodes per seed)."""
     from psrl_jax.analysis.report import ReportOptions, build_report
 
     total = config["total_env_steps"]
