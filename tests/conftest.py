@@ -46,8 +46,7 @@ _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 # test processes keep the default: their many small programs are rarely compiled twice, and writing
 # them all cost more than it saved (docs/BENCHMARKS.md).
 _MIN_COMPILE_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
-_MIN_COMPILE_TIME_OURS = "PSRL_JAX_TEST_CACHES_LAUNCHED_PROGRAMS"  # set when the 0 above is ours, not the caller's
-_JAX_DEFAULT_MIN_COMPILE_TIME = 1.0
+_IN_PROCESS_MIN_COMPILE_TIME = "PSRL_JAX_TEST_IN_PROCESS_MIN_COMPILE_TIME"  # set only when the 0 above is ours
 _IN_PROCESS_FLAGS = "PSRL_JAX_TEST_IN_PROCESS_XLA_FLAGS"  # XLA_FLAGS of the test processes' own JAX
 
 
@@ -55,8 +54,9 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller: xdist workers inherit its environment
         _choose_xla_flags()
         _make_cache(config)
-    if os.environ.get(_MIN_COMPILE_TIME_OURS):  # the 0 is for launched scripts; JAX read it at import
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", _JAX_DEFAULT_MIN_COMPILE_TIME)
+    in_process = os.environ.get(_IN_PROCESS_MIN_COMPILE_TIME)
+    if in_process:  # the 0 is for launched scripts; workers' JAX read it at import
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float(in_process))
     _start_jax_with_in_process_flags()
 
 
@@ -100,8 +100,9 @@ def _make_cache(config):
     path = tempfile.mkdtemp(prefix="psrl_jax_test_xla_cache_")
     os.environ[_CACHE_ENV] = path  # for xdist workers and launched subprocesses
     if _MIN_COMPILE_TIME_ENV not in os.environ:  # a value the caller set is kept, for every process
+        # JAX's default, as the controller read it at import, for the test processes themselves
+        os.environ[_IN_PROCESS_MIN_COMPILE_TIME] = str(jax.config.jax_persistent_cache_min_compile_time_secs)
         os.environ[_MIN_COMPILE_TIME_ENV] = "0"  # for launched subprocesses
-        os.environ[_MIN_COMPILE_TIME_OURS] = "1"
     jax.config.update("jax_compilation_cache_dir", path)  # for tests run in this process
     config._psrl_jax_xla_cache = path
 
