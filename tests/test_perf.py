@@ -157,7 +157,8 @@ def test_compare_updates_times_each_way_of_holding_the_seed_axis(tmp_path):
     # single-seed path, which indexes the axis away, is tests/test_train_common.py's.)
     out = tmp_path / "compare.json"
     flags = ("configs/rainbow.py:smoke", "--seed_axis=none,vmap,vmap_seeds,unroll", "--num_seeds=2", "--repeats=1")
-    result = run_launch_script("compare_updates.py", *flags, f"--out={out}", "--scopes=1", "--scope_depth=1")
+    trace = f"--trace_dir={tmp_path / 'trace'}"  # the launcher keeps its traces; here, with the test's files
+    result = run_launch_script("compare_updates.py", *flags, f"--out={out}", "--scopes=1", "--scope_depth=1", trace)
     assert result.returncode == 0, output_tail(result)
     results = json.loads(out.read_text())
     assert results["host"] == host_info()
@@ -167,6 +168,8 @@ def test_compare_updates_times_each_way_of_holding_the_seed_axis(tmp_path):
     for row in rows:  # --scopes: each config's traced update per named scope, cut to one name
         names = {r["scope"] for r in row["time_by_scope"]["rows"]}
         assert {"distributional_loss", "optimizer"} <= names and not any("/" in name for name in names)
+    for i in range(len(rows)):  # each row's trace, kept under --trace_dir
+        assert glob.glob(str(tmp_path / "trace" / f"config_{i}" / "plugins" / "profile" / "*" / "*.xplane.pb")), i
     for row in rows:  # parameters are counted over every seed of the dispatch
         assert row["median_update_seconds"] > 0
         assert row["trainable_params"] == row["num_seeds"] * rows[0]["trainable_params"]
