@@ -38,7 +38,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from psrl_jax import cli, cpu_settings
-from psrl_jax.config import ConfigError
+from psrl_jax.config import ConfigError, is_dmc_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rainbow.py[:smoke]")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed dispatches per measurement")
@@ -67,15 +67,11 @@ _CHUNKS = flags.DEFINE_integer("chunks", 2, "With --loops: timed chunks of log.e
 flags.mark_flags_as_required(["config"])
 
 
-def is_dmc(config) -> bool:
-    return "task" in config.env  # DMC configs (configs/sac*.py) name a task, Atari ones a game
-
-
 def make_trainer(config):
     """(trainer, is_dmc): the trainer of the config's domain (train/domains.py)."""
     from psrl_jax.train.trainer import Trainer
 
-    return Trainer(config), is_dmc(config)
+    return Trainer(config), is_dmc_config(config)
 
 
 UPDATE_WARMUP_DISPATCHES = 3  # untimed update dispatches before the timed ones (measure())
@@ -395,7 +391,7 @@ def main(argv):
     config.resume = False
     if _SEEDS_LIST.value and _DISPATCH_LIST.value:
         sys.exit("error: vary one thing per benchmark: --seeds_list or --updates_per_dispatch_list")
-    if _LOOPS.value and is_dmc(config):
+    if _LOOPS.value and is_dmc_config(config):
         sys.exit("error: --loops compares Atari's host and fused loops; DMC configs have the host loop only")
     _check_before_measuring(config)
     try:

@@ -37,7 +37,7 @@ import time
 from absl import flags, logging
 
 from psrl_jax import cli, cpu_settings
-from psrl_jax.config import ConfigError
+from psrl_jax.config import ConfigError, is_dmc_config
 from psrl_jax.perf import host_info
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed updates per config (round-robin)")
@@ -98,10 +98,6 @@ def load_config(spec: str):
     return config
 
 
-def is_dmc(config) -> bool:
-    return "task" in config.env
-
-
 def synthetic_batch(config, rng):
     """A batch of the config's shapes: Atari gray frames and discrete actions, or DMC RGB frames
     (HWC) and continuous actions of _ACTION_DIM dimensions."""
@@ -110,13 +106,13 @@ def synthetic_batch(config, rng):
     from psrl_jax.replay.sequence_replay import SequenceBatch
 
     b, k, f, s = config.agent.batch_size, config.replay.prediction_steps, config.env.frame_stack, config.env.image_size
-    frame = (s, s, 3) if is_dmc(config) else (s, s)
+    frame = (s, s, 3) if is_dmc_config(config) else (s, s)
 
     def frames(*shape):
         return jnp.asarray(rng.integers(0, 256, shape + frame, dtype="uint8"))
 
     def actions(*shape):
-        if is_dmc(config):
+        if is_dmc_config(config):
             return jnp.asarray(rng.uniform(-1, 1, shape + (_ACTION_DIM.value,)), jnp.float32)
         return jnp.asarray(rng.integers(0, _NUM_ACTIONS.value, shape), jnp.int32)
 
@@ -178,10 +174,10 @@ def main(argv):
     rows = []
     for spec, seed_axis in [(spec, axis) for spec in specs for axis in _SEED_AXIS.value]:
         config = configs[spec].copy_and_resolve_references()
-        if is_dmc(config) and config.env.observation != "pixels":
+        if is_dmc_config(config) and config.env.observation != "pixels":
             sys.exit(f"error: {spec}: env.observation={config.env.observation!r}; this script times pixel updates")
         size, frames = config.env.image_size, config.env.frame_stack
-        if is_dmc(config):
+        if is_dmc_config(config):
             agent = SACAgent.from_config(config, _ACTION_DIM.value, (frames, size, size, 3))
         else:
             agent = RainbowAgent.from_config(config, _NUM_ACTIONS.value, (frames, size, size))
@@ -200,7 +196,7 @@ def main(argv):
         state = compiled(state, batch)  # warm-up
         jax.block_until_ready(state)
         warmup_seconds = time.perf_counter() - start
-        trained = (state.critic_params, state.actor_params) if is_dmc(config) else state.params
+        trained = (state.critic_params, state.actor_params) if is_dmc_config(config) else state.params
         params = sum(x.size for x in jax.tree.leaves((trained, state.aux_params)))
         rows.append(
             dict(

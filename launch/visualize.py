@@ -94,10 +94,11 @@ class _Run:
     RGB and centre-cropped to config.env.crop_size, as when acting)."""
 
     def __init__(self, config):
-        self.dmc = "task" in config.env
-        self.crop = int(config.env.crop_size) if self.dmc else None
+        from psrl_jax.config import is_dmc_config
         from psrl_jax.train.trainer import Trainer
 
+        self.dmc = is_dmc_config(config)
+        self.crop = int(config.env.crop_size) if self.dmc else None
         self.trainer = Trainer(config)
         self.env_name = self.trainer.domain.name
 

@@ -49,7 +49,7 @@ def load_run_config(run_dir: str, atari_defaults, dmc_defaults):
     The defaults are today's base configs (configs/rainbow.py, configs/sac.py) whose fields it must have."""
     import json
 
-    from psrl_jax.config import ConfigError, read_saved_config
+    from psrl_jax.config import ConfigError, is_dmc_config, read_saved_config
 
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
@@ -62,7 +62,7 @@ def load_run_config(run_dir: str, atari_defaults, dmc_defaults):
     if not isinstance(loaded, dict) or not isinstance(loaded.get("env"), dict):
         sys.exit(f"error: {path} is not a run's config (no env section)")
     try:
-        return read_saved_config(loaded, dmc_defaults if "task" in loaded["env"] else atari_defaults, path)
+        return read_saved_config(loaded, dmc_defaults if is_dmc_config(loaded) else atari_defaults, path)
     except ConfigError as error:
         sys.exit(f"error: {error}")
 

@@ -403,12 +403,18 @@ def read_saved_config(saved: dict, defaults: ml_collections.ConfigDict, where: s
     return ml_collections.ConfigDict(saved)  # every field there, of today's version
 
 
+def is_dmc_config(config) -> bool:
+    """A DMC config (configs/sac*.py) names env.task, an Atari one env.game. A ConfigDict or a run's
+    config.json as a dict."""
+    return "task" in config["env"]
+
+
 def validate_any_config(config: ml_collections.ConfigDict) -> None:
     """The value checks a trainer runs before building anything, for either domain, the game or task
     name included: a DMC config's task is resolved and its action repeat written into
     config.env.action_repeat first (so pass a copy to keep the original). Cheap: envpool's task
     registry, no env, no compile."""
-    if "task" in config.env:
+    if is_dmc_config(config):
         check_dmc_config(config)
     else:
         check_atari_config(config)

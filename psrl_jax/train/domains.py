@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from psrl_jax.agents.rainbow import RainbowAgent
 from psrl_jax.agents.sac import SACAgent, learning_rate
-from psrl_jax.config import ConfigError, check_atari_config, check_dmc_config
+from psrl_jax.config import ConfigError, check_atari_config, check_dmc_config, is_dmc_config
 from psrl_jax.envs.atari import AtariEnvs, make_atari_envs
 from psrl_jax.envs.atari_xla import XlaAtariEnvs
 from psrl_jax.envs.dmc import make_dmc_envs, prepare_rendering
@@ -100,4 +100,4 @@ class DMCDomain:
 def for_config(config):
     """The config's domain: DMC when it names env.task, Atari otherwise (AtariDomain says so when it
     names neither)."""
-    return DMCDomain(config) if "task" in config.env else AtariDomain(config)
+    return DMCDomain(config) if is_dmc_config(config) else AtariDomain(config)

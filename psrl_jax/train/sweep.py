@@ -26,6 +26,7 @@ import os
 import ml_collections
 
 from psrl_jax.analysis.published import atari_table
+from psrl_jax.config import is_dmc_config
 from psrl_jax.train.run_dir import latest_checkpoint_step
 
 # The Atari 100k benchmark (Kaiser et al. 2020): the 26 games of the published table shipped in
@@ -111,10 +112,6 @@ def parse_games(spec: str) -> tuple:
     if not names:
         raise SweepError("--games is empty")
     return tuple(dict.fromkeys(canonical_game(name) for name in names))
-
-
-def is_dmc_config(config) -> bool:
-    return "task" in config.env
 
 
 def parse_tasks(spec: str) -> tuple:
