@@ -63,6 +63,18 @@ def records(run_dir, seed, kind):
         return [r for r in map(json.loads, f) if r["kind"] == kind]
 
 
+# The record fields that measure time; two runs of the same seed agree on every other field.
+TIMING_FIELDS = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "agent_steps_per_s_all_seeds", "seconds"}
+
+
+def records_without_timing(run_dir, seed, run_info=True):
+    """Every record of a seed with its TIMING_FIELDS left out; run_info=False also leaves out the
+    run_info record (replay size, env details and the devices the seeds are placed on)."""
+    with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
+        rows = [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS} for line in f]
+    return [r for r in rows if run_info or r["kind"] != "run_info"]
+
+
 def checkpoint_steps(run_dir):
     path = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(path):

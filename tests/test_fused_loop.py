@@ -2,21 +2,19 @@
 against its host mode, and the host mode against itself: the same seed on the same machine gives the
 same metrics."""
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_helpers import records_without_timing
 
 from configs import rainbow
 from psrl_jax.config import ConfigError, validate_atari_config
 from psrl_jax.envs.atari import convert_timestep, make_atari_envs
 from psrl_jax.envs.atari_xla import convert_timestep_jax
 from psrl_jax.train.trainer import Trainer
-
-TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "agent_steps_per_s_all_seeds", "seconds"}
 
 
 def _env_config():
@@ -78,12 +76,6 @@ def _config(loop, run_dir):
     return c
 
 
-def _metrics(run_dir, seed, run_info=False):
-    with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records if run_info or r["kind"] != "run_info"]
-
-
 @pytest.mark.slow
 def test_host_run_repeats_exactly_and_fused_run_equals_it(tmp_path):
     states = {}
@@ -99,14 +91,17 @@ def test_host_run_repeats_exactly_and_fused_run_equals_it(tmp_path):
     Trainer(_config("host", tmp_path / "again")).run()
     # The same config and seed again: every record the same, to the bit (timing fields aside).
     for seed in range(2):
-        assert _metrics(tmp_path / "again", seed, run_info=True) == _metrics(tmp_path / "host", seed, run_info=True)
+        assert records_without_timing(tmp_path / "again", seed) == records_without_timing(tmp_path / "host", seed)
     # Agent 1 (seed + 1, as a one-seed run with that seed) is not a copy of agent 0.
-    losses = [[r["loss/rl"] for r in _metrics(tmp_path / "host", seed) if "loss/rl" in r] for seed in range(2)]
+    losses = [
+        [r["loss/rl"] for r in records_without_timing(tmp_path / "host", seed) if "loss/rl" in r] for seed in range(2)
+    ]
     assert losses[0] and losses[0] != losses[1]
     # Same seeds, same env stream and keys: every episode record, update count and evaluation is the
     # same; losses agree to float32 rounding (the fused program fuses the arithmetic differently).
     for seed in range(2):
-        host, fused = _metrics(tmp_path / "host", seed), _metrics(tmp_path / "fused", seed)
+        host = records_without_timing(tmp_path / "host", seed, run_info=False)
+        fused = records_without_timing(tmp_path / "fused", seed, run_info=False)
         assert any(r["kind"] == "train_episode" for r in host), "no episode ended: the test would be vacuous"
         assert any(r["kind"] == "update" and "loss/rl" in r for r in host)
         assert len(host) == len(fused)

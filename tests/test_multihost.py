@@ -18,9 +18,7 @@ import sys
 import textwrap
 
 import pytest
-from run_helpers import ROOT, checkpoint_steps, host_devices_env
-
-TIMING = {"env_steps_per_s_all_seeds", "updates_per_s_all_seeds", "agent_steps_per_s_all_seeds", "seconds"}
+from run_helpers import ROOT, checkpoint_steps, host_devices_env, records_without_timing
 
 # 4 seeds: 400 steps of random warm-up, then 32 updates; a checkpoint at 416 and at the end.
 ATARI = [
@@ -82,16 +80,10 @@ def _assert_ok(results):
         assert code == 0, stderr[-3000:]
 
 
-def _metrics(run_dir, seed, run_info=True):
-    with open(os.path.join(run_dir, "metrics", f"seed_{seed}.jsonl")) as f:
-        records = [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
-    return [r for r in records if run_info or r["kind"] != "run_info"]  # run_info: the seed placement
-
-
 def _assert_same_metrics(a_dir, b_dir, seeds):
     """Every record of every seed equal (floats to float32 rounding)."""
     for seed in range(seeds):
-        a, b = _metrics(a_dir, seed), _metrics(b_dir, seed)
+        a, b = records_without_timing(a_dir, seed), records_without_timing(b_dir, seed)
         assert [r["kind"] for r in a] == [r["kind"] for r in b], seed
         assert any(r["kind"] == "update" and any(k.startswith("loss") for k in r) for r in a)
         for x, y in zip(a, b, strict=True):
@@ -211,7 +203,8 @@ def _assert_sharded_equals_unsharded(root, run):
     # sums differently (measured: about 1e-7 relative in losses, Q values and gradient norms; a
     # 1-seed unsharded run differs from both by as much, as vmapped vs single runs do, docs/USAGE.md).
     for seed in range(4):
-        on, off = _metrics(root / "on", seed, run_info=False), _metrics(root / "off", seed, run_info=False)
+        on = records_without_timing(root / "on", seed, run_info=False)  # run_info: the seed placement
+        off = records_without_timing(root / "off", seed, run_info=False)
         assert any(r["kind"] == "update" and "loss/rl" in r for r in on)
         assert [r for r in on if r["kind"] == "final_eval"]
         assert len(on) == len(off)
